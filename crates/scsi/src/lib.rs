@@ -1,0 +1,91 @@
+//! SCSI block device logic (SPC-4, SBC-4), sans-IO: no sockets, clocks or threads inside.
+//!
+//! The target runtime hands each command to [`Dispatcher::execute`] as a [`ScsiCommand`] and gets a
+//! [`ScsiResponse`] back. A [`Dispatcher`] owns one target's logical units and answers what belongs to the target as
+//! a whole (REPORT LUNS, commands to LUNs that do not exist). A `LogicalUnit` decodes the CDB into a typed command,
+//! checks unit attentions, and executes it over a `lunlock_store::BlockStore`.
+//!
+//! Types below are the contract with the `target` and `sim` crates; keep them stable.
+
+pub mod sense;
+
+use std::sync::Arc;
+
+/// An iSCSI initiator port identifier's session part (RFC 7143 10.12.5), 6 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Isid(pub [u8; 6]);
+
+/// An I_T nexus (SAM-5 4.6.4): initiator port (iSCSI name + ISID) and target port (target name + relative target
+/// port identifier, which lunlock takes from the portal group tag). Reservations and unit attentions belong to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItNexus {
+    pub initiator_name: String,
+    pub isid: Isid,
+    pub target_name: String,
+    /// Relative target port identifier (SPC-4 7.8.6.4); 1-based.
+    pub relative_target_port: u16,
+}
+
+/// SAM-5 task attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskAttribute {
+    Untagged,
+    Simple,
+    Ordered,
+    HeadOfQueue,
+    Aca,
+}
+
+/// One SCSI command as delivered by the transport, with all its Data-Out gathered.
+#[derive(Debug)]
+pub struct ScsiCommand<'a> {
+    pub nexus: &'a Arc<ItNexus>,
+    /// LUN number decoded from the 8-byte LUN field (SAM-5 4.7, single level).
+    pub lun: u64,
+    pub cdb: &'a [u8],
+    /// Data-Out as received. It may be shorter or longer than the CDB requires when the initiator's expected data
+    /// transfer length disagrees with the CDB; the logical unit then answers as the standard says.
+    pub data_out: &'a [u8],
+    /// The transport's expected data transfer length for this command (bytes).
+    pub expected_transfer_length: u32,
+    pub task_tag: u64,
+    pub attribute: TaskAttribute,
+}
+
+/// SAM-5 status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ScsiStatus {
+    Good = 0x00,
+    CheckCondition = 0x02,
+    ConditionMet = 0x04,
+    Busy = 0x08,
+    ReservationConflict = 0x18,
+    TaskSetFull = 0x28,
+    AcaActive = 0x30,
+    TaskAborted = 0x40,
+}
+
+/// The outcome of one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiResponse {
+    pub status: ScsiStatus,
+    /// Sense data (fixed or descriptor format) when status is CHECK CONDITION; empty otherwise.
+    pub sense: Vec<u8>,
+    /// Data-In, already truncated to the CDB's allocation length. The transport truncates it further to its
+    /// expected data transfer length and reports the residual.
+    pub data_in: Vec<u8>,
+    /// For commands with a Data-Out phase: the number of bytes the CDB asked for, so the transport can report a
+    /// residual overflow or underflow against its expected data transfer length.
+    pub data_out_wanted: Option<u32>,
+}
+
+/// Task management functions that reach logical units (SAM-5 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    LogicalUnitReset,
+    TargetWarmReset,
+    TargetColdReset,
+    /// I_T nexus loss (SAM-5 6.3.4): connection dropped, session closed or reinstated, I_T NEXUS RESET.
+    NexusLoss,
+}

@@ -1,0 +1,1 @@
+//! Deterministic simulator (issue 5). Empty until then.

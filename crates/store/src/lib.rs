@@ -1,0 +1,44 @@
+//! Block storage behind a logical unit, and crash-safe metadata files.
+//!
+//! The `scsi` crate executes commands over the [`BlockStore`] trait; this crate has its implementations:
+//! [`file::FileStore`] (a sparse file: pread/pwrite, fdatasync, hole punching, SEEK_DATA/SEEK_HOLE) and
+//! [`memory::MemoryStore`] (for tests and the simulator). [`metadata`] writes small metadata files crash-safely
+//! (temp file, fsync, rename, directory fsync, version and checksum).
+
+pub mod file;
+pub mod memory;
+pub mod metadata;
+
+use std::io;
+
+/// One run of blocks that share an allocation state, as reported by [`BlockStore::allocation_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// True when the bytes are backed by storage; false for a hole (deallocated, reads as zeros).
+    pub mapped: bool,
+    /// Length in bytes of the run starting at the queried offset (at least 1 byte, clipped to capacity).
+    pub len_bytes: u64,
+}
+
+/// Byte-addressed storage of a fixed capacity. Offsets and lengths given by the `scsi` crate are always multiples
+/// of the logical block size and lie inside the capacity; implementations still check and return an error rather
+/// than panic.
+///
+/// Implementations are shared by every session (`&self`): concurrent calls on non-overlapping ranges must be safe
+/// and must not serialize on one lock. Atomicity across overlapping commands is the caller's job (LBA range locks).
+pub trait BlockStore: Send + Sync + 'static {
+    /// Capacity in bytes.
+    fn capacity_bytes(&self) -> u64;
+    /// True when writes must be refused (the LUN is write-protected).
+    fn is_read_only(&self) -> bool;
+    /// Fill `buf` from `offset`. Holes read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write `buf` at `offset`. Not durable until [`BlockStore::flush`] returns.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable (fdatasync for files). FUA and SYNCHRONIZE CACHE call this.
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocate a byte range: afterwards it reads as zeros and reports `mapped: false` (punch hole for files).
+    fn deallocate(&self, offset: u64, len_bytes: u64) -> io::Result<()>;
+    /// The allocation state at `offset` and how far it extends (SEEK_DATA/SEEK_HOLE for files).
+    fn allocation_at(&self, offset: u64) -> io::Result<Extent>;
+}
