@@ -8,8 +8,6 @@ use crate::pdu::{Opcode, Pdu};
 pub const RESERVED_TAG: u32 = 0xFFFF_FFFF;
 
 // Offsets shared by several opcodes.
-const LUN: usize = 8;
-const ITT: usize = 16;
 const TTT: usize = 20;
 const CMD_SN: usize = 24;
 const EXP_STAT_SN: usize = 28;
@@ -274,7 +272,11 @@ impl DataIn {
             final_bit: flags & 0x80 != 0,
             acknowledge: flags & 0x40 != 0,
             status: has_status.then_some(pdu.bhs[3]),
-            residual: if has_status { Residual::from_bits(flags, pdu.u32_at(44)) } else { Residual::None },
+            residual: if has_status {
+                Residual::from_bits(flags, pdu.u32_at(44))
+            } else {
+                Residual::None
+            },
             lun: pdu.lun_field(),
             itt: pdu.itt(),
             ttt: pdu.u32_at(TTT),
@@ -482,7 +484,12 @@ impl LoginRequest {
     pub fn to_pdu(&self) -> Pdu {
         let mut pdu = Pdu::new(Opcode::LoginRequest);
         pdu.set_immediate(true);
-        pdu.bhs[1] = stage_flags(self.transit, self.continue_bit, self.current_stage, self.next_stage);
+        pdu.bhs[1] = stage_flags(
+            self.transit,
+            self.continue_bit,
+            self.current_stage,
+            self.next_stage,
+        );
         pdu.bhs[2] = self.version_max;
         pdu.bhs[3] = self.version_min;
         pdu.bhs[8..14].copy_from_slice(&self.isid);
@@ -541,7 +548,12 @@ pub struct LoginResponse {
 impl LoginResponse {
     pub fn to_pdu(&self) -> Pdu {
         let mut pdu = Pdu::new(Opcode::LoginResponse);
-        pdu.bhs[1] = stage_flags(self.transit, self.continue_bit, self.current_stage, self.next_stage);
+        pdu.bhs[1] = stage_flags(
+            self.transit,
+            self.continue_bit,
+            self.current_stage,
+            self.next_stage,
+        );
         pdu.bhs[2] = self.version_max;
         pdu.bhs[3] = self.version_active;
         pdu.bhs[8..14].copy_from_slice(&self.isid);
@@ -809,7 +821,11 @@ impl TaskManagementResponse {
     }
 
     pub fn from_pdu(pdu: &Pdu) -> Self {
-        TaskManagementResponse { response: pdu.bhs[2], itt: pdu.itt(), sequence: TargetSequence::read(pdu) }
+        TaskManagementResponse {
+            response: pdu.bhs[2],
+            itt: pdu.itt(),
+            sequence: TargetSequence::read(pdu),
+        }
     }
 }
 

@@ -55,6 +55,9 @@ impl Default for SessionParams {
 impl SessionParams {
     /// The digests in force, for the PDU codec.
     pub fn digests(&self) -> crate::pdu::Digests {
-        crate::pdu::Digests { header: self.header_digest, data: self.data_digest }
+        crate::pdu::Digests {
+            header: self.header_digest,
+            data: self.data_digest,
+        }
     }
 }

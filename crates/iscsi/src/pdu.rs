@@ -79,26 +79,46 @@ pub struct Digests {
 pub enum FrameError {
     /// The data segment is longer than the receiver allows. The connection cannot be resynchronised safely if
     /// this is ignored, so the usual answer is a Reject followed by closing the connection.
-    DataSegmentTooLong { length: u32, limit: u32, header: Box<[u8; BHS_LEN]> },
+    DataSegmentTooLong {
+        length: u32,
+        limit: u32,
+        header: Box<[u8; BHS_LEN]>,
+    },
     /// The header digest did not match: the header cannot be trusted, not even its lengths (RFC 7143 7.8: the
     /// connection must be dropped).
     HeaderDigest { expected: u32, found: u32 },
     /// The data digest did not match; the header is valid, so the PDU can be rejected (RFC 7143 7.8, reason 0x02)
     /// and the connection kept.
-    DataDigest { expected: u32, found: u32, header: Box<[u8; BHS_LEN]>, frame_length: usize },
+    DataDigest {
+        expected: u32,
+        found: u32,
+        header: Box<[u8; BHS_LEN]>,
+        frame_length: usize,
+    },
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::DataSegmentTooLong { length, limit, .. } => {
-                write!(f, "data segment of {length} bytes exceeds the limit of {limit}")
+                write!(
+                    f,
+                    "data segment of {length} bytes exceeds the limit of {limit}"
+                )
             }
             FrameError::HeaderDigest { expected, found } => {
-                write!(f, "header digest mismatch: computed {expected:#010x}, received {found:#010x}")
+                write!(
+                    f,
+                    "header digest mismatch: computed {expected:#010x}, received {found:#010x}"
+                )
             }
-            FrameError::DataDigest { expected, found, .. } => {
-                write!(f, "data digest mismatch: computed {expected:#010x}, received {found:#010x}")
+            FrameError::DataDigest {
+                expected, found, ..
+            } => {
+                write!(
+                    f,
+                    "data digest mismatch: computed {expected:#010x}, received {found:#010x}"
+                )
             }
         }
     }
@@ -131,7 +151,11 @@ impl Pdu {
     pub fn new(opcode: Opcode) -> Pdu {
         let mut bhs = [0u8; BHS_LEN];
         bhs[0] = opcode as u8;
-        Pdu { bhs, ahs: Vec::new(), data: Vec::new() }
+        Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data: Vec::new(),
+        }
     }
 
     /// The 6-bit opcode code, which may be reserved (see [`Opcode::from_code`]).
@@ -199,7 +223,11 @@ impl Pdu {
 
     /// Big-endian u32 at `offset` of the BHS.
     pub fn u32_at(&self, offset: usize) -> u32 {
-        u32::from_be_bytes(self.bhs[offset..offset + 4].try_into().expect("4-byte slice"))
+        u32::from_be_bytes(
+            self.bhs[offset..offset + 4]
+                .try_into()
+                .expect("4-byte slice"),
+        )
     }
 
     pub fn set_u32_at(&mut self, offset: usize, value: u32) {
@@ -232,7 +260,10 @@ impl Pdu {
     /// Appends the wire form to `out`: header (with TotalAHSLength and DataSegmentLength filled from the
     /// contents), AHS, header digest, padded data, data digest.
     pub fn encode(&self, digests: Digests, out: &mut Vec<u8>) {
-        debug_assert!(self.ahs.len() % 4 == 0, "AHS is made of 4-byte words");
+        debug_assert!(
+            self.ahs.len().is_multiple_of(4),
+            "AHS is made of 4-byte words"
+        );
         debug_assert!(self.data.len() as u64 <= MAX_DATA_SEGMENT_FIELD as u64);
         out.reserve(self.wire_length(digests));
         let header_start = out.len();
@@ -271,7 +302,11 @@ pub fn padded(length: usize) -> usize {
 
 /// Checks whether `buf` begins with a complete PDU. Returns `Ok(None)` when more bytes are needed, or the frame
 /// length when complete. Only the header is inspected; digests are checked by [`decode`].
-pub fn frame_length(buf: &[u8], digests: Digests, max_data_segment: u32) -> Result<Option<usize>, FrameError> {
+pub fn frame_length(
+    buf: &[u8],
+    digests: Digests,
+    max_data_segment: u32,
+) -> Result<Option<usize>, FrameError> {
     if buf.len() < BHS_LEN {
         return Ok(None);
     }
@@ -298,7 +333,11 @@ pub fn frame_length(buf: &[u8], digests: Digests, max_data_segment: u32) -> Resu
     if data_len > 0 {
         total += padded(data_len as usize) + if digests.data { 4 } else { 0 };
     }
-    Ok(if buf.len() >= total { Some(total) } else { None })
+    Ok(if buf.len() >= total {
+        Some(total)
+    } else {
+        None
+    })
 }
 
 fn verify_header_digest(header_with_digest: &[u8]) -> Result<(), FrameError> {
@@ -313,7 +352,11 @@ fn verify_header_digest(header_with_digest: &[u8]) -> Result<(), FrameError> {
 
 /// Decodes one PDU from the start of `buf`. Returns `Ok(None)` when incomplete, else the PDU and the number of
 /// bytes it used.
-pub fn decode(buf: &[u8], digests: Digests, max_data_segment: u32) -> Result<Option<(Pdu, usize)>, FrameError> {
+pub fn decode(
+    buf: &[u8],
+    digests: Digests,
+    max_data_segment: u32,
+) -> Result<Option<(Pdu, usize)>, FrameError> {
     let Some(total) = frame_length(buf, digests, max_data_segment)? else {
         return Ok(None);
     };
@@ -327,9 +370,18 @@ pub fn decode(buf: &[u8], digests: Digests, max_data_segment: u32) -> Result<Opt
         let padded_end = data_start + padded(data_len);
         if digests.data {
             let expected = crc32c::crc32c(&buf[data_start..padded_end]);
-            let found = u32::from_le_bytes(buf[padded_end..padded_end + 4].try_into().expect("4-byte digest"));
+            let found = u32::from_le_bytes(
+                buf[padded_end..padded_end + 4]
+                    .try_into()
+                    .expect("4-byte digest"),
+            );
             if expected != found {
-                return Err(FrameError::DataDigest { expected, found, header: Box::new(bhs), frame_length: total });
+                return Err(FrameError::DataDigest {
+                    expected,
+                    found,
+                    header: Box::new(bhs),
+                    frame_length: total,
+                });
             }
         }
         data = buf[data_start..data_start + data_len].to_vec();
@@ -358,7 +410,7 @@ impl SerialNumber {
         self == other || self.lt(other)
     }
 
-    pub fn add(self, n: u32) -> SerialNumber {
+    pub fn plus(self, n: u32) -> SerialNumber {
         SerialNumber(self.0.wrapping_add(n))
     }
 
@@ -385,9 +437,18 @@ mod tests {
     fn round_trip_with_and_without_digests() {
         for digests in [
             Digests::default(),
-            Digests { header: true, data: false },
-            Digests { header: true, data: true },
-            Digests { header: false, data: true },
+            Digests {
+                header: true,
+                data: false,
+            },
+            Digests {
+                header: true,
+                data: true,
+            },
+            Digests {
+                header: false,
+                data: true,
+            },
         ] {
             for data_len in [0, 1, 3, 4, 5, 4096] {
                 let pdu = sample(data_len);
@@ -409,20 +470,36 @@ mod tests {
 
     #[test]
     fn corrupt_digests_are_reported() {
-        let digests = Digests { header: true, data: true };
+        let digests = Digests {
+            header: true,
+            data: true,
+        };
         let mut bytes = sample(100).to_bytes(digests);
         bytes[BHS_LEN + 4 + 10] ^= 1;
-        assert!(matches!(decode(&bytes, digests, 8192), Err(FrameError::DataDigest { .. })));
+        assert!(matches!(
+            decode(&bytes, digests, 8192),
+            Err(FrameError::DataDigest { .. })
+        ));
         let mut bytes = sample(100).to_bytes(digests);
         bytes[20] ^= 1;
-        assert!(matches!(decode(&bytes, digests, 8192), Err(FrameError::HeaderDigest { .. })));
+        assert!(matches!(
+            decode(&bytes, digests, 8192),
+            Err(FrameError::HeaderDigest { .. })
+        ));
     }
 
     #[test]
     fn oversized_data_segment_is_refused_before_it_arrives() {
         let bytes = sample(9000).to_bytes(Digests::default());
         let err = frame_length(&bytes[..BHS_LEN], Digests::default(), 8192).unwrap_err();
-        assert!(matches!(err, FrameError::DataSegmentTooLong { length: 9000, limit: 8192, .. }));
+        assert!(matches!(
+            err,
+            FrameError::DataSegmentTooLong {
+                length: 9000,
+                limit: 8192,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -13,9 +13,15 @@ pub const MAX_VALUE_LEN: usize = 8192;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TextError {
     /// A pair without '='.
-    MissingEquals { pair: String },
-    KeyTooLong { key: String },
-    ValueTooLong { key: String },
+    MissingEquals {
+        pair: String,
+    },
+    KeyTooLong {
+        key: String,
+    },
+    ValueTooLong {
+        key: String,
+    },
     EmptyKey,
     /// Not UTF-8 (RFC 7143 6.1: text is UTF-8).
     NotUtf8,
@@ -25,8 +31,12 @@ impl fmt::Display for TextError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TextError::MissingEquals { pair } => write!(f, "text pair without '=': {pair:?}"),
-            TextError::KeyTooLong { key } => write!(f, "text key longer than {MAX_KEY_LEN} bytes: {key:?}"),
-            TextError::ValueTooLong { key } => write!(f, "value of {key} longer than {MAX_VALUE_LEN} bytes"),
+            TextError::KeyTooLong { key } => {
+                write!(f, "text key longer than {MAX_KEY_LEN} bytes: {key:?}")
+            }
+            TextError::ValueTooLong { key } => {
+                write!(f, "value of {key} longer than {MAX_VALUE_LEN} bytes")
+            }
             TextError::EmptyKey => write!(f, "empty text key"),
             TextError::NotUtf8 => write!(f, "text segment is not UTF-8"),
         }
@@ -49,16 +59,23 @@ impl TextPairs {
         let mut pairs = Vec::new();
         for raw in data.split(|&b| b == 0).filter(|s| !s.is_empty()) {
             let pair = std::str::from_utf8(raw).map_err(|_| TextError::NotUtf8)?;
-            let (key, value) =
-                pair.split_once('=').ok_or_else(|| TextError::MissingEquals { pair: pair.to_string() })?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| TextError::MissingEquals {
+                    pair: pair.to_string(),
+                })?;
             if key.is_empty() {
                 return Err(TextError::EmptyKey);
             }
             if key.len() > MAX_KEY_LEN {
-                return Err(TextError::KeyTooLong { key: key.to_string() });
+                return Err(TextError::KeyTooLong {
+                    key: key.to_string(),
+                });
             }
             if value.len() > MAX_VALUE_LEN {
-                return Err(TextError::ValueTooLong { key: key.to_string() });
+                return Err(TextError::ValueTooLong {
+                    key: key.to_string(),
+                });
             }
             pairs.push((key.to_string(), value.to_string()));
         }
@@ -67,7 +84,10 @@ impl TextPairs {
 
     /// The value of the first pair with this key.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
@@ -112,11 +132,20 @@ mod tests {
 
     #[test]
     fn malformed_pairs_are_errors() {
-        assert!(matches!(TextPairs::parse(b"NoEquals\0"), Err(TextError::MissingEquals { .. })));
+        assert!(matches!(
+            TextPairs::parse(b"NoEquals\0"),
+            Err(TextError::MissingEquals { .. })
+        ));
         assert_eq!(TextPairs::parse(b"=x\0"), Err(TextError::EmptyKey));
         let long_key = format!("{}=1\0", "k".repeat(64));
-        assert!(matches!(TextPairs::parse(long_key.as_bytes()), Err(TextError::KeyTooLong { .. })));
-        assert_eq!(TextPairs::parse(&[0xff, b'=', b'1', 0]), Err(TextError::NotUtf8));
+        assert!(matches!(
+            TextPairs::parse(long_key.as_bytes()),
+            Err(TextError::KeyTooLong { .. })
+        ));
+        assert_eq!(
+            TextPairs::parse(&[0xff, b'=', b'1', 0]),
+            Err(TextError::NotUtf8)
+        );
     }
 
     #[test]

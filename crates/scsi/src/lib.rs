@@ -7,7 +7,22 @@
 //!
 //! Types below are the contract with the `target` and `sim` crates; keep them stable.
 
+pub mod cdb;
+mod dispatcher;
+mod inquiry;
+mod lu;
+mod mode;
+mod opcodes;
+pub mod sbc;
 pub mod sense;
+#[cfg(test)]
+mod test_store;
+#[cfg(test)]
+mod tests;
+pub mod ua;
+
+pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
+pub use lu::{LogicalUnit, LogicalUnitConfig};
 
 use std::sync::Arc;
 

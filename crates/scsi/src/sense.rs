@@ -55,6 +55,7 @@ conditions! {
     CommandSequenceError => (IllegalRequest, 0x2C, 0x00, "COMMAND SEQUENCE ERROR");
     InvalidMessageError => (IllegalRequest, 0x49, 0x00, "INVALID MESSAGE ERROR");
     WriteProtected => (DataProtect, 0x27, 0x00, "WRITE PROTECTED");
+    SoftwareWriteProtected => (DataProtect, 0x27, 0x02, "LOGICAL UNIT SOFTWARE WRITE PROTECTED");
     Miscompare => (Miscompare, 0x1D, 0x00, "MISCOMPARE DURING VERIFY OPERATION");
     UnrecoveredReadError => (MediumError, 0x11, 0x00, "UNRECOVERED READ ERROR");
     WriteError => (MediumError, 0x0C, 0x00, "WRITE ERROR");
@@ -224,7 +225,7 @@ mod tests {
         let descriptor = Sense::new(Condition::Miscompare).with_information(7).to_descriptor();
         assert_eq!(descriptor[0], 0x72);
         assert_eq!(descriptor[7] as usize, descriptor.len() - 8);
-        assert_eq!(descriptor[15], 7);
+        assert_eq!(descriptor[19], 7);
     }
 
     #[test]

@@ -1,1 +1,243 @@
-//! (being written)
+//! A logical unit backed by a (normally sparse) file.
+//!
+//! I/O is positional (pread/pwrite through `FileExt`) on one shared descriptor: safe from every thread at once with
+//! no lock and no seek state. `flush` is fdatasync (SBC-4 FUA and SYNCHRONIZE CACHE promise durability).
+//! Deallocation punches holes (fallocate PUNCH_HOLE|KEEP_SIZE) so unmapped blocks give their space back and read as
+//! zeros; allocation status comes from SEEK_DATA/SEEK_HOLE. An existing file is never truncated or resized.
+
+use crate::{BlockStore, Extent};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Backing files must be a whole number of the smallest logical block size lunlock offers.
+const SIZE_GRANULE_BYTES: u64 = 512;
+
+pub struct FileStore {
+    file: File,
+    path: PathBuf,
+    capacity_bytes: u64,
+    read_only: bool,
+}
+
+fn error_at(path: &Path, what: &str, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {what}: {err}", path.display()))
+}
+
+fn invalid(path: &Path, message: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}: {message}", path.display()),
+    )
+}
+
+impl FileStore {
+    /// Creates a new sparse file of `capacity_bytes`; refuses when the file exists.
+    pub fn create_sparse(path: &Path, capacity_bytes: u64) -> io::Result<FileStore> {
+        check_capacity(path, capacity_bytes)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| error_at(path, "cannot create backing file", e))?;
+        file.set_len(capacity_bytes)
+            .map_err(|e| error_at(path, "cannot size backing file", e))?;
+        file.sync_all()
+            .map_err(|e| error_at(path, "cannot sync backing file", e))?;
+        if let Some(parent) = path.parent() {
+            crate::metadata::sync_directory(parent)?;
+        }
+        Ok(FileStore {
+            file,
+            path: path.to_path_buf(),
+            capacity_bytes,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing file; its length is the capacity.
+    pub fn open(path: &Path, read_only: bool) -> io::Result<FileStore> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| error_at(path, "cannot open backing file", e))?;
+        let capacity_bytes = file
+            .metadata()
+            .map_err(|e| error_at(path, "cannot stat backing file", e))?
+            .len();
+        check_capacity(path, capacity_bytes)?;
+        Ok(FileStore {
+            file,
+            path: path.to_path_buf(),
+            capacity_bytes,
+            read_only,
+        })
+    }
+
+    /// Opens the file when it exists (its size must equal `capacity_bytes`: a LUN is never resized silently),
+    /// else creates it sparse.
+    pub fn open_or_create(path: &Path, capacity_bytes: u64) -> io::Result<FileStore> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() != capacity_bytes => Err(invalid(
+                path,
+                format!(
+                    "existing backing file is {} bytes but the LUN is configured as {capacity_bytes} bytes; \
+                     refusing to resize it (change the configured size or move the file away)",
+                    meta.len()
+                ),
+            )),
+            Ok(_) => FileStore::open(path, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FileStore::create_sparse(path, capacity_bytes),
+            Err(e) => Err(error_at(path, "cannot stat backing file", e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity_bytes => Ok(()),
+            _ => Err(invalid(
+                &self.path,
+                format!(
+                    "range {offset}+{len} beyond capacity {}",
+                    self.capacity_bytes
+                ),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: read-only", self.path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own; SEEK_DATA/SEEK_HOLE do not touch memory.
+        let result = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if result < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        Ok(Some(result as u64))
+    }
+}
+
+fn check_capacity(path: &Path, capacity_bytes: u64) -> io::Result<()> {
+    if capacity_bytes == 0 || !capacity_bytes.is_multiple_of(SIZE_GRANULE_BYTES) {
+        return Err(invalid(
+            path,
+            format!(
+                "size {capacity_bytes} bytes is not a positive multiple of {SIZE_GRANULE_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl BlockStore for FileStore {
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, buf.len() as u64)?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn deallocate(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len_bytes)?;
+        if len_bytes == 0 {
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on a descriptor we own, with a range checked against the file size.
+        let result = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len_bytes as libc::off_t,
+            )
+        };
+        if result == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(err);
+        }
+        // The filesystem cannot punch holes: keep the promise that deallocated blocks read as zeros.
+        const ZERO_CHUNK: usize = 1 << 20;
+        let zeros = vec![0u8; ZERO_CHUNK.min(len_bytes as usize)];
+        let mut done = 0u64;
+        while done < len_bytes {
+            let n = (len_bytes - done).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn allocation_at(&self, offset: u64) -> io::Result<Extent> {
+        if offset >= self.capacity_bytes {
+            return Err(invalid(
+                &self.path,
+                format!("offset {offset} beyond capacity {}", self.capacity_bytes),
+            ));
+        }
+        let next_data = self.seek(offset, libc::SEEK_DATA)?;
+        match next_data {
+            Some(data) if data == offset => {
+                let hole = self
+                    .seek(offset, libc::SEEK_HOLE)?
+                    .unwrap_or(self.capacity_bytes);
+                Ok(Extent {
+                    mapped: true,
+                    len_bytes: hole.min(self.capacity_bytes) - offset,
+                })
+            }
+            Some(data) => Ok(Extent {
+                mapped: false,
+                len_bytes: data.min(self.capacity_bytes) - offset,
+            }),
+            None => Ok(Extent {
+                mapped: false,
+                len_bytes: self.capacity_bytes - offset,
+            }),
+        }
+    }
+}

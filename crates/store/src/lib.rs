@@ -6,6 +6,7 @@
 //! (temp file, fsync, rename, directory fsync, version and checksum).
 
 pub mod file;
+pub mod identity;
 pub mod memory;
 pub mod metadata;
 

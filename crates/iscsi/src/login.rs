@@ -1,0 +1,734 @@
+//! Login phase, target role (RFC 7143 6 and 11.12/11.13), sans-IO: Login Requests in, Login Responses out.
+//!
+//! One [`TargetLogin`] per connection. It walks the stages (security, operational, full feature; the security
+//! stage may be skipped), negotiates every key of RFC 7143 13 with the result function the RFC gives each key, and
+//! ends with a [`LoginResult`] holding the negotiated [`SessionParams`]. Session reinstatement and TSIH allocation
+//! belong to the runtime, which sees the result before the final response is sent and may rewrite its TSIH.
+//!
+//! Only AuthMethod=None is offered for now: CHAP would slot into the security stage.
+
+use crate::message::{LoginRequest, LoginResponse, LoginStage, TargetSequence};
+use crate::params::SessionParams;
+use crate::text::TextPairs;
+
+/// Login status classes and details (RFC 7143 11.13.5).
+pub mod status {
+    pub const SUCCESS: (u8, u8) = (0x00, 0x00);
+    pub const AUTHENTICATION_FAILURE: (u8, u8) = (0x02, 0x01);
+    pub const AUTHORIZATION_FAILURE: (u8, u8) = (0x02, 0x02);
+    pub const TARGET_NOT_FOUND: (u8, u8) = (0x02, 0x03);
+    pub const UNSUPPORTED_VERSION: (u8, u8) = (0x02, 0x05);
+    pub const MISSING_PARAMETER: (u8, u8) = (0x02, 0x07);
+    pub const SESSION_TYPE_NOT_SUPPORTED: (u8, u8) = (0x02, 0x09);
+    pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (0x02, 0x0A);
+    pub const INVALID_DURING_LOGIN: (u8, u8) = (0x02, 0x0B);
+    pub const INITIATOR_ERROR: (u8, u8) = (0x02, 0x00);
+    pub const TARGET_ERROR: (u8, u8) = (0x03, 0x00);
+    pub const OUT_OF_RESOURCES: (u8, u8) = (0x03, 0x02);
+}
+
+/// The iSCSI protocol version this implementation speaks (RFC 7143 11.12.4).
+pub const VERSION: u8 = 0x00;
+/// Longest text we accumulate across C-bit continuations before failing the login.
+pub const MAX_LOGIN_TEXT_BYTES: usize = 64 * 1024;
+
+/// A target reachable through the portal the connection arrived on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortalTarget {
+    pub name: String,
+    pub alias: Option<String>,
+    /// None admits any initiator; Some lists the initiator names admitted.
+    pub allowed_initiators: Option<Vec<String>>,
+}
+
+impl PortalTarget {
+    pub fn admits(&self, initiator: &str) -> bool {
+        self.allowed_initiators
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == initiator))
+    }
+}
+
+/// What the target offers in a login.
+#[derive(Clone, Debug)]
+pub struct LoginSettings {
+    pub targets: Vec<PortalTarget>,
+    pub portal_group_tag: u16,
+    /// Our MaxRecvDataSegmentLength declaration.
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+    /// Command window size granted to the session (MaxCmdSN - ExpCmdSN + 1).
+    pub queue_depth: u32,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        LoginSettings {
+            targets: Vec::new(),
+            portal_group_tag: 1,
+            max_recv_data_segment_length: 262_144,
+            max_burst_length: 1_048_576,
+            first_burst_length: 262_144,
+            max_outstanding_r2t: 8,
+            queue_depth: 128,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionKind {
+    Discovery,
+    Normal,
+}
+
+/// What a completed login established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginResult {
+    pub kind: SessionKind,
+    pub initiator_name: String,
+    pub initiator_alias: Option<String>,
+    /// The target of a normal session.
+    pub target_name: Option<String>,
+    pub isid: [u8; 6],
+    /// The TSIH the initiator sent (0 for a new session).
+    pub requested_tsih: u16,
+    pub cid: u16,
+    pub params: SessionParams,
+    /// The first full-feature ExpCmdSN (the login's CmdSN: login requests are immediate).
+    pub exp_cmd_sn: u32,
+    /// The StatSN of the next response after the final login response.
+    pub next_stat_sn: u32,
+}
+
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// Send the response and wait for the next Login Request.
+    Continue(LoginResponse),
+    /// Send the response (the runtime may set its TSIH first); the connection is in full feature phase.
+    Complete {
+        response: LoginResponse,
+        result: Box<LoginResult>,
+    },
+    /// Send the response, which carries an error status, and close the connection.
+    Fail(LoginResponse),
+}
+
+/// Per-connection login state.
+pub struct TargetLogin {
+    settings: LoginSettings,
+    /// Stage we are in (the CSG the next request must carry).
+    stage: LoginStage,
+    started: bool,
+    itt: u32,
+    isid: [u8; 6],
+    tsih: u16,
+    cid: u16,
+    cmd_sn: u32,
+    stat_sn: u32,
+    pending_text: Vec<u8>,
+    initiator_name: Option<String>,
+    initiator_alias: Option<String>,
+    target_name: Option<String>,
+    kind: Option<SessionKind>,
+    params: SessionParams,
+    /// Our declarations (MaxRecvDataSegmentLength, TargetPortalGroupTag) are sent once.
+    declared: bool,
+}
+
+impl TargetLogin {
+    pub fn new(settings: LoginSettings) -> TargetLogin {
+        let params = SessionParams {
+            max_recv_data_segment_length: settings.max_recv_data_segment_length,
+            ..SessionParams::default()
+        };
+        TargetLogin {
+            settings,
+            stage: LoginStage::Security,
+            started: false,
+            itt: 0,
+            isid: [0; 6],
+            tsih: 0,
+            cid: 0,
+            cmd_sn: 0,
+            stat_sn: 0,
+            pending_text: Vec::new(),
+            initiator_name: None,
+            initiator_alias: None,
+            target_name: None,
+            kind: None,
+            params,
+            declared: false,
+        }
+    }
+
+    /// Handles one Login Request.
+    pub fn handle_request(&mut self, request: LoginRequest) -> LoginOutcome {
+        match self.step(request) {
+            Ok(outcome) => outcome,
+            Err(status) => {
+                LoginOutcome::Fail(self.response(false, self.stage as u8, 0, status, Vec::new()))
+            }
+        }
+    }
+
+    fn step(&mut self, request: LoginRequest) -> Result<LoginOutcome, (u8, u8)> {
+        let first_request = !self.started;
+        self.check_sequence(&request)?;
+        let Some(current) = LoginStage::from_code(request.current_stage) else {
+            return Err(status::INITIATOR_ERROR);
+        };
+        if current == LoginStage::FullFeature || (!first_request && current != self.stage) {
+            return Err(status::INITIATOR_ERROR);
+        }
+        self.stage = current;
+        // RFC 7143 6.2 / 11.12.2: with C=1 the text continues in the next request; answer with an empty response.
+        self.pending_text.extend_from_slice(&request.data);
+        if self.pending_text.len() > MAX_LOGIN_TEXT_BYTES {
+            return Err(status::INITIATOR_ERROR);
+        }
+        if request.continue_bit {
+            if request.transit {
+                return Err(status::INITIATOR_ERROR); // T and C together are a protocol error (11.12.2)
+            }
+            return Ok(LoginOutcome::Continue(self.response(
+                false,
+                current as u8,
+                0,
+                status::SUCCESS,
+                Vec::new(),
+            )));
+        }
+        let text = std::mem::take(&mut self.pending_text);
+        let offered = TextPairs::parse(&text).map_err(|_| status::INITIATOR_ERROR)?;
+        let answer = self.negotiate(current, &offered)?;
+
+        let next = if request.transit {
+            LoginStage::from_code(request.next_stage)
+                .filter(|&next| next > current)
+                .ok_or(status::INITIATOR_ERROR)?
+        } else {
+            current
+        };
+        if request.transit && next == LoginStage::FullFeature {
+            self.check_complete()?;
+            let response = self.response(
+                true,
+                current as u8,
+                next as u8,
+                status::SUCCESS,
+                answer.encode(),
+            );
+            return Ok(LoginOutcome::Complete {
+                response,
+                result: Box::new(self.result()),
+            });
+        }
+        if request.transit {
+            self.stage = next;
+        }
+        let response = self.response(
+            request.transit,
+            current as u8,
+            next as u8,
+            status::SUCCESS,
+            answer.encode(),
+        );
+        Ok(LoginOutcome::Continue(response))
+    }
+
+    fn check_sequence(&mut self, request: &LoginRequest) -> Result<(), (u8, u8)> {
+        if !self.started {
+            if request.version_min > VERSION {
+                return Err(status::UNSUPPORTED_VERSION);
+            }
+            self.started = true;
+            self.itt = request.itt;
+            self.isid = request.isid;
+            self.tsih = request.tsih;
+            self.cid = request.cid;
+            self.cmd_sn = request.cmd_sn;
+            self.stat_sn = request.exp_stat_sn;
+            return Ok(());
+        }
+        // RFC 7143 6.1.2: ISID, TSIH, CID and ITT stay the same during a login.
+        if request.isid != self.isid
+            || request.tsih != self.tsih
+            || request.cid != self.cid
+            || request.itt != self.itt
+        {
+            return Err(status::INITIATOR_ERROR);
+        }
+        Ok(())
+    }
+
+    fn check_complete(&self) -> Result<(), (u8, u8)> {
+        if self.initiator_name.is_none() {
+            return Err(status::MISSING_PARAMETER);
+        }
+        if self.kind == Some(SessionKind::Normal) && self.target_name.is_none() {
+            return Err(status::MISSING_PARAMETER);
+        }
+        Ok(())
+    }
+
+    fn result(&self) -> LoginResult {
+        LoginResult {
+            kind: self.kind.unwrap_or(SessionKind::Normal),
+            initiator_name: self.initiator_name.clone().unwrap_or_default(),
+            initiator_alias: self.initiator_alias.clone(),
+            target_name: self.target_name.clone(),
+            isid: self.isid,
+            requested_tsih: self.tsih,
+            cid: self.cid,
+            params: self.params,
+            exp_cmd_sn: self.cmd_sn,
+            next_stat_sn: self.stat_sn,
+        }
+    }
+
+    fn response(
+        &mut self,
+        transit: bool,
+        current: u8,
+        next: u8,
+        status: (u8, u8),
+        data: Vec<u8>,
+    ) -> LoginResponse {
+        let stat_sn = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        LoginResponse {
+            transit,
+            continue_bit: false,
+            current_stage: current,
+            next_stage: if transit { next } else { 0 },
+            version_max: VERSION,
+            version_active: VERSION,
+            isid: self.isid,
+            tsih: self.tsih,
+            itt: self.itt,
+            sequence: TargetSequence {
+                stat_sn,
+                exp_cmd_sn: self.cmd_sn,
+                max_cmd_sn: self
+                    .cmd_sn
+                    .wrapping_add(self.settings.queue_depth.max(1) - 1),
+            },
+            status_class: status.0,
+            status_detail: status.1,
+            data,
+        }
+    }
+
+    /// Negotiates the offered keys and returns our answers (RFC 7143 6.2, 13).
+    fn negotiate(&mut self, stage: LoginStage, offered: &TextPairs) -> Result<TextPairs, (u8, u8)> {
+        let mut answer = TextPairs::new();
+        for (key, value) in offered.iter() {
+            self.negotiate_key(stage, key, value, &mut answer)?;
+        }
+        if self.kind.is_none() && self.initiator_name.is_some() {
+            self.kind = Some(SessionKind::Normal);
+        }
+        if !self.declared && self.initiator_name.is_some() && self.kind.is_some() {
+            self.declared = true;
+            if self.kind == Some(SessionKind::Normal) {
+                // RFC 7143 13.9: TargetPortalGroupTag is returned in the first login response of a normal session.
+                answer.push(
+                    "TargetPortalGroupTag",
+                    self.settings.portal_group_tag.to_string(),
+                );
+                if let Some(alias) = self.target().and_then(|t| t.alias.clone()) {
+                    answer.push("TargetAlias", alias);
+                }
+            }
+        }
+        if stage == LoginStage::Operational && answer.get("MaxRecvDataSegmentLength").is_none() {
+            // Declarative (13.12): we state what we receive, whether or not the initiator declared its own.
+            answer.push(
+                "MaxRecvDataSegmentLength",
+                self.settings.max_recv_data_segment_length.to_string(),
+            );
+        }
+        Ok(answer)
+    }
+
+    fn target(&self) -> Option<&PortalTarget> {
+        let name = self.target_name.as_deref()?;
+        self.settings.targets.iter().find(|t| t.name == name)
+    }
+
+    fn negotiate_key(
+        &mut self,
+        stage: LoginStage,
+        key: &str,
+        value: &str,
+        answer: &mut TextPairs,
+    ) -> Result<(), (u8, u8)> {
+        let discovery = self.kind == Some(SessionKind::Discovery);
+        match key {
+            "InitiatorName" => {
+                if value.is_empty() {
+                    return Err(status::MISSING_PARAMETER);
+                }
+                self.initiator_name = Some(value.to_string());
+                self.authorize()?;
+            }
+            "InitiatorAlias" => self.initiator_alias = Some(value.to_string()),
+            "SessionType" => {
+                self.kind = Some(match value {
+                    "Discovery" => SessionKind::Discovery,
+                    "Normal" => SessionKind::Normal,
+                    _ => return Err(status::SESSION_TYPE_NOT_SUPPORTED),
+                });
+                self.authorize()?;
+            }
+            "TargetName" => {
+                if !self.settings.targets.iter().any(|t| t.name == value) {
+                    return Err(status::TARGET_NOT_FOUND);
+                }
+                self.target_name = Some(value.to_string());
+                self.authorize()?;
+            }
+            "AuthMethod" => {
+                if stage != LoginStage::Security {
+                    answer.push(key, "Irrelevant");
+                } else if value.split(',').any(|v| v == "None") {
+                    answer.push(key, "None");
+                } else {
+                    // RFC 7143 12.1: only None is offered today.
+                    return Err(status::AUTHENTICATION_FAILURE);
+                }
+            }
+            "HeaderDigest" | "DataDigest" => {
+                let choice = value.split(',').find(|v| *v == "CRC32C" || *v == "None");
+                let Some(choice) = choice else {
+                    answer.push(key, "Reject");
+                    return Ok(());
+                };
+                if key == "HeaderDigest" {
+                    self.params.header_digest = choice == "CRC32C";
+                } else {
+                    self.params.data_digest = choice == "CRC32C";
+                }
+                answer.push(key, choice);
+            }
+            "MaxRecvDataSegmentLength" => {
+                // Declarative (13.12): what the initiator receives is what we may send; 512..2^24-1.
+                let theirs =
+                    parse_number(value, 512, (1 << 24) - 1).ok_or(status::INITIATOR_ERROR)?;
+                self.params.max_xmit_data_segment_length = theirs;
+                answer.push(key, self.settings.max_recv_data_segment_length.to_string());
+            }
+            "MaxBurstLength" | "FirstBurstLength" | "MaxOutstandingR2T" | "MaxConnections"
+                if discovery =>
+            {
+                answer.push(key, "Irrelevant");
+            }
+            "ImmediateData" | "InitialR2T" | "DataPDUInOrder" | "DataSequenceInOrder"
+                if discovery =>
+            {
+                answer.push(key, "Irrelevant");
+            }
+            "MaxBurstLength" => {
+                let theirs =
+                    parse_number(value, 512, (1 << 24) - 1).ok_or(status::INITIATOR_ERROR)?;
+                let result = theirs.min(self.settings.max_burst_length);
+                self.params.max_burst_length = result;
+                self.params.first_burst_length = self.params.first_burst_length.min(result);
+                answer.push(key, result.to_string());
+            }
+            "FirstBurstLength" => {
+                let theirs =
+                    parse_number(value, 512, (1 << 24) - 1).ok_or(status::INITIATOR_ERROR)?;
+                let result = theirs
+                    .min(self.settings.first_burst_length)
+                    .min(self.params.max_burst_length);
+                self.params.first_burst_length = result;
+                answer.push(key, result.to_string());
+            }
+            "MaxOutstandingR2T" => {
+                let theirs = parse_number(value, 1, 65535).ok_or(status::INITIATOR_ERROR)?;
+                let result = theirs.min(self.settings.max_outstanding_r2t);
+                self.params.max_outstanding_r2t = result;
+                answer.push(key, result.to_string());
+            }
+            "MaxConnections" => {
+                parse_number(value, 1, 65535).ok_or(status::INITIATOR_ERROR)?;
+                answer.push(key, "1"); // Min(theirs, 1): one connection per session (13.2)
+            }
+            "ImmediateData" => {
+                // AND (13.11): we say Yes, so the result is theirs.
+                let theirs = parse_bool(value).ok_or(status::INITIATOR_ERROR)?;
+                self.params.immediate_data = theirs;
+                answer.push(key, yes_no(theirs));
+            }
+            "InitialR2T" => {
+                // OR (13.10): we say No, so the result is theirs.
+                let theirs = parse_bool(value).ok_or(status::INITIATOR_ERROR)?;
+                self.params.initial_r2t = theirs;
+                answer.push(key, yes_no(theirs));
+            }
+            "DataPDUInOrder" | "DataSequenceInOrder" => {
+                // OR (13.18, 13.19): we say Yes, so the result is Yes.
+                parse_bool(value).ok_or(status::INITIATOR_ERROR)?;
+                answer.push(key, "Yes");
+            }
+            "ErrorRecoveryLevel" => {
+                parse_number(value, 0, 2).ok_or(status::INITIATOR_ERROR)?;
+                self.params.error_recovery_level = 0; // Min(theirs, 0) (13.20)
+                answer.push(key, "0");
+            }
+            "DefaultTime2Wait" => {
+                let theirs = parse_number(value, 0, 3600).ok_or(status::INITIATOR_ERROR)?;
+                answer.push(key, theirs.max(2).to_string()); // Max (13.15)
+            }
+            "DefaultTime2Retain" => {
+                let theirs = parse_number(value, 0, 3600).ok_or(status::INITIATOR_ERROR)?;
+                answer.push(key, theirs.min(20).to_string()); // Min (13.16)
+            }
+            "IFMarker" | "OFMarker" => answer.push(key, "No"),
+            "IFMarkInt" | "OFMarkInt" => answer.push(key, "Irrelevant"),
+            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
+                // Target-declared keys sent by an initiator (13.7-13.9): RFC 7143 6.2 says answer NotUnderstood? No:
+                // they are valid keys in the wrong direction; treat as irrelevant.
+                answer.push(key, "Irrelevant");
+            }
+            _ => answer.push(key, "NotUnderstood"),
+        }
+        Ok(())
+    }
+
+    /// Access control: once initiator and target are known, the target's allow-list decides (RFC 7143 11.13.5,
+    /// Authorization failure).
+    fn authorize(&self) -> Result<(), (u8, u8)> {
+        if let (Some(initiator), Some(target)) = (self.initiator_name.as_deref(), self.target()) {
+            if !target.admits(initiator) {
+                return Err(status::AUTHORIZATION_FAILURE);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_number(value: &str, low: u32, high: u32) -> Option<u32> {
+    let parsed = if let Some(hex) = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        u32::from_str_radix(hex, 16).ok()?
+    } else {
+        value.parse().ok()?
+    };
+    (low..=high).contains(&parsed).then_some(parsed)
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "Yes" => Some(true),
+        "No" => Some(false),
+        _ => None,
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "Yes"
+    } else {
+        "No"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LoginSettings {
+        LoginSettings {
+            targets: vec![PortalTarget {
+                name: "iqn.t:a".into(),
+                alias: Some("alpha".into()),
+                allowed_initiators: Some(vec!["iqn.i:ok".into()]),
+            }],
+            ..LoginSettings::default()
+        }
+    }
+
+    fn request(csg: u8, nsg: u8, transit: bool, pairs: &[(&str, &str)]) -> LoginRequest {
+        let mut text = TextPairs::new();
+        for (k, v) in pairs {
+            text.push(*k, *v);
+        }
+        LoginRequest {
+            transit,
+            current_stage: csg,
+            next_stage: nsg,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            itt: 7,
+            cmd_sn: 10,
+            exp_stat_sn: 0,
+            data: text.encode(),
+            ..Default::default()
+        }
+    }
+
+    fn answers(response: &LoginResponse) -> TextPairs {
+        TextPairs::parse(&response.data).unwrap()
+    }
+
+    #[test]
+    fn security_then_operational_login_negotiates_every_key() {
+        let mut login = TargetLogin::new(settings());
+        let LoginOutcome::Continue(first) = login.handle_request(request(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", "iqn.i:ok"),
+                ("TargetName", "iqn.t:a"),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        )) else {
+            panic!("security stage should continue");
+        };
+        assert_eq!(
+            (first.status_class, first.transit, first.next_stage),
+            (0, true, 1)
+        );
+        let first_answers = answers(&first);
+        assert_eq!(first_answers.get("AuthMethod"), Some("None"));
+        assert_eq!(first_answers.get("TargetPortalGroupTag"), Some("1"));
+        let outcome = login.handle_request(request(
+            1,
+            3,
+            true,
+            &[
+                ("HeaderDigest", "CRC32C,None"),
+                ("DataDigest", "None"),
+                ("MaxRecvDataSegmentLength", "65536"),
+                ("MaxBurstLength", "16776192"),
+                ("FirstBurstLength", "4096"),
+                ("ImmediateData", "Yes"),
+                ("InitialR2T", "No"),
+                ("MaxOutstandingR2T", "16"),
+                ("ErrorRecoveryLevel", "2"),
+                ("X-com.example.Foo", "1"),
+            ],
+        ));
+        let LoginOutcome::Complete { response, result } = outcome else {
+            panic!("should complete")
+        };
+        let a = answers(&response);
+        assert_eq!(a.get("HeaderDigest"), Some("CRC32C"));
+        assert_eq!(a.get("MaxBurstLength"), Some("1048576"));
+        assert_eq!(a.get("FirstBurstLength"), Some("4096"));
+        assert_eq!(a.get("MaxOutstandingR2T"), Some("8"));
+        assert_eq!(a.get("ErrorRecoveryLevel"), Some("0"));
+        assert_eq!(a.get("X-com.example.Foo"), Some("NotUnderstood"));
+        assert_eq!(a.get("MaxRecvDataSegmentLength"), Some("262144"));
+        assert!(result.params.header_digest && !result.params.data_digest);
+        assert_eq!(result.params.max_xmit_data_segment_length, 65536);
+        assert!(!result.params.initial_r2t);
+        assert_eq!(result.exp_cmd_sn, 10);
+        assert_eq!(response.sequence.stat_sn + 1, result.next_stat_sn);
+    }
+
+    #[test]
+    fn unknown_target_and_unauthorized_initiator_fail() {
+        let mut login = TargetLogin::new(settings());
+        let outcome = login.handle_request(request(
+            1,
+            3,
+            true,
+            &[("InitiatorName", "iqn.i:ok"), ("TargetName", "iqn.t:zz")],
+        ));
+        let LoginOutcome::Fail(response) = outcome else {
+            panic!()
+        };
+        assert_eq!(
+            (response.status_class, response.status_detail),
+            status::TARGET_NOT_FOUND
+        );
+
+        let mut login = TargetLogin::new(settings());
+        let outcome = login.handle_request(request(
+            1,
+            3,
+            true,
+            &[("InitiatorName", "iqn.i:bad"), ("TargetName", "iqn.t:a")],
+        ));
+        let LoginOutcome::Fail(response) = outcome else {
+            panic!()
+        };
+        assert_eq!(
+            (response.status_class, response.status_detail),
+            status::AUTHORIZATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn missing_initiator_name_fails() {
+        let mut login = TargetLogin::new(settings());
+        let LoginOutcome::Fail(response) =
+            login.handle_request(request(1, 3, true, &[("TargetName", "iqn.t:a")]))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (response.status_class, response.status_detail),
+            status::MISSING_PARAMETER
+        );
+    }
+
+    #[test]
+    fn discovery_session_marks_session_keys_irrelevant() {
+        let mut login = TargetLogin::new(settings());
+        let outcome = login.handle_request(request(
+            1,
+            3,
+            true,
+            &[
+                ("InitiatorName", "iqn.i:x"),
+                ("SessionType", "Discovery"),
+                ("MaxBurstLength", "4096"),
+            ],
+        ));
+        let LoginOutcome::Complete { response, result } = outcome else {
+            panic!()
+        };
+        assert_eq!(result.kind, SessionKind::Discovery);
+        assert_eq!(answers(&response).get("MaxBurstLength"), Some("Irrelevant"));
+    }
+
+    #[test]
+    fn changing_isid_mid_login_and_bad_version_fail() {
+        let mut login = TargetLogin::new(settings());
+        assert!(matches!(
+            login.handle_request(request(
+                0,
+                1,
+                false,
+                &[("InitiatorName", "iqn.i:ok"), ("TargetName", "iqn.t:a")]
+            )),
+            LoginOutcome::Continue(_)
+        ));
+        let mut second = request(0, 1, true, &[]);
+        second.isid = [0x80, 9, 9, 9, 9, 9];
+        assert!(matches!(
+            login.handle_request(second),
+            LoginOutcome::Fail(_)
+        ));
+
+        let mut login = TargetLogin::new(settings());
+        let mut bad = request(1, 3, true, &[("InitiatorName", "iqn.i:ok")]);
+        bad.version_min = 5;
+        let LoginOutcome::Fail(response) = login.handle_request(bad) else {
+            panic!()
+        };
+        assert_eq!(
+            (response.status_class, response.status_detail),
+            status::UNSUPPORTED_VERSION
+        );
+    }
+}

@@ -1,0 +1,1245 @@
+//! Full-feature phase of a session, target role (RFC 7143), sans-IO.
+//!
+//! Call order: feed every received PDU to [`TargetSession::handle_pdu`]; then drain [`TargetSession::poll_event`]
+//! (commands to execute, task management, text, logout) and report each outcome with
+//! [`TargetSession::complete_command`] / [`TargetSession::complete_task_management`] /
+//! [`TargetSession::answer_text`]; then drain [`TargetSession::poll_transmit`] onto the connection.
+//!
+//! What it does:
+//! - Orders commands by CmdSN (RFC 7143 3.2.2.1, 4.2.2.1): commands inside the window [ExpCmdSN, MaxCmdSN] that
+//!   arrive early wait in a bounded reorder buffer; commands outside the window are silently ignored; immediate
+//!   commands are delivered at once and do not advance ExpCmdSN.
+//! - Gathers write data (RFC 7143 4.2.2.x, 11.7, 11.8): immediate data, unsolicited Data-Out up to
+//!   FirstBurstLength, then R2Ts of at most MaxBurstLength with up to MaxOutstandingR2T outstanding. Data-Out PDUs
+//!   are checked (TTT, DataSN, buffer offset, length); with ErrorRecoveryLevel 0 a sequence error is fatal.
+//! - Builds responses: Data-In segmented by the initiator's MaxRecvDataSegmentLength, status in the final Data-In
+//!   when there is no sense data (11.7.4), residual overflow/underflow (11.4.5), StatSN numbering (4.2.2.2).
+//! - NOP-Out/NOP-In both ways (11.18, 11.19), ABORT TASK for held and completed tasks (11.5.1), Logout (11.14),
+//!   Reject of PDUs it cannot accept (11.17).
+//!
+//! Invariants: every task held is bounded in size (EDTL <= MAX_TASK_DATA_BYTES), the reorder buffer holds at most
+//! the command window, and no PDU from the initiator can make this code panic.
+
+use crate::message::{
+    self, reject, tmf, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut,
+    ReadyToTransfer, Reject, Residual, ScsiCommand, ScsiResponse, TargetSequence,
+    TaskManagementRequest, TaskManagementResponse, TextRequest, TextResponse, RESERVED_TAG,
+};
+use crate::params::SessionParams;
+use crate::pdu::{Opcode, Pdu, SerialNumber, BHS_LEN};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+/// Largest expected data transfer length accepted for one write (bounds memory per task).
+pub const MAX_TASK_DATA_BYTES: u32 = 64 << 20;
+/// Tasks held awaiting Data-Out at once.
+pub const MAX_TASKS_AWAITING_DATA: usize = 1024;
+
+/// Identifies a command handed to the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskId(pub u64);
+
+/// Work for the runtime.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// Execute this SCSI command now; all its Data-Out has arrived.
+    Execute {
+        task: TaskId,
+        itt: u32,
+        /// Decoded LUN; an undecodable LUN field is `u64::MAX` (no such LUN).
+        lun: u64,
+        cdb: Vec<u8>,
+        data_out: Vec<u8>,
+        expected_transfer_length: u32,
+        attribute: u8,
+        read: bool,
+        write: bool,
+    },
+    /// Perform a task management function and answer with `complete_task_management`.
+    TaskManagement {
+        itt: u32,
+        function: u8,
+        lun: u64,
+        referenced_task_tag: u32,
+        ref_cmd_sn: u32,
+    },
+    /// A Text Request in full feature phase; answer with `answer_text`.
+    Text { itt: u32, data: Vec<u8> },
+    /// The initiator logged out; the Logout Response is already queued.
+    Logout { reason: u8 },
+}
+
+/// The runtime's report of a finished command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandOutcome {
+    pub status: u8,
+    pub sense: Vec<u8>,
+    pub data_in: Vec<u8>,
+    pub data_out_wanted: Option<u32>,
+}
+
+/// A condition that ends the connection (RFC 7143 7: with ErrorRecoveryLevel 0, connection failure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    Fatal(String),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Fatal(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+fn fatal<T>(reason: impl Into<String>) -> Result<T, SessionError> {
+    Err(SessionError::Fatal(reason.into()))
+}
+
+/// What went wrong in a write's data phase, with the SPC-4 additional sense code it maps to (ABORTED COMMAND).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataError {
+    /// 4B/00 DATA PHASE ERROR: DataSN out of sequence, or a sequence ended early.
+    DataSequence,
+    /// 4B/01 INVALID TARGET PORT TRANSFER TAG RECEIVED.
+    InvalidTargetTransferTag,
+    /// 4B/02 TOO MUCH WRITE DATA.
+    TooMuchData,
+    /// 4B/05 DATA OFFSET ERROR.
+    DataOffset,
+}
+
+impl DataError {
+    /// Fixed-format sense data (SPC-4 4.5.3), sense key ABORTED COMMAND.
+    fn fixed_sense(self) -> [u8; 18] {
+        let ascq = match self {
+            DataError::DataSequence => 0x00,
+            DataError::InvalidTargetTransferTag => 0x01,
+            DataError::TooMuchData => 0x02,
+            DataError::DataOffset => 0x05,
+        };
+        let mut sense = [0u8; 18];
+        sense[0] = 0x70;
+        sense[2] = 0x0B;
+        sense[7] = 10;
+        sense[12] = 0x4B;
+        sense[13] = ascq;
+        sense
+    }
+}
+
+/// A solicitation still open: an R2T, or the unsolicited first burst (ttt = RESERVED_TAG).
+#[derive(Debug)]
+struct Solicitation {
+    ttt: u32,
+    offset: u32,
+    length: u32,
+    received: u32,
+    next_data_sn: u32,
+}
+
+/// A write command gathering its Data-Out.
+#[derive(Debug)]
+struct PendingWrite {
+    command: ScsiCommand,
+    lun: u64,
+    buffer: Vec<u8>,
+    received: u32,
+    /// Where the next R2T starts.
+    next_r2t_offset: u32,
+    open: Vec<Solicitation>,
+    r2t_sn: u32,
+}
+
+/// What the session remembers of a task handed to the runtime, to build its response.
+#[derive(Debug)]
+struct Executing {
+    itt: u32,
+    lun: [u8; 8],
+    expected_transfer_length: u32,
+    read: bool,
+    r2ts_sent: u32,
+}
+
+pub struct TargetSession {
+    params: SessionParams,
+    exp_cmd_sn: SerialNumber,
+    stat_sn: u32,
+    queue_depth: u32,
+    /// Non-immediate PDUs that arrived before their turn, by CmdSN.
+    reorder: HashMap<u32, Pdu>,
+    writes: HashMap<u32, PendingWrite>,
+    executing: HashMap<TaskId, Executing>,
+    next_task: u64,
+    next_ttt: u32,
+    outstanding_ping: Option<u32>,
+    events: VecDeque<SessionEvent>,
+    transmit: VecDeque<Pdu>,
+    logged_out: bool,
+}
+
+impl TargetSession {
+    pub fn new(
+        params: SessionParams,
+        exp_cmd_sn: u32,
+        stat_sn: u32,
+        queue_depth: u32,
+    ) -> TargetSession {
+        TargetSession {
+            params,
+            exp_cmd_sn: SerialNumber(exp_cmd_sn),
+            stat_sn,
+            queue_depth: queue_depth.max(1),
+            reorder: HashMap::new(),
+            writes: HashMap::new(),
+            executing: HashMap::new(),
+            next_task: 1,
+            next_ttt: 1,
+            outstanding_ping: None,
+            events: VecDeque::new(),
+            transmit: VecDeque::new(),
+            logged_out: false,
+        }
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.params
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Pdu> {
+        self.transmit.pop_front()
+    }
+
+    pub fn is_logged_out(&self) -> bool {
+        self.logged_out
+    }
+
+    /// Tasks the session still holds (reordering or awaiting Data-Out) or that the runtime has not completed.
+    pub fn pending_tasks(&self) -> usize {
+        self.reorder.len() + self.writes.len() + self.executing.len()
+    }
+
+    fn max_cmd_sn(&self) -> SerialNumber {
+        self.exp_cmd_sn.plus(self.queue_depth - 1)
+    }
+
+    /// Sequence numbers for a PDU that carries status (advances StatSN).
+    fn status_sequence(&mut self) -> TargetSequence {
+        let sequence = self.peek_sequence();
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        sequence
+    }
+
+    /// Sequence numbers for a PDU without status (StatSN is the next one, not consumed).
+    fn peek_sequence(&self) -> TargetSequence {
+        TargetSequence {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn.0,
+            max_cmd_sn: self.max_cmd_sn().0,
+        }
+    }
+
+    /// Rejects a PDU the runtime could not hand over intact (e.g. a data digest error, RFC 7143 7.8).
+    pub fn reject_pdu(&mut self, reason: u8, pdu: &Pdu) {
+        self.reject(reason, pdu);
+    }
+
+    fn reject(&mut self, reason: u8, pdu: &Pdu) {
+        let mut header = pdu.bhs.to_vec();
+        header.truncate(BHS_LEN);
+        let reject = Reject {
+            reason,
+            sequence: self.status_sequence(),
+            data_sn_or_r2t_sn: 0,
+            rejected_header: header,
+        };
+        self.transmit.push_back(reject.to_pdu());
+    }
+
+    /// Feeds one received PDU.
+    pub fn handle_pdu(&mut self, pdu: Pdu) -> Result<(), SessionError> {
+        let Some(opcode) = pdu.opcode() else {
+            // RFC 7143 11.17.1: an unknown opcode is rejected with COMMAND NOT SUPPORTED.
+            self.reject(reject::COMMAND_NOT_SUPPORTED, &pdu);
+            return Ok(());
+        };
+        match opcode {
+            Opcode::DataOut => self.handle_data_out(pdu),
+            Opcode::SnackRequest => {
+                // ErrorRecoveryLevel 0: SNACK is not supported (RFC 7143 11.16, 11.17.1).
+                self.reject(reject::COMMAND_NOT_SUPPORTED, &pdu);
+                Ok(())
+            }
+            Opcode::NopOut if pdu.itt() == RESERVED_TAG => {
+                self.handle_ping_answer(&pdu);
+                Ok(())
+            }
+            Opcode::ScsiCommand
+            | Opcode::NopOut
+            | Opcode::TaskManagementRequest
+            | Opcode::TextRequest
+            | Opcode::LogoutRequest => self.order(pdu),
+            Opcode::LoginRequest => {
+                // A login on a full-feature connection is a protocol error (RFC 7143 6.x).
+                self.reject(reject::PROTOCOL_ERROR, &pdu);
+                Ok(())
+            }
+            _ => {
+                // Target-only opcodes sent by an initiator.
+                self.reject(reject::PROTOCOL_ERROR, &pdu);
+                Ok(())
+            }
+        }
+    }
+
+    /// CmdSN ordering (RFC 7143 3.2.2.1).
+    fn order(&mut self, pdu: Pdu) -> Result<(), SessionError> {
+        if pdu.immediate() {
+            return self.dispatch(pdu);
+        }
+        let cmd_sn = SerialNumber(pdu.u32_at(24));
+        if !cmd_sn.in_window(self.exp_cmd_sn, self.max_cmd_sn()) {
+            // Outside the window: silently ignored (RFC 7143 3.2.2.1).
+            return Ok(());
+        }
+        if cmd_sn != self.exp_cmd_sn {
+            self.reorder.insert(cmd_sn.0, pdu);
+            return Ok(());
+        }
+        self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
+        self.dispatch(pdu)?;
+        while let Some(next) = self.reorder.remove(&self.exp_cmd_sn.0) {
+            self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
+            self.dispatch(next)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, pdu: Pdu) -> Result<(), SessionError> {
+        match pdu.opcode() {
+            Some(Opcode::ScsiCommand) => self.handle_command(pdu),
+            // A placeholder for a CmdSN consumed without a command (see consume_cmd_sn).
+            Some(Opcode::NopOut) if pdu.itt() == RESERVED_TAG => Ok(()),
+            Some(Opcode::NopOut) => {
+                self.handle_nop_out(&pdu);
+                Ok(())
+            }
+            Some(Opcode::TaskManagementRequest) => {
+                self.handle_task_management(&pdu);
+                Ok(())
+            }
+            Some(Opcode::TextRequest) => {
+                self.handle_text(&pdu);
+                Ok(())
+            }
+            Some(Opcode::LogoutRequest) => {
+                self.handle_logout(&pdu);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn handle_command(&mut self, pdu: Pdu) -> Result<(), SessionError> {
+        let command = match ScsiCommand::from_pdu(&pdu) {
+            Ok(command) => command,
+            Err(_) => {
+                self.reject(reject::INVALID_PDU_FIELD, &pdu);
+                return Ok(());
+            }
+        };
+        let lun = message::decode_lun(command.lun).unwrap_or(u64::MAX);
+        let edtl = command.expected_data_transfer_length;
+        let immediate_len = command.data.len() as u32;
+        if immediate_len > 0
+            && (!command.write || !self.params.immediate_data || immediate_len > edtl)
+        {
+            // RFC 7143 11.3.4 / 13.11: immediate data only on writes, when negotiated, within EDTL.
+            self.reject(reject::PROTOCOL_ERROR, &pdu);
+            return Ok(());
+        }
+        if !command.write || edtl == 0 {
+            self.execute(command, lun, Vec::new(), 0);
+            return Ok(());
+        }
+        if edtl > MAX_TASK_DATA_BYTES || self.writes.len() >= MAX_TASKS_AWAITING_DATA {
+            return fatal(format!(
+                "write of {edtl} bytes exceeds this target's per-task limit"
+            ));
+        }
+        if self.writes.contains_key(&command.itt) {
+            self.reject(reject::TASK_IN_PROGRESS, &pdu);
+            return Ok(());
+        }
+        let first_burst = self.params.first_burst_length.min(edtl);
+        let mut buffer = vec![0u8; edtl as usize];
+        buffer[..immediate_len as usize].copy_from_slice(&command.data);
+        let mut open = Vec::new();
+        // Unsolicited Data-Out follows unless InitialR2T=Yes or F=1 (RFC 7143 11.3.1, 13.10).
+        let unsolicited_end = if !self.params.initial_r2t && !command.final_bit {
+            first_burst
+        } else {
+            immediate_len
+        };
+        if unsolicited_end > immediate_len {
+            open.push(Solicitation {
+                ttt: RESERVED_TAG,
+                offset: immediate_len,
+                length: unsolicited_end - immediate_len,
+                received: 0,
+                next_data_sn: 0,
+            });
+        }
+        let itt = command.itt;
+        let write = PendingWrite {
+            command: ScsiCommand {
+                data: Vec::new(),
+                ..command
+            },
+            lun,
+            buffer,
+            received: immediate_len,
+            next_r2t_offset: unsolicited_end,
+            open,
+            r2t_sn: 0,
+        };
+        self.writes.insert(itt, write);
+        self.solicit(itt);
+        self.finish_write_if_complete(itt);
+        Ok(())
+    }
+
+    /// Sends R2Ts for the rest of a write, keeping at most MaxOutstandingR2T open (RFC 7143 13.17).
+    fn solicit(&mut self, itt: u32) {
+        let max_burst = self.params.max_burst_length.max(512);
+        let max_outstanding = self.params.max_outstanding_r2t.max(1) as usize;
+        let sequence = self.peek_sequence();
+        let Some(write) = self.writes.get_mut(&itt) else {
+            return;
+        };
+        let edtl = write.command.expected_data_transfer_length;
+        while write.next_r2t_offset < edtl
+            && write.open.iter().filter(|s| s.ttt != RESERVED_TAG).count() < max_outstanding
+        {
+            let length = (edtl - write.next_r2t_offset).min(max_burst);
+            let ttt = self.next_ttt;
+            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+            if self.next_ttt == RESERVED_TAG {
+                self.next_ttt = 1;
+            }
+            let r2t = ReadyToTransfer {
+                lun: write.command.lun,
+                itt,
+                ttt,
+                sequence,
+                r2t_sn: write.r2t_sn,
+                buffer_offset: write.next_r2t_offset,
+                desired_length: length,
+            };
+            write.open.push(Solicitation {
+                ttt,
+                offset: write.next_r2t_offset,
+                length,
+                received: 0,
+                next_data_sn: 0,
+            });
+            write.r2t_sn += 1;
+            write.next_r2t_offset += length;
+            self.transmit.push_back(r2t.to_pdu());
+        }
+    }
+
+    fn handle_data_out(&mut self, pdu: Pdu) -> Result<(), SessionError> {
+        let data_out = DataOut::from_pdu(pdu);
+        let itt = data_out.itt;
+        let Some(write) = self.writes.get_mut(&itt) else {
+            // Data for a task we no longer hold (aborted, or failed by an earlier data error): RFC 7143 11.7 lets
+            // the target discard it. A TTT we never issued cannot belong to any task.
+            if data_out.ttt != RESERVED_TAG
+                && SerialNumber(data_out.ttt).gt(SerialNumber(self.next_ttt))
+            {
+                return fatal(format!(
+                    "Data-Out with a TTT never issued ({:#x})",
+                    data_out.ttt
+                ));
+            }
+            return Ok(());
+        };
+        let Some(index) = write.open.iter().position(|s| s.ttt == data_out.ttt) else {
+            self.fail_write(itt, DataError::InvalidTargetTransferTag);
+            return Ok(());
+        };
+        let solicitation = &mut write.open[index];
+        // RFC 7143 11.7.5: DataSN counts the Data-Out PDUs of one sequence from 0. ErrorRecoveryLevel 0 cannot ask
+        // for a retransmission, so the task ends with CHECK CONDITION and the connection stays up.
+        if data_out.data_sn != solicitation.next_data_sn {
+            self.fail_write(itt, DataError::DataSequence);
+            return Ok(());
+        }
+        let length = data_out.data.len() as u32;
+        let expected_offset = solicitation.offset + solicitation.received;
+        if data_out.buffer_offset != expected_offset {
+            // DataPDUInOrder=Yes: data arrives at consecutive offsets (13.18).
+            self.fail_write(itt, DataError::DataOffset);
+            return Ok(());
+        }
+        if length > solicitation.length - solicitation.received {
+            self.fail_write(itt, DataError::TooMuchData);
+            return Ok(());
+        }
+        let start = data_out.buffer_offset as usize;
+        write.buffer[start..start + length as usize].copy_from_slice(&data_out.data);
+        solicitation.received += length;
+        solicitation.next_data_sn += 1;
+        write.received += length;
+        let sequence_done = solicitation.received == solicitation.length;
+        if data_out.final_bit && !sequence_done {
+            // F ends the sequence before the solicited length: the data phase cannot complete (11.7.1).
+            self.fail_write(itt, DataError::DataSequence);
+            return Ok(());
+        }
+        if sequence_done {
+            write.open.remove(index);
+            self.solicit(itt);
+        }
+        self.finish_write_if_complete(itt);
+        Ok(())
+    }
+
+    /// Ends a write whose data phase went wrong: the task is dropped (later Data-Out for it is discarded) and
+    /// answered CHECK CONDITION, ABORTED COMMAND with the SPC-4 data phase condition, as an ErrorRecoveryLevel 0
+    /// target must when it cannot recover the sequence (RFC 7143 6.x, 7.1).
+    fn fail_write(&mut self, itt: u32, error: DataError) {
+        let Some(write) = self.writes.remove(&itt) else {
+            return;
+        };
+        let response = ScsiResponse {
+            response: 0,
+            status: 0x02,
+            residual: Residual::Underflow(
+                write.command.expected_data_transfer_length - write.received,
+            ),
+            itt,
+            sequence: self.status_sequence(),
+            exp_data_sn: write.r2t_sn,
+            sense: error.fixed_sense().to_vec(),
+        };
+        self.transmit.push_back(response.to_pdu());
+    }
+
+    fn finish_write_if_complete(&mut self, itt: u32) {
+        let complete = self
+            .writes
+            .get(&itt)
+            .is_some_and(|w| w.received == w.command.expected_data_transfer_length);
+        if !complete {
+            return;
+        }
+        let Some(write) = self.writes.remove(&itt) else {
+            return;
+        };
+        self.execute(write.command, write.lun, write.buffer, write.r2t_sn);
+    }
+
+    fn execute(&mut self, command: ScsiCommand, lun: u64, data_out: Vec<u8>, r2ts_sent: u32) {
+        let task = TaskId(self.next_task);
+        self.next_task += 1;
+        self.executing.insert(
+            task,
+            Executing {
+                itt: command.itt,
+                lun: command.lun,
+                expected_transfer_length: command.expected_data_transfer_length,
+                read: command.read,
+                r2ts_sent,
+            },
+        );
+        self.events.push_back(SessionEvent::Execute {
+            task,
+            itt: command.itt,
+            lun,
+            cdb: command.cdb,
+            data_out,
+            expected_transfer_length: command.expected_data_transfer_length,
+            attribute: command.attribute,
+            read: command.read,
+            write: command.write,
+        });
+    }
+
+    /// Builds the response PDUs of a finished command (RFC 7143 11.4, 11.7).
+    pub fn complete_command(&mut self, task: TaskId, outcome: CommandOutcome) {
+        let Some(executing) = self.executing.remove(&task) else {
+            return;
+        };
+        let expected = executing.expected_transfer_length;
+        let mut data_in = outcome.data_in;
+        let residual = if !data_in.is_empty() || executing.read {
+            let residual = Residual::of(data_in.len() as u32, expected);
+            data_in.truncate(expected as usize);
+            residual
+        } else if let Some(wanted) = outcome.data_out_wanted {
+            Residual::of(wanted, expected)
+        } else {
+            Residual::None
+        };
+        let status_in_data = outcome.sense.is_empty() && !data_in.is_empty();
+        let segment = self.params.max_xmit_data_segment_length.max(512) as usize;
+        let burst = self.params.max_burst_length.max(512) as usize;
+        let pieces = data_in.len().div_ceil(segment);
+        let mut offset = 0usize;
+        for data_sn in 0..pieces {
+            let end = (offset + segment).min(data_in.len());
+            let last = end == data_in.len();
+            let carries_status = last && status_in_data;
+            let sequence = if carries_status {
+                self.status_sequence()
+            } else {
+                self.peek_sequence()
+            };
+            let data_in_pdu = DataIn {
+                // F ends a Data-In sequence (at most MaxBurstLength) and the last one (RFC 7143 11.7.1).
+                final_bit: last || end.is_multiple_of(burst),
+                acknowledge: false,
+                status: carries_status.then_some(outcome.status),
+                residual: if carries_status {
+                    residual
+                } else {
+                    Residual::None
+                },
+                lun: executing.lun,
+                itt: executing.itt,
+                ttt: RESERVED_TAG,
+                sequence,
+                data_sn: data_sn as u32,
+                buffer_offset: offset as u32,
+                data: data_in[offset..end].to_vec(),
+            };
+            self.transmit.push_back(data_in_pdu.to_pdu());
+            offset = end;
+        }
+        if status_in_data {
+            return;
+        }
+        let response = ScsiResponse {
+            response: 0,
+            status: outcome.status,
+            residual,
+            itt: executing.itt,
+            sequence: self.status_sequence(),
+            exp_data_sn: if pieces > 0 {
+                pieces as u32
+            } else {
+                executing.r2ts_sent
+            },
+            sense: outcome.sense,
+        };
+        self.transmit.push_back(response.to_pdu());
+    }
+
+    fn handle_nop_out(&mut self, pdu: &Pdu) {
+        let nop = NopOut::from_pdu(pdu);
+        if nop.ttt != RESERVED_TAG {
+            self.handle_ping_answer(pdu);
+            return;
+        }
+        // RFC 7143 11.19: answer with the same data, within what the initiator accepts.
+        let mut data = nop.data;
+        data.truncate(self.params.max_xmit_data_segment_length as usize);
+        let answer = NopIn {
+            lun: nop.lun,
+            itt: nop.itt,
+            ttt: RESERVED_TAG,
+            sequence: self.status_sequence(),
+            data,
+        };
+        self.transmit.push_back(answer.to_pdu());
+    }
+
+    fn handle_ping_answer(&mut self, pdu: &Pdu) {
+        let ttt = pdu.u32_at(20);
+        if self.outstanding_ping == Some(ttt) {
+            self.outstanding_ping = None;
+        }
+    }
+
+    /// A target-initiated NOP-In (RFC 7143 11.19: ITT reserved, TTT valid, StatSN not advanced).
+    pub fn ping(&mut self) {
+        let ttt = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+        self.outstanding_ping = Some(ttt);
+        let nop = NopIn {
+            lun: [0; 8],
+            itt: RESERVED_TAG,
+            ttt,
+            sequence: self.peek_sequence(),
+            data: Vec::new(),
+        };
+        self.transmit.push_back(nop.to_pdu());
+    }
+
+    /// True while a ping has not been answered.
+    pub fn ping_outstanding(&self) -> bool {
+        self.outstanding_ping.is_some()
+    }
+
+    fn handle_task_management(&mut self, pdu: &Pdu) {
+        let request = TaskManagementRequest::from_pdu(pdu);
+        let lun = message::decode_lun(request.lun).unwrap_or(u64::MAX);
+        match request.function {
+            tmf::ABORT_TASK => {
+                let response = self.abort_task(&request);
+                self.answer_task_management(request.itt, response);
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
+                // Tasks this session holds for the LU are aborted; the runtime acts on the LU (SAM-5 7.3, 7.4, 7.6).
+                self.writes.retain(|_, write| write.lun != lun);
+                self.reorder.retain(|_, pdu| {
+                    pdu.opcode() != Some(Opcode::ScsiCommand)
+                        || message::decode_lun(pdu.lun_field()) != Some(lun)
+                });
+                self.events.push_back(self.tmf_event(&request, lun));
+            }
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                self.writes.clear();
+                self.events.push_back(self.tmf_event(&request, lun));
+            }
+            tmf::TASK_REASSIGN => {
+                self.answer_task_management(request.itt, tmf::TASK_REASSIGNMENT_NOT_SUPPORTED)
+            }
+            _ => self.answer_task_management(request.itt, tmf::FUNCTION_NOT_SUPPORTED),
+        }
+    }
+
+    fn tmf_event(&self, request: &TaskManagementRequest, lun: u64) -> SessionEvent {
+        SessionEvent::TaskManagement {
+            itt: request.itt,
+            function: request.function,
+            lun,
+            referenced_task_tag: request.referenced_task_tag,
+            ref_cmd_sn: request.ref_cmd_sn,
+        }
+    }
+
+    /// ABORT TASK (RFC 7143 11.5.1): a task held here (awaiting data or reordering) is aborted: FUNCTION COMPLETE.
+    /// A task not found is either one whose command never arrived — RefCmdSN inside the CmdSN window and below the
+    /// TMF's own CmdSN: the target must consider that CmdSN received and answer FUNCTION COMPLETE — or one that
+    /// already completed or never existed: TASK DOES NOT EXIST.
+    fn abort_task(&mut self, request: &TaskManagementRequest) -> u8 {
+        let tag = request.referenced_task_tag;
+        if self.writes.remove(&tag).is_some() {
+            return tmf::FUNCTION_COMPLETE;
+        }
+        let queued = self
+            .reorder
+            .iter()
+            .find(|(_, pdu)| pdu.itt() == tag)
+            .map(|(&cmd_sn, _)| cmd_sn);
+        if let Some(cmd_sn) = queued {
+            self.consume_cmd_sn(cmd_sn);
+            return tmf::FUNCTION_COMPLETE;
+        }
+        let ref_cmd_sn = SerialNumber(request.ref_cmd_sn);
+        let in_window = ref_cmd_sn.in_window(self.exp_cmd_sn, self.max_cmd_sn());
+        let before_request = request.immediate || ref_cmd_sn.lt(SerialNumber(request.cmd_sn));
+        if in_window && before_request && !self.reorder.contains_key(&ref_cmd_sn.0) {
+            self.consume_cmd_sn(ref_cmd_sn.0);
+            return tmf::FUNCTION_COMPLETE;
+        }
+        tmf::TASK_DOES_NOT_EXIST
+    }
+
+    /// Marks a CmdSN as received without a command (its command was aborted or lost), so later commands are not
+    /// held back waiting for it: a placeholder takes its slot in the reorder buffer and is skipped on dispatch.
+    fn consume_cmd_sn(&mut self, cmd_sn: u32) {
+        let mut placeholder = Pdu::new(Opcode::NopOut);
+        placeholder.set_itt(RESERVED_TAG);
+        placeholder.set_u32_at(20, RESERVED_TAG);
+        placeholder.set_u32_at(24, cmd_sn);
+        self.reorder.insert(cmd_sn, placeholder);
+        while let Some(next) = self.reorder.remove(&self.exp_cmd_sn.0) {
+            self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
+            // Dispatching inside a TMF cannot fail the connection: only SCSI commands and NOPs can be queued here,
+            // and both are handled without fatal errors.
+            let _ = self.dispatch(next);
+        }
+    }
+
+    fn answer_task_management(&mut self, itt: u32, response: u8) {
+        let answer = TaskManagementResponse {
+            response,
+            itt,
+            sequence: self.status_sequence(),
+        };
+        self.transmit.push_back(answer.to_pdu());
+    }
+
+    /// The runtime's answer to a `SessionEvent::TaskManagement`.
+    pub fn complete_task_management(&mut self, itt: u32, response: u8) {
+        self.answer_task_management(itt, response);
+    }
+
+    fn handle_text(&mut self, pdu: &Pdu) {
+        let request = TextRequest::from_pdu(pdu);
+        if request.continue_bit {
+            // Long text requests are not needed by any key we answer in full feature phase.
+            self.reject(reject::PROTOCOL_ERROR, pdu);
+            return;
+        }
+        self.events.push_back(SessionEvent::Text {
+            itt: request.itt,
+            data: request.data,
+        });
+    }
+
+    /// Answers a Text request with the given key=value bytes.
+    pub fn answer_text(&mut self, itt: u32, data: Vec<u8>) {
+        let response = TextResponse {
+            final_bit: true,
+            continue_bit: false,
+            lun: [0; 8],
+            itt,
+            ttt: RESERVED_TAG,
+            sequence: self.status_sequence(),
+            data,
+        };
+        self.transmit.push_back(response.to_pdu());
+    }
+
+    fn handle_logout(&mut self, pdu: &Pdu) {
+        let request = LogoutRequest::from_pdu(pdu);
+        // Reason 2 (remove the connection for recovery) needs ErrorRecoveryLevel 2 (RFC 7143 11.15.1: response 2,
+        // connection recovery is not supported).
+        let response_code = if request.reason == 2 { 2 } else { 0 };
+        let response = LogoutResponse {
+            response: response_code,
+            itt: request.itt,
+            sequence: self.status_sequence(),
+            time2wait: 0,
+            time2retain: 0,
+        };
+        self.transmit.push_back(response.to_pdu());
+        if response_code == 0 {
+            self.logged_out = true;
+            self.writes.clear();
+            self.reorder.clear();
+            self.events.push_back(SessionEvent::Logout {
+                reason: request.reason,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::encode_lun;
+
+    fn params() -> SessionParams {
+        SessionParams {
+            max_xmit_data_segment_length: 1024,
+            first_burst_length: 2048,
+            max_burst_length: 4096,
+            max_outstanding_r2t: 2,
+            initial_r2t: false,
+            ..SessionParams::default()
+        }
+    }
+
+    fn command(
+        itt: u32,
+        cmd_sn: u32,
+        write: bool,
+        edtl: u32,
+        data: Vec<u8>,
+        final_bit: bool,
+    ) -> Pdu {
+        ScsiCommand {
+            immediate: false,
+            final_bit,
+            read: !write,
+            write,
+            attribute: 1,
+            lun: encode_lun(0),
+            itt,
+            expected_data_transfer_length: edtl,
+            cmd_sn,
+            exp_stat_sn: 0,
+            cdb: vec![if write { 0x2A } else { 0x28 }, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            data,
+        }
+        .to_pdu()
+    }
+
+    fn data_out(itt: u32, ttt: u32, data_sn: u32, offset: u32, len: usize, final_bit: bool) -> Pdu {
+        DataOut {
+            final_bit,
+            lun: encode_lun(0),
+            itt,
+            ttt,
+            exp_stat_sn: 0,
+            data_sn,
+            buffer_offset: offset,
+            data: vec![(offset / 512) as u8; len],
+        }
+        .to_pdu()
+    }
+
+    fn drain(session: &mut TargetSession) -> Vec<Pdu> {
+        std::iter::from_fn(|| session.poll_transmit()).collect()
+    }
+
+    fn executed(session: &mut TargetSession) -> Vec<(TaskId, u32, Vec<u8>)> {
+        std::iter::from_fn(|| session.poll_event())
+            .filter_map(|e| match e {
+                SessionEvent::Execute {
+                    task,
+                    itt,
+                    data_out,
+                    ..
+                } => Some((task, itt, data_out)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_data_in_is_segmented_with_status_in_last_pdu_and_residual() {
+        let mut session = TargetSession::new(params(), 5, 100, 16);
+        session
+            .handle_pdu(command(1, 5, false, 2000, vec![], true))
+            .unwrap();
+        let (task, itt, _) = executed(&mut session).remove(0);
+        assert_eq!(itt, 1);
+        session.complete_command(
+            task,
+            CommandOutcome {
+                data_in: vec![7; 2048],
+                ..Default::default()
+            },
+        );
+        let pdus = drain(&mut session);
+        assert_eq!(pdus.len(), 2);
+        let first = DataIn::from_pdu(&pdus[0]);
+        let last = DataIn::from_pdu(&pdus[1]);
+        assert_eq!(
+            (first.data.len(), first.status, first.data_sn),
+            (1024, None, 0)
+        );
+        assert_eq!(
+            (
+                last.data.len(),
+                last.status,
+                last.data_sn,
+                last.buffer_offset
+            ),
+            (976, Some(0), 1, 1024)
+        );
+        assert_eq!(last.residual, Residual::Overflow(48));
+        assert_eq!(last.sequence.stat_sn, 100);
+        assert_eq!(last.sequence.exp_cmd_sn, 6);
+    }
+
+    #[test]
+    fn sense_goes_in_a_scsi_response_and_statsn_advances() {
+        let mut session = TargetSession::new(params(), 0, 7, 16);
+        session
+            .handle_pdu(command(1, 0, false, 512, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(
+            task,
+            CommandOutcome {
+                status: 2,
+                sense: vec![0x70; 18],
+                ..Default::default()
+            },
+        );
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(
+            (
+                response.status,
+                response.sense.len(),
+                response.sequence.stat_sn
+            ),
+            (2, 18, 7)
+        );
+        assert_eq!(response.residual, Residual::Underflow(512));
+    }
+
+    #[test]
+    fn write_gathers_immediate_unsolicited_and_r2t_data() {
+        let mut session = TargetSession::new(params(), 0, 0, 16);
+        // 8 KiB write: 512 immediate, unsolicited up to FirstBurstLength 2048, then R2Ts of 4096 (two allowed).
+        session
+            .handle_pdu(command(9, 0, true, 8192, vec![0; 512], false))
+            .unwrap();
+        let r2ts: Vec<_> = drain(&mut session)
+            .iter()
+            .map(ReadyToTransfer::from_pdu)
+            .collect();
+        assert_eq!(r2ts.len(), 2);
+        assert_eq!(
+            (
+                r2ts[0].buffer_offset,
+                r2ts[0].desired_length,
+                r2ts[0].r2t_sn
+            ),
+            (2048, 4096, 0)
+        );
+        assert_eq!(
+            (
+                r2ts[1].buffer_offset,
+                r2ts[1].desired_length,
+                r2ts[1].r2t_sn
+            ),
+            (6144, 2048, 1)
+        );
+        session
+            .handle_pdu(data_out(9, RESERVED_TAG, 0, 512, 1024, false))
+            .unwrap();
+        session
+            .handle_pdu(data_out(9, RESERVED_TAG, 1, 1536, 512, true))
+            .unwrap();
+        for (i, offset) in [2048u32, 3072, 4096, 5120].into_iter().enumerate() {
+            session
+                .handle_pdu(data_out(
+                    9,
+                    r2ts[0].ttt,
+                    i as u32,
+                    offset,
+                    1024,
+                    offset == 5120,
+                ))
+                .unwrap();
+        }
+        assert!(executed(&mut session).is_empty(), "not all data yet");
+        session
+            .handle_pdu(data_out(9, r2ts[1].ttt, 0, 6144, 1024, false))
+            .unwrap();
+        session
+            .handle_pdu(data_out(9, r2ts[1].ttt, 1, 7168, 1024, true))
+            .unwrap();
+        let done = executed(&mut session);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].2.len(), 8192);
+        assert_eq!(done[0].2[7168], (7168 / 512) as u8);
+    }
+
+    #[test]
+    fn r2ts_beyond_max_outstanding_wait_for_completed_sequences() {
+        let p = SessionParams {
+            max_outstanding_r2t: 1,
+            initial_r2t: true,
+            immediate_data: false,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        session
+            .handle_pdu(command(3, 0, true, 8192, vec![], true))
+            .unwrap();
+        let first: Vec<_> = drain(&mut session)
+            .iter()
+            .map(ReadyToTransfer::from_pdu)
+            .collect();
+        assert_eq!(first.len(), 1);
+        for (i, offset) in [0u32, 1024, 2048, 3072].into_iter().enumerate() {
+            session
+                .handle_pdu(data_out(
+                    3,
+                    first[0].ttt,
+                    i as u32,
+                    offset,
+                    1024,
+                    offset == 3072,
+                ))
+                .unwrap();
+        }
+        let second: Vec<_> = drain(&mut session)
+            .iter()
+            .map(ReadyToTransfer::from_pdu)
+            .collect();
+        assert_eq!((second[0].buffer_offset, second[0].r2t_sn), (4096, 1));
+    }
+
+    #[test]
+    fn wrong_data_sn_fails_the_task_and_keeps_the_connection() {
+        let p = SessionParams {
+            initial_r2t: true,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        session
+            .handle_pdu(command(3, 0, true, 1024, vec![], true))
+            .unwrap();
+        let r2t = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        session
+            .handle_pdu(data_out(3, r2t.ttt, 27, 0, 512, false))
+            .unwrap();
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(
+            (response.status, response.sense[2], response.sense[12]),
+            (2, 0x0B, 0x4B)
+        );
+        // The rest of the task's data is discarded; nothing executes.
+        session
+            .handle_pdu(data_out(3, r2t.ttt, 1, 512, 512, true))
+            .unwrap();
+        assert!(executed(&mut session).is_empty());
+        assert!(drain(&mut session).is_empty());
+        assert_eq!(session.pending_tasks(), 0);
+    }
+
+    #[test]
+    fn out_of_order_commands_run_in_cmdsn_order_and_out_of_window_ones_are_dropped() {
+        let mut session = TargetSession::new(params(), u32::MAX - 1, 0, 4);
+        session
+            .handle_pdu(command(2, u32::MAX, false, 0, vec![], true))
+            .unwrap();
+        session
+            .handle_pdu(command(9, 3, false, 0, vec![], true))
+            .unwrap(); // beyond MaxCmdSN = 1
+        session
+            .handle_pdu(command(8, u32::MAX - 2, false, 0, vec![], true))
+            .unwrap(); // below ExpCmdSN
+        assert!(executed(&mut session).is_empty());
+        session
+            .handle_pdu(command(1, u32::MAX - 1, false, 0, vec![], true))
+            .unwrap();
+        let order: Vec<u32> = executed(&mut session).iter().map(|e| e.1).collect();
+        assert_eq!(order, vec![1, 2]);
+    }
+
+    #[test]
+    fn immediate_commands_do_not_advance_the_window() {
+        let mut session = TargetSession::new(params(), 10, 0, 4);
+        let mut pdu = command(1, 10, false, 0, vec![], true);
+        pdu.set_immediate(true);
+        session.handle_pdu(pdu).unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(task, CommandOutcome::default());
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(response.sequence.exp_cmd_sn, 10);
+    }
+
+    #[test]
+    fn nop_out_is_echoed_and_pings_are_tracked() {
+        let mut session = TargetSession::new(params(), 0, 3, 4);
+        let nop = NopOut {
+            itt: 5,
+            ttt: RESERVED_TAG,
+            cmd_sn: 0,
+            data: b"hello".to_vec(),
+            ..Default::default()
+        };
+        session.handle_pdu(nop.to_pdu()).unwrap();
+        let answer = NopIn::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(
+            (answer.itt, answer.data.as_slice(), answer.sequence.stat_sn),
+            (5, &b"hello"[..], 3)
+        );
+        session.ping();
+        let ping = NopIn::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(ping.itt, RESERVED_TAG);
+        assert_eq!(ping.sequence.stat_sn, 4, "a ping does not consume a StatSN");
+        assert!(session.ping_outstanding());
+        let pong = NopOut {
+            immediate: true,
+            itt: RESERVED_TAG,
+            ttt: ping.ttt,
+            ..Default::default()
+        };
+        session.handle_pdu(pong.to_pdu()).unwrap();
+        assert!(!session.ping_outstanding());
+        assert!(drain(&mut session).is_empty());
+    }
+
+    #[test]
+    fn abort_task_for_held_completed_and_unknown_tasks() {
+        let p = SessionParams {
+            initial_r2t: true,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        session
+            .handle_pdu(command(1, 0, true, 4096, vec![], true))
+            .unwrap(); // awaiting data
+        session
+            .handle_pdu(command(2, 1, false, 0, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(task, CommandOutcome::default());
+        drain(&mut session);
+        let abort = |tag, ref_cmd_sn| {
+            TaskManagementRequest {
+                immediate: true,
+                function: tmf::ABORT_TASK,
+                itt: 100 + tag,
+                referenced_task_tag: tag,
+                cmd_sn: 2,
+                ref_cmd_sn,
+                ..Default::default()
+            }
+            .to_pdu()
+        };
+        // Held (awaiting data): aborted. Completed (CmdSN 1 < ExpCmdSN 2): does not exist. Never arrived (CmdSN 2,
+        // in the window): considered received, FUNCTION COMPLETE. Beyond the window: does not exist.
+        for (tag, ref_cmd_sn, expected) in [
+            (1, 0, tmf::FUNCTION_COMPLETE),
+            (2, 1, tmf::TASK_DOES_NOT_EXIST),
+            (5, 2, tmf::FUNCTION_COMPLETE),
+            (7, 900, tmf::TASK_DOES_NOT_EXIST),
+        ] {
+            session.handle_pdu(abort(tag, ref_cmd_sn)).unwrap();
+            let response = TaskManagementResponse::from_pdu(&drain(&mut session)[0]);
+            assert_eq!(response.response, expected, "task {tag}");
+        }
+        assert_eq!(session.pending_tasks(), 0);
+        // CmdSN 2 was consumed by the abort: command 3 runs at once.
+        session
+            .handle_pdu(command(8, 3, false, 0, vec![], true))
+            .unwrap();
+        assert_eq!(executed(&mut session).len(), 1);
+    }
+
+    #[test]
+    fn logout_closes_and_unknown_opcodes_are_rejected() {
+        let mut session = TargetSession::new(params(), 0, 0, 4);
+        let mut unknown = Pdu::new(Opcode::NopOut);
+        unknown.bhs[0] = 0x1C;
+        session.handle_pdu(unknown).unwrap();
+        let reject = Reject::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(reject.reason, reject::COMMAND_NOT_SUPPORTED);
+        assert_eq!(reject.rejected_header[0], 0x1C);
+        let logout = LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 4,
+            ..Default::default()
+        };
+        session.handle_pdu(logout.to_pdu()).unwrap();
+        assert!(session.is_logged_out());
+        assert_eq!(
+            LogoutResponse::from_pdu(&drain(&mut session)[0]).response,
+            0
+        );
+    }
+
+    #[test]
+    fn immediate_data_on_a_read_is_rejected() {
+        let mut session = TargetSession::new(params(), 0, 0, 4);
+        let mut pdu = command(1, 0, false, 512, vec![1; 512], true);
+        pdu.bhs[1] &= !0x20;
+        session.handle_pdu(pdu).unwrap();
+        assert_eq!(
+            Reject::from_pdu(&drain(&mut session)[0]).reason,
+            reject::PROTOCOL_ERROR
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! CDB decoding (SPC-4 4.2, SBC-4 5): bytes in, a typed [`Command`] out, or the [`Sense`] that rejects it.
+//!
+//! Parsing is separate from execution (as in rust-vmm's virtio-blk `Request::parse`): everything checkable from the
+//! CDB alone is checked here, with field pointers, so executors only see well-formed commands. Checks that need the
+//! logical unit's state (capacity, limits, read-only) happen in the executors.
+
+use crate::sense::{Condition, Sense};
+
+/// Logical block address (SBC-4 4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lba(pub u64);
+
+/// A number of logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BlockCount(pub u64);
+
+/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16).
+pub mod op {
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0A;
+    pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
+    pub const MODE_SENSE_6: u8 = 0x1A;
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_10: u8 = 0x28;
+    pub const WRITE_10: u8 = 0x2A;
+    pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
+    pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const SANITIZE: u8 = 0x48;
+    pub const MODE_SELECT_10: u8 = 0x55;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
+    pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
+    pub const READ_16: u8 = 0x88;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE_16: u8 = 0x8B;
+    pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
+    pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
+    pub const REPORT_LUNS: u8 = 0xA0;
+    pub const MAINTENANCE_IN: u8 = 0xA3;
+    pub const READ_12: u8 = 0xA8;
+    pub const WRITE_12: u8 = 0xAA;
+    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
+
+    /// SERVICE ACTION IN(16) service actions (SBC-4).
+    pub const SA_READ_CAPACITY_16: u16 = 0x10;
+    pub const SA_GET_LBA_STATUS: u16 = 0x12;
+    /// MAINTENANCE IN service actions (SPC-4).
+    pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+    pub const SA_REPORT_SUPPORTED_TMFS: u16 = 0x0D;
+}
+
+/// Which VERIFY data comparison is asked for (SBC-4 5.33 Table 116, BYTCHK).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteCheck {
+    /// 00b: medium verification only, no Data-Out.
+    None,
+    /// 01b: compare each block with the Data-Out.
+    Full,
+    /// 11b: compare each block with the one block of Data-Out.
+    SingleBlock,
+}
+
+/// Page control of MODE SENSE (SPC-4 6.11 Table 131).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageControl {
+    Current,
+    Changeable,
+    Default,
+    Saved,
+}
+
+/// A decoded command. Lengths are in the units the CDB uses; `data_out_len` is always bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    TestUnitReady,
+    RequestSense { descriptor: bool, allocation_length: u32 },
+    Inquiry { evpd: bool, page_code: u8, allocation_length: u32 },
+    ReportLuns { select_report: u8, allocation_length: u32 },
+    ModeSense { ten: bool, dbd: bool, llbaa: bool, page_control: PageControl, page_code: u8, subpage_code: u8, allocation_length: u32 },
+    ModeSelect { ten: bool, pf: bool, save_pages: bool, parameter_list_length: u32 },
+    ReportSupportedOpcodes { rctd: bool, options: u8, opcode: u8, service_action: u16, allocation_length: u32 },
+    ReportSupportedTmfs { repd: bool, allocation_length: u32 },
+    StartStopUnit { immediate: bool, power_condition: u8, no_flush: bool, load_eject: bool, start: bool },
+    PreventAllowMediumRemoval { prevent: u8 },
+    ReadDefectData { twelve: bool, plist: bool, glist: bool, format: u8, allocation_length: u32 },
+    ReadCapacity10,
+    ReadCapacity16 { allocation_length: u32 },
+    Read { lba: Lba, blocks: BlockCount, fua: bool },
+    Write { lba: Lba, blocks: BlockCount, fua: bool },
+    WriteAndVerify { lba: Lba, blocks: BlockCount, byte_check: bool },
+    Verify { lba: Lba, blocks: BlockCount, byte_check: ByteCheck },
+    OrWrite { lba: Lba, blocks: BlockCount, fua: bool },
+    /// `blocks == 0` means "to the end of the medium" (SBC-4 5.50, WSNZ=0).
+    WriteSame { lba: Lba, blocks: BlockCount, unmap: bool, anchor: bool, ndob: bool, ten: bool },
+    Unmap { anchor: bool, parameter_list_length: u32 },
+    GetLbaStatus { lba: Lba, allocation_length: u32 },
+    SynchronizeCache { lba: Lba, blocks: BlockCount },
+    PreFetch { lba: Lba, blocks: BlockCount },
+}
+
+fn be16(cdb: &[u8], at: usize) -> u32 {
+    u16::from_be_bytes([cdb[at], cdb[at + 1]]) as u32
+}
+fn be24(cdb: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([0, cdb[at], cdb[at + 1], cdb[at + 2]])
+}
+fn be32(cdb: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([cdb[at], cdb[at + 1], cdb[at + 2], cdb[at + 3]])
+}
+fn be64(cdb: &[u8], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&cdb[at..at + 8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// CDB length by group code (SPC-4 4.2.5.1): 6, 10, 10, reserved, 16, 12, vendor, vendor.
+pub fn cdb_length(opcode: u8) -> Option<usize> {
+    match opcode >> 5 {
+        0 => Some(6),
+        1 | 2 => Some(10),
+        4 => Some(16),
+        5 => Some(12),
+        _ => None,
+    }
+}
+
+/// The service action of a CDB whose opcode carries one, for error reporting and REPORT SUPPORTED OPCODES.
+pub fn service_action(cdb: &[u8]) -> Option<u16> {
+    match cdb.first()? {
+        &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN => cdb.get(1).map(|b| (b & 0x1F) as u16),
+        _ => None,
+    }
+}
+
+/// Check the control byte (SAM-5 5.2, SPC-4 4.2.4): lunlock supports neither NACA nor linked commands.
+fn check_control(cdb: &[u8]) -> Result<(), Sense> {
+    let at = cdb.len() - 1;
+    let control = cdb[at];
+    if control & 0x04 != 0 {
+        return Err(Sense::invalid_cdb_field(at as u16, Some(2)));
+    }
+    if control & 0x01 != 0 {
+        return Err(Sense::invalid_cdb_field(at as u16, Some(0)));
+    }
+    Ok(())
+}
+
+/// RDPROTECT / WRPROTECT / VRPROTECT (byte 1 bits 7..5): lunlock has no protection information (SBC-4 4.22),
+/// so any non-zero value is INVALID FIELD IN CDB.
+fn check_protect(cdb: &[u8]) -> Result<(), Sense> {
+    if cdb[1] & 0xE0 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(7)));
+    }
+    Ok(())
+}
+
+fn invalid(byte: u16, bit: Option<u8>) -> Sense {
+    Sense::invalid_cdb_field(byte, bit)
+}
+
+fn byte_check(cdb: &[u8]) -> Result<ByteCheck, Sense> {
+    match (cdb[1] >> 1) & 0x03 {
+        0b00 => Ok(ByteCheck::None),
+        0b01 => Ok(ByteCheck::Full),
+        0b11 => Ok(ByteCheck::SingleBlock),
+        _ => Err(invalid(1, Some(2))),
+    }
+}
+
+impl Command {
+    /// Decode `cdb`. An unknown opcode or service action is INVALID COMMAND OPERATION CODE (SPC-4 4.2.1).
+    pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
+        let opcode = *cdb.first().ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
+        let length = cdb_length(opcode).ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
+        if cdb.len() < length {
+            return Err(Sense::new(Condition::InvalidCommandOperationCode));
+        }
+        let cdb = &cdb[..length];
+        let command = match opcode {
+            op::TEST_UNIT_READY => Command::TestUnitReady,
+            op::REQUEST_SENSE => Command::RequestSense { descriptor: cdb[1] & 0x01 != 0, allocation_length: cdb[4] as u32 },
+            op::INQUIRY => {
+                let evpd = cdb[1] & 0x01 != 0;
+                if cdb[1] & 0x02 != 0 {
+                    return Err(invalid(1, Some(1)));
+                }
+                if !evpd && cdb[2] != 0 {
+                    return Err(invalid(2, None));
+                }
+                Command::Inquiry { evpd, page_code: cdb[2], allocation_length: be16(cdb, 3) }
+            }
+            op::REPORT_LUNS => Command::ReportLuns { select_report: cdb[2], allocation_length: be32(cdb, 6) },
+            op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+                let ten = opcode == op::MODE_SENSE_10;
+                let page_control = match cdb[2] >> 6 {
+                    0 => PageControl::Current,
+                    1 => PageControl::Changeable,
+                    2 => PageControl::Default,
+                    _ => PageControl::Saved,
+                };
+                Command::ModeSense {
+                    ten,
+                    dbd: cdb[1] & 0x08 != 0,
+                    llbaa: ten && cdb[1] & 0x10 != 0,
+                    page_control,
+                    page_code: cdb[2] & 0x3F,
+                    subpage_code: cdb[3],
+                    allocation_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
+                }
+            }
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+                let ten = opcode == op::MODE_SELECT_10;
+                Command::ModeSelect {
+                    ten,
+                    pf: cdb[1] & 0x10 != 0,
+                    save_pages: cdb[1] & 0x01 != 0,
+                    parameter_list_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
+                }
+            }
+            op::MAINTENANCE_IN => match service_action(cdb) {
+                Some(op::SA_REPORT_SUPPORTED_OPCODES) => {
+                    let options = cdb[2] & 0x07;
+                    if options > 3 {
+                        return Err(invalid(2, Some(2)));
+                    }
+                    Command::ReportSupportedOpcodes {
+                        rctd: cdb[2] & 0x80 != 0,
+                        options,
+                        opcode: cdb[3],
+                        service_action: be16(cdb, 4) as u16,
+                        allocation_length: be32(cdb, 6),
+                    }
+                }
+                Some(op::SA_REPORT_SUPPORTED_TMFS) => {
+                    Command::ReportSupportedTmfs { repd: cdb[2] & 0x80 != 0, allocation_length: be32(cdb, 6) }
+                }
+                _ => return Err(invalid(1, Some(4))),
+            },
+            op::START_STOP_UNIT => Command::StartStopUnit {
+                immediate: cdb[1] & 0x01 != 0,
+                power_condition: cdb[4] >> 4,
+                no_flush: cdb[4] & 0x04 != 0,
+                load_eject: cdb[4] & 0x02 != 0,
+                start: cdb[4] & 0x01 != 0,
+            },
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval { prevent: cdb[4] & 0x03 },
+            op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
+                twelve: false,
+                plist: cdb[2] & 0x10 != 0,
+                glist: cdb[2] & 0x08 != 0,
+                format: cdb[2] & 0x07,
+                allocation_length: be16(cdb, 7),
+            },
+            op::READ_DEFECT_DATA_12 => Command::ReadDefectData {
+                twelve: true,
+                plist: cdb[1] & 0x10 != 0,
+                glist: cdb[1] & 0x08 != 0,
+                format: cdb[1] & 0x07,
+                allocation_length: be32(cdb, 6),
+            },
+            op::READ_CAPACITY_10 => {
+                if be32(cdb, 2) != 0 {
+                    return Err(invalid(2, None));
+                }
+                Command::ReadCapacity10
+            }
+            op::SERVICE_ACTION_IN_16 => match service_action(cdb) {
+                Some(op::SA_READ_CAPACITY_16) => Command::ReadCapacity16 { allocation_length: be32(cdb, 10) },
+                Some(op::SA_GET_LBA_STATUS) => {
+                    Command::GetLbaStatus { lba: Lba(be64(cdb, 2)), allocation_length: be32(cdb, 10) }
+                }
+                _ => return Err(invalid(1, Some(4))),
+            },
+            op::READ_6 | op::WRITE_6 => {
+                // SBC-4 5.14 / 5.39: TRANSFER LENGTH 0 means 256 blocks.
+                let lba = Lba((be24(cdb, 1) & 0x1F_FFFF) as u64);
+                let blocks = BlockCount(match cdb[4] {
+                    0 => 256,
+                    n => n as u64,
+                });
+                if opcode == op::READ_6 {
+                    Command::Read { lba, blocks, fua: false }
+                } else {
+                    Command::Write { lba, blocks, fua: false }
+                }
+            }
+            op::READ_10 | op::READ_12 | op::READ_16 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 | op::ORWRITE_16 => {
+                check_protect(cdb)?;
+                let (lba, blocks) = lba_and_count(cdb);
+                let fua = cdb[1] & 0x08 != 0;
+                match opcode {
+                    op::READ_10 | op::READ_12 | op::READ_16 => Command::Read { lba, blocks, fua },
+                    op::ORWRITE_16 => Command::OrWrite { lba, blocks, fua },
+                    _ => Command::Write { lba, blocks, fua },
+                }
+            }
+            op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
+                check_protect(cdb)?;
+                if cdb[1] & 0x04 != 0 {
+                    return Err(invalid(1, Some(2)));
+                }
+                let (lba, blocks) = lba_and_count(cdb);
+                Command::WriteAndVerify { lba, blocks, byte_check: cdb[1] & 0x02 != 0 }
+            }
+            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
+                check_protect(cdb)?;
+                let byte_check = byte_check(cdb)?;
+                let (lba, blocks) = lba_and_count(cdb);
+                Command::Verify { lba, blocks, byte_check }
+            }
+            op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
+                check_protect(cdb)?;
+                let ten = opcode == op::WRITE_SAME_10;
+                let ndob = !ten && cdb[1] & 0x01 != 0;
+                if ten && cdb[1] & 0x01 != 0 {
+                    return Err(invalid(1, Some(0)));
+                }
+                if cdb[1] & 0x06 != 0 {
+                    // LBDATA/PBDATA (bits 2, 1) are obsolete in SBC-4 and unsupported here.
+                    let bit = if cdb[1] & 0x04 != 0 { 2 } else { 1 };
+                    return Err(invalid(1, Some(bit)));
+                }
+                let (lba, blocks) = lba_and_count(cdb);
+                Command::WriteSame { lba, blocks, unmap: cdb[1] & 0x08 != 0, anchor: cdb[1] & 0x10 != 0, ndob, ten }
+            }
+            op::UNMAP => Command::Unmap { anchor: cdb[1] & 0x01 != 0, parameter_list_length: be16(cdb, 7) },
+            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
+                let (lba, blocks) = lba_and_count(cdb);
+                Command::SynchronizeCache { lba, blocks }
+            }
+            op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+                let (lba, blocks) = lba_and_count(cdb);
+                Command::PreFetch { lba, blocks }
+            }
+            _ => return Err(Sense::new(Condition::InvalidCommandOperationCode)),
+        };
+        check_control(cdb)?;
+        Ok(command)
+    }
+
+    /// Bytes of Data-Out the CDB asks for (SAM-5 5.4.3), given the logical block size.
+    pub fn data_out_length(&self, block_size: u32) -> u64 {
+        let bytes = |blocks: BlockCount| blocks.0.saturating_mul(block_size as u64);
+        match self {
+            Command::Write { blocks, .. } | Command::OrWrite { blocks, .. } | Command::WriteAndVerify { blocks, .. } => {
+                bytes(*blocks)
+            }
+            Command::Verify { blocks, byte_check: ByteCheck::Full, .. } => bytes(*blocks),
+            Command::Verify { byte_check: ByteCheck::SingleBlock, blocks, .. } => {
+                if blocks.0 == 0 {
+                    0
+                } else {
+                    block_size as u64
+                }
+            }
+            Command::WriteSame { ndob: false, .. } => block_size as u64,
+            Command::ModeSelect { parameter_list_length, .. } | Command::Unmap { parameter_list_length, .. } => {
+                *parameter_list_length as u64
+            }
+            _ => 0,
+        }
+    }
+
+    /// True for commands that change the medium (refused with DATA PROTECT on a read-only LU).
+    pub fn writes_medium(&self) -> bool {
+        matches!(
+            self,
+            Command::Write { .. }
+                | Command::OrWrite { .. }
+                | Command::WriteAndVerify { .. }
+                | Command::WriteSame { .. }
+                | Command::Unmap { .. }
+        )
+    }
+}
+
+/// LBA and transfer length at the standard places of 10-, 12- and 16-byte block CDBs (SBC-4 5).
+fn lba_and_count(cdb: &[u8]) -> (Lba, BlockCount) {
+    match cdb.len() {
+        10 => (Lba(be32(cdb, 2) as u64), BlockCount(be16(cdb, 7) as u64)),
+        12 => (Lba(be32(cdb, 2) as u64), BlockCount(be32(cdb, 6) as u64)),
+        _ => (Lba(be64(cdb, 2)), BlockCount(be32(cdb, 10) as u64)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read6_zero_length_means_256_blocks() {
+        let command = Command::parse(&[op::READ_6, 0x01, 0x02, 0x03, 0, 0]).unwrap();
+        assert_eq!(command, Command::Read { lba: Lba(0x010203), blocks: BlockCount(256), fua: false });
+    }
+
+    #[test]
+    fn control_byte_and_protect_field_pointers() {
+        let cases: &[(&[u8], u16, Option<u8>)] = &[
+            (&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x04], 5, Some(2)),
+            (&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x01], 5, Some(0)),
+            (&[op::READ_10, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(7)),
+            (&[op::WRITE_12, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], 1, Some(7)),
+            (&[op::VERIFY_10, 0x04, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(2)),
+            (&[op::INQUIRY, 0, 0x80, 0, 0xFF, 0], 2, None),
+            (&[op::WRITE_SAME_10, 0x01, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(0)),
+        ];
+        for (cdb, byte, bit) in cases {
+            let sense = Command::parse(cdb).unwrap_err();
+            assert_eq!(sense, Sense::invalid_cdb_field(*byte, *bit), "cdb {cdb:02x?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_opcodes_are_invalid_operation_codes() {
+        for opcode in [
+            op::PERSISTENT_RESERVE_IN,
+            op::PERSISTENT_RESERVE_OUT,
+            op::RESERVE_6,
+            op::RELEASE_6,
+            op::RESERVE_10,
+            op::RELEASE_10,
+            op::COMPARE_AND_WRITE,
+            op::EXTENDED_COPY,
+            op::RECEIVE_COPY_RESULTS,
+            op::WRITE_ATOMIC_16,
+            op::SANITIZE,
+            0xC0,
+        ] {
+            let mut cdb = [0u8; 16];
+            cdb[0] = opcode;
+            assert_eq!(
+                Command::parse(&cdb).unwrap_err().condition,
+                Condition::InvalidCommandOperationCode,
+                "opcode {opcode:02x}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_out_lengths() {
+        let write = Command::parse(&[op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 3, 0]).unwrap();
+        assert_eq!(write.data_out_length(512), 1536);
+        let verify = Command::parse(&[op::VERIFY_10, 0x06, 0, 0, 0, 0, 0, 0, 3, 0]).unwrap();
+        assert_eq!(verify.data_out_length(512), 512);
+        let mut ws16 = [0u8; 16];
+        ws16[0] = op::WRITE_SAME_16;
+        ws16[1] = 0x01;
+        assert_eq!(Command::parse(&ws16).unwrap().data_out_length(512), 0);
+    }
+}

@@ -1,0 +1,163 @@
+//! INQUIRY (SPC-4 6.6): standard data and the vital product data pages lunlock supports (SPC-4 7.8, SBC-4 6.6).
+//!
+//! Supported VPD pages, in ascending order as SPC-4 7.8.13 requires: 00h supported pages, 80h unit serial number,
+//! 83h device identification, 86h extended INQUIRY data, B0h block limits, B1h block device characteristics,
+//! B2h logical block provisioning. Values in B0h come from [`crate::sbc::limits`], the same constants the data path
+//! enforces.
+
+use crate::lu::{truncate, Completed, LogicalUnit, Outcome};
+use crate::sbc::limits;
+use crate::sense::Sense;
+use crate::ItNexus;
+
+/// Version descriptors (SPC-4 Table 150): SAM-5, SPC-4, SBC-3, iSCSI (no version claimed).
+const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0460, 0x04C0, 0x0960];
+/// Length of the standard INQUIRY data lunlock returns.
+const STANDARD_LENGTH: usize = 96;
+/// Supported VPD page codes, ascending.
+pub(crate) const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+/// iSCSI protocol identifier (SPC-4 Table 476).
+const PROTOCOL_ISCSI: u8 = 0x5;
+
+/// ASCII field padded with spaces (SPC-4 4.4.1) and cut to `width`; non-printable characters become spaces.
+fn ascii_field(text: &str, width: usize) -> Vec<u8> {
+    let mut field: Vec<u8> =
+        text.bytes().map(|b| if (0x20..=0x7E).contains(&b) { b } else { b' ' }).take(width).collect();
+    field.resize(width, b' ');
+    field
+}
+
+/// Standard INQUIRY data for a LUN that does not exist (SPC-4 6.6.2): peripheral qualifier 011b, device type 1Fh.
+pub fn not_present_inquiry(allocation_length: u32) -> Vec<u8> {
+    let mut data = vec![0u8; 36];
+    data[0] = 0x7F;
+    data[2] = 0x06;
+    data[3] = 0x12;
+    data[4] = 31;
+    truncate(data, allocation_length)
+}
+
+impl LogicalUnit {
+    pub(crate) fn inquiry(&self, nexus: &ItNexus, evpd: bool, page_code: u8, allocation_length: u32) -> Outcome {
+        let data = if !evpd {
+            self.standard_inquiry()
+        } else {
+            match page_code {
+                0x00 => vpd_page(0x00, &VPD_PAGES),
+                0x80 => vpd_page(0x80, &ascii_field(&self.config.serial, self.config.serial.len().max(1))),
+                0x83 => vpd_page(0x83, &self.device_identification(nexus)),
+                0x86 => self.extended_inquiry(),
+                0xB0 => self.block_limits(),
+                0xB1 => self.block_device_characteristics(),
+                0xB2 => self.logical_block_provisioning(),
+                _ => return Err(Sense::invalid_cdb_field(2, None)),
+            }
+        };
+        Ok(Completed::Good(truncate(data, allocation_length)))
+    }
+
+    /// SPC-4 6.6.2 Table 142.
+    fn standard_inquiry(&self) -> Vec<u8> {
+        let mut data = vec![0u8; STANDARD_LENGTH];
+        data[0] = 0x00; // qualifier 000b, direct access block device
+        data[2] = 0x06; // SPC-4
+        data[3] = 0x10 | 0x02; // HISUP, response data format 2
+        data[4] = (STANDARD_LENGTH - 5) as u8;
+        data[5] = 0x10; // TPGS 01b: implicit asymmetric access
+        data[7] = 0x02; // CMDQUE
+        data[8..16].copy_from_slice(&ascii_field(&self.config.vendor, 8));
+        data[16..32].copy_from_slice(&ascii_field(&self.config.product, 16));
+        data[32..36].copy_from_slice(&ascii_field(&self.config.revision, 4));
+        for (index, descriptor) in VERSION_DESCRIPTORS.iter().enumerate() {
+            data[58 + 2 * index..60 + 2 * index].copy_from_slice(&descriptor.to_be_bytes());
+        }
+        data
+    }
+
+    /// Device Identification VPD page designators (SPC-4 7.8.6): NAA (LU), relative target port and target port
+    /// group (target port, from the nexus), SCSI name strings of the target port and target device.
+    fn device_identification(&self, nexus: &ItNexus) -> Vec<u8> {
+        let mut out = Vec::new();
+        // NAA, binary, association LU (00b), PIV 0.
+        designator(&mut out, 0x01, 0x03, &self.config.naa);
+        let port = nexus.relative_target_port.to_be_bytes();
+        // Relative target port (type 4) and target port group (type 5): PIV=1, association target port (01b).
+        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x01, 0x80 | 0x10 | 0x04, &[0, 0, port[0], port[1]]);
+        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x01, 0x80 | 0x10 | 0x05, &[0, 0, port[0], port[1]]);
+        // SCSI name string (type 8, UTF-8): target port "<name>,t,0x<tpgt>" and target device "<name>".
+        let port_name = format!("{},t,0x{:04x}", nexus.target_name, nexus.relative_target_port);
+        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x03, 0x80 | 0x10 | 0x08, &name_string(&port_name));
+        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x03, 0x80 | 0x20 | 0x08, &name_string(&nexus.target_name));
+        out
+    }
+
+    /// Extended INQUIRY Data VPD page (SPC-4 7.8.7): HEADSUP, ORDSUP, SIMPSUP.
+    fn extended_inquiry(&self) -> Vec<u8> {
+        let mut body = vec![0u8; 60];
+        body[1] = 0x07;
+        vpd_page(0x86, &body)
+    }
+
+    /// Block Limits VPD page (SBC-4 6.6.4), page length 3Ch.
+    fn block_limits(&self) -> Vec<u8> {
+        let mut body = vec![0u8; 0x3C];
+        // body index = page byte - 4.
+        body[0] = 0x00; // WSNZ 0: WRITE SAME with 0 blocks means "to the end"
+        body[1] = 0x00; // MAXIMUM COMPARE AND WRITE LENGTH (not supported yet)
+        let granularity = (limits::PHYSICAL_BLOCK_BYTES / self.block_size).max(1) as u16;
+        body[2..4].copy_from_slice(&granularity.to_be_bytes());
+        body[4..8].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
+        body[8..12].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
+        body[12..16].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes()); // MAXIMUM PREFETCH LENGTH
+        if self.config.thin_provisioned {
+            body[16..20].copy_from_slice(&(limits::MAX_UNMAP_BLOCKS as u32).to_be_bytes());
+            body[20..24].copy_from_slice(&(limits::MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
+            body[24..28].copy_from_slice(&(granularity as u32).to_be_bytes());
+            // UGAVALID=1, alignment 0.
+            body[28] = 0x80;
+        }
+        body[32..40].copy_from_slice(&limits::MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+        vpd_page(0xB0, &body)
+    }
+
+    /// Block Device Characteristics VPD page (SBC-4 6.6.2): MEDIUM ROTATION RATE 1 = non-rotating.
+    fn block_device_characteristics(&self) -> Vec<u8> {
+        let mut body = vec![0u8; 0x3C];
+        body[0..2].copy_from_slice(&1u16.to_be_bytes());
+        vpd_page(0xB1, &body)
+    }
+
+    /// Logical Block Provisioning VPD page (SBC-4 6.6.6).
+    fn logical_block_provisioning(&self) -> Vec<u8> {
+        let mut body = vec![0u8; 4];
+        if self.config.thin_provisioned {
+            body[1] = 0x80 | 0x40 | 0x20 | 0x04; // LBPU, LBPWS, LBPWS10, LBPRZ (ANC_SUP 0, DP 0)
+            body[2] = 0x02; // PROVISIONING TYPE: thin
+        }
+        vpd_page(0xB2, &body)
+    }
+}
+
+fn vpd_page(page_code: u8, body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(4 + body.len());
+    data.extend_from_slice(&[0x00, page_code]);
+    data.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    data.extend_from_slice(body);
+    data
+}
+
+/// One designation descriptor (SPC-4 7.8.6.1 Table 459).
+fn designator(out: &mut Vec<u8>, protocol_and_code_set: u8, piv_association_type: u8, value: &[u8]) {
+    out.extend_from_slice(&[protocol_and_code_set, piv_association_type, 0, value.len() as u8]);
+    out.extend_from_slice(value);
+}
+
+/// SCSI name string: null-terminated, padded with nulls to a multiple of 4 bytes (SPC-4 7.8.6.11), at most 256.
+fn name_string(name: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = name.bytes().take(251).collect();
+    bytes.push(0);
+    while !bytes.len().is_multiple_of(4) {
+        bytes.push(0);
+    }
+    bytes
+}

@@ -1,0 +1,302 @@
+//! A logical unit (SAM-5 4.6.19): decodes a command, applies the checks every command shares, and executes it over
+//! a [`BlockStore`].
+//!
+//! Order of checks for every command (SAM-5 5.14, SPC-4 5.14, SBC-4 4.15):
+//! 1. unit attention (except INQUIRY, REPORT LUNS, REQUEST SENSE, which neither report nor clear one);
+//! 2. CDB decode ([`Command::parse`]): opcode, reserved/unsupported fields, control byte;
+//! 3. Data-Out length agrees with the CDB (else 0E/03, nothing written; RFC 7143 11.4.5.1 allows this answer);
+//! 4. the command's own checks (range, limits, write protection) and execution.
+//!
+//! Shared state is small and behind fine-grained locks or atomics; none is held across store I/O, and READ/WRITE
+//! touch only the unit-attention shard of their own nexus.
+
+use crate::cdb::Command;
+use crate::sense::{Condition, Sense};
+use crate::ua::UnitAttentions;
+use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
+use lunlock_store::BlockStore;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Identity and behaviour of one logical unit, chosen by the target's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogicalUnitConfig {
+    /// Logical block size in bytes (512 or 4096 typically); a power of two, at least 512.
+    pub block_size: u32,
+    /// T10 vendor identification (INQUIRY bytes 8..16), ASCII, padded or cut to 8 bytes.
+    pub vendor: String,
+    /// Product identification, 16 bytes.
+    pub product: String,
+    /// Product revision level, 4 bytes.
+    pub revision: String,
+    /// Unit serial number (VPD page 80h).
+    pub serial: String,
+    /// NAA IEEE Registered Extended designator (SPC-4 7.8.6.6.5), 16 bytes, first nibble 6.
+    pub naa: [u8; 16],
+    pub read_only: bool,
+    /// Thin provisioning (SBC-4 4.7): UNMAP, WRITE SAME with UNMAP, GET LBA STATUS, LBPME.
+    pub thin_provisioned: bool,
+}
+
+/// The outcome of a successfully executed command.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    Good(Vec<u8>),
+    ConditionMet,
+}
+
+pub(crate) type Outcome = Result<Completed, Sense>;
+
+/// Mode parameters that can be changed by MODE SELECT (SPC-4 7.5.8 Control page, SBC-4 6.5.5 Caching page).
+pub(crate) struct ModeState {
+    /// D_SENSE: report descriptor-format sense data.
+    pub descriptor_sense: AtomicBool,
+    /// SWP: software write protect.
+    pub software_write_protect: AtomicBool,
+    /// WCE: write cache enabled (reported; lunlock always honours FUA and SYNCHRONIZE CACHE).
+    pub write_cache_enabled: AtomicBool,
+}
+
+pub struct LogicalUnit {
+    pub(crate) config: LogicalUnitConfig,
+    pub(crate) store: Arc<dyn BlockStore>,
+    pub(crate) block_size: u64,
+    pub(crate) capacity_blocks: u64,
+    pub(crate) unit_attentions: UnitAttentions,
+    pub(crate) mode: ModeState,
+    /// Nexuses holding a PREVENT ALLOW MEDIUM REMOVAL prevention (SBC-4 5.13, SPC-4 6.13).
+    pub(crate) prevent_removal: Mutex<HashSet<ItNexus>>,
+    /// Serialises MODE SELECT so concurrent selects of different pages never interleave their validation.
+    pub(crate) mode_select: Mutex<()>,
+}
+
+impl std::fmt::Debug for LogicalUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalUnit").field("config", &self.config).field("capacity_blocks", &self.capacity_blocks).finish()
+    }
+}
+
+impl LogicalUnit {
+    pub fn new(config: LogicalUnitConfig, store: Arc<dyn BlockStore>) -> LogicalUnit {
+        assert!(config.block_size >= 512 && config.block_size.is_power_of_two(), "block size must be a power of two >= 512");
+        let block_size = config.block_size as u64;
+        let capacity_blocks = store.capacity_bytes() / block_size;
+        LogicalUnit {
+            config,
+            store,
+            block_size,
+            capacity_blocks,
+            unit_attentions: UnitAttentions::new(),
+            mode: ModeState {
+                descriptor_sense: AtomicBool::new(false),
+                software_write_protect: AtomicBool::new(false),
+                write_cache_enabled: AtomicBool::new(true),
+            },
+            prevent_removal: Mutex::new(HashSet::new()),
+            mode_select: Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &LogicalUnitConfig {
+        &self.config
+    }
+
+    /// Capacity in logical blocks.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_blocks
+    }
+
+    /// The unit attention state, for the reservation code to establish 2Ah conditions.
+    pub fn unit_attentions(&self) -> &UnitAttentions {
+        &self.unit_attentions
+    }
+
+    /// Writes are refused: configured read-only, store read-only, or SWP set (SBC-4 4.11).
+    pub(crate) fn write_protected(&self) -> bool {
+        self.config.read_only || self.store.is_read_only() || self.mode.software_write_protect.load(Ordering::Relaxed)
+    }
+
+    /// Sense bytes in the format the Control mode page's D_SENSE selects (SPC-4 4.5.1).
+    pub fn encode_sense(&self, sense: &Sense) -> Vec<u8> {
+        if self.mode.descriptor_sense.load(Ordering::Relaxed) {
+            sense.to_descriptor()
+        } else {
+            sense.to_fixed()
+        }
+    }
+
+    pub(crate) fn check_condition(&self, sense: Sense, data_out_wanted: Option<u32>) -> ScsiResponse {
+        ScsiResponse { status: ScsiStatus::CheckCondition, sense: self.encode_sense(&sense), data_in: Vec::new(), data_out_wanted }
+    }
+
+    /// Execute one command addressed to this logical unit.
+    pub fn execute(&self, cmd: &ScsiCommand) -> ScsiResponse {
+        let opcode = cmd.cdb.first().copied().unwrap_or(0xFF);
+        let parsed = Command::parse(cmd.cdb);
+        let data_out_wanted = parsed
+            .as_ref()
+            .ok()
+            .map(|command| command.data_out_length(self.config.block_size).min(u32::MAX as u64) as u32)
+            .filter(|wanted| *wanted > 0);
+
+        // SAM-5 5.14 / SPC-4 5.14: these three are neither blocked by nor consume a unit attention.
+        let ua_exempt = matches!(opcode, crate::cdb::op::INQUIRY | crate::cdb::op::REPORT_LUNS | crate::cdb::op::REQUEST_SENSE);
+        if !ua_exempt {
+            if let Some(condition) = self.unit_attentions.take(cmd.nexus) {
+                return self.check_condition(Sense::new(condition), data_out_wanted);
+            }
+        }
+        let command = match parsed {
+            Ok(command) => command,
+            Err(sense) => return self.check_condition(sense, data_out_wanted),
+        };
+        if cmd.data_out.len() as u64 != data_out_wanted.unwrap_or(0) as u64 {
+            return self.check_condition(Sense::new(Condition::InvalidFieldInCommandInformationUnit), data_out_wanted);
+        }
+        match self.run(&command, cmd) {
+            Ok(Completed::Good(data_in)) => {
+                ScsiResponse { status: ScsiStatus::Good, sense: Vec::new(), data_in, data_out_wanted }
+            }
+            Ok(Completed::ConditionMet) => {
+                ScsiResponse { status: ScsiStatus::ConditionMet, sense: Vec::new(), data_in: Vec::new(), data_out_wanted }
+            }
+            Err(sense) => self.check_condition(sense, data_out_wanted),
+        }
+    }
+
+    fn run(&self, command: &Command, cmd: &ScsiCommand) -> Outcome {
+        if command.writes_medium() && self.write_protected() {
+            // SBC-4 4.11: write protection is DATA PROTECT / WRITE PROTECTED, checked before the range.
+            return Err(Sense::new(Condition::WriteProtected));
+        }
+        match *command {
+            Command::TestUnitReady => Ok(Completed::Good(Vec::new())),
+            Command::RequestSense { descriptor, allocation_length } => {
+                Ok(Completed::Good(self.request_sense(cmd.nexus, descriptor, allocation_length)))
+            }
+            Command::Inquiry { evpd, page_code, allocation_length } => {
+                self.inquiry(cmd.nexus, evpd, page_code, allocation_length)
+            }
+            Command::ReportLuns { .. } => {
+                // Answered by the Dispatcher, which knows every LUN; a bare LogicalUnit reports only LUN 0.
+                let mut data = vec![0u8; 16];
+                data[3] = 8;
+                Ok(Completed::Good(data))
+            }
+            Command::ModeSense { ten, dbd, llbaa, page_control, page_code, subpage_code, allocation_length } => {
+                self.mode_sense(ten, dbd, llbaa, page_control, page_code, subpage_code, allocation_length)
+            }
+            Command::ModeSelect { ten, pf, save_pages, .. } => self.mode_select(cmd.nexus, ten, pf, save_pages, cmd.data_out),
+            Command::ReportSupportedOpcodes { rctd, options, opcode, service_action, allocation_length } => {
+                crate::opcodes::report(rctd, options, opcode, service_action, allocation_length).map(Completed::Good)
+            }
+            Command::ReportSupportedTmfs { repd, allocation_length } => {
+                Ok(Completed::Good(crate::opcodes::report_tmfs(repd, allocation_length)))
+            }
+            Command::StartStopUnit { power_condition, load_eject, start, .. } => {
+                self.start_stop_unit(cmd.nexus, power_condition, load_eject, start)
+            }
+            Command::PreventAllowMediumRemoval { prevent } => self.prevent_allow(cmd.nexus, prevent),
+            Command::ReadDefectData { twelve, plist, glist, format, allocation_length } => {
+                Ok(Completed::Good(read_defect_data(twelve, plist, glist, format, allocation_length)))
+            }
+            Command::ReadCapacity10 => Ok(Completed::Good(self.read_capacity_10())),
+            Command::ReadCapacity16 { allocation_length } => Ok(Completed::Good(self.read_capacity_16(allocation_length))),
+            Command::Read { lba, blocks, fua } => self.read(lba, blocks, fua),
+            Command::Write { lba, blocks, fua } => self.write(lba, blocks, fua, cmd.data_out),
+            Command::WriteAndVerify { lba, blocks, .. } => self.write(lba, blocks, true, cmd.data_out),
+            Command::Verify { lba, blocks, byte_check } => self.verify(lba, blocks, byte_check, cmd.data_out),
+            Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
+            Command::WriteSame { lba, blocks, unmap, anchor, ndob, ten } => {
+                self.write_same(lba, blocks, unmap, anchor, ndob, ten, cmd.data_out)
+            }
+            Command::Unmap { anchor, .. } => self.unmap(anchor, cmd.data_out),
+            Command::GetLbaStatus { lba, allocation_length } => self.get_lba_status(lba, allocation_length),
+            Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
+            Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks),
+        }
+    }
+
+    /// REQUEST SENSE (SPC-4 6.29): reports and clears a pending unit attention (SAM-5 5.14 allows either this or
+    /// preserving it; Linux and LIO report it), else NO SENSE.
+    fn request_sense(&self, nexus: &ItNexus, descriptor: bool, allocation_length: u32) -> Vec<u8> {
+        let sense = match self.unit_attentions.take(nexus) {
+            Some(condition) => Sense::new(condition),
+            None => Sense::new(Condition::NoAdditionalSense),
+        };
+        let mut data = if descriptor { sense.to_descriptor() } else { sense.to_fixed() };
+        data.truncate(allocation_length as usize);
+        data
+    }
+
+    /// START STOP UNIT (SBC-4 5.25): lunlock has no medium to spin; accept the power conditions SBC-4 Table 96
+    /// defines and refuse ejecting while removal is prevented (SBC-4 5.25: LOEJ=1 START=0 with prevention ->
+    /// MEDIUM REMOVAL PREVENTED).
+    fn start_stop_unit(&self, _nexus: &ItNexus, power_condition: u8, load_eject: bool, start: bool) -> Outcome {
+        match power_condition {
+            0x0 | 0x1 | 0x2 | 0x3 | 0x7 | 0xA | 0xB => {}
+            _ => return Err(Sense::invalid_cdb_field(4, Some(7))),
+        }
+        if power_condition == 0 && load_eject && !start && !self.lock_prevent().is_empty() {
+            return Err(Sense::new(Condition::MediumRemovalPrevented));
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    fn lock_prevent(&self) -> std::sync::MutexGuard<'_, HashSet<ItNexus>> {
+        self.prevent_removal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.13): PREVENT 00b allow, 01b prevent; 10b/11b are obsolete for
+    /// direct-access devices and refused.
+    fn prevent_allow(&self, nexus: &ItNexus, prevent: u8) -> Outcome {
+        match prevent {
+            0 => {
+                self.lock_prevent().remove(nexus);
+            }
+            1 => {
+                self.lock_prevent().insert(nexus.clone());
+            }
+            _ => return Err(Sense::invalid_cdb_field(4, Some(1))),
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// Task management reaching this logical unit (SAM-5 6.3, 7).
+    pub fn reset(&self, nexus: &ItNexus, kind: ResetKind) {
+        match kind {
+            // SAM-5 6.3.3: a logical unit reset clears prevention and establishes 29/03 for every I_T nexus.
+            ResetKind::LogicalUnitReset => {
+                self.lock_prevent().clear();
+                self.unit_attentions.establish_all(Condition::BusDeviceResetFunctionOccurred, None);
+            }
+            // SAM-5 6.3.2: a hard reset (TARGET WARM/COLD RESET) is reported as 29/02 SCSI BUS RESET OCCURRED
+            // ... for iSCSI (RFC 7143 11.5.1) the target reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+            ResetKind::TargetWarmReset | ResetKind::TargetColdReset => {
+                self.lock_prevent().clear();
+                self.unit_attentions.establish_all(Condition::PowerOnResetOrBusDeviceReset, None);
+            }
+            // SAM-5 6.3.4: I_T nexus loss: the prevention held by that nexus ends; 29/07 to that nexus.
+            ResetKind::NexusLoss => {
+                self.lock_prevent().remove(nexus);
+                self.unit_attentions.establish(nexus, Condition::ItNexusLossOccurred);
+            }
+        }
+    }
+}
+
+/// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes
+/// the requested lists and format.
+fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8, allocation_length: u32) -> Vec<u8> {
+    let flags = (plist as u8) << 4 | (glist as u8) << 3 | format;
+    let mut data = if twelve { vec![0u8; 8] } else { vec![0u8; 4] };
+    data[1] = flags;
+    data.truncate(allocation_length as usize);
+    data
+}
+
+pub(crate) fn truncate(mut data: Vec<u8>, allocation_length: u32) -> Vec<u8> {
+    data.truncate(allocation_length as usize);
+    data
+}

@@ -1,0 +1,317 @@
+//! SBC-4 block commands: READ CAPACITY, READ/WRITE/WRITE AND VERIFY/VERIFY/ORWRITE, WRITE SAME, UNMAP,
+//! GET LBA STATUS, SYNCHRONIZE CACHE, PRE-FETCH.
+//!
+//! Invariants, for every command here:
+//! - the range `lba .. lba + blocks` is checked with `checked_add` against the capacity before any I/O
+//!   (SBC-4 4.5: LOGICAL BLOCK ADDRESS OUT OF RANGE 21/00); it never wraps;
+//! - a transfer above the advertised maximum ([`limits`]) is INVALID FIELD IN CDB (SBC-4 6.6.4 / 5.x);
+//! - store errors become MEDIUM ERROR (11/00 for reads, 0C/00 for writes), never a panic;
+//! - FUA flushes the store before GOOD (SBC-4 4.15 "force unit access");
+//! - READ and WRITE do one buffer allocation and one store call each.
+
+use crate::cdb::{BlockCount, ByteCheck, Lba};
+use crate::lu::{truncate, Completed, LogicalUnit, Outcome};
+use crate::sense::{Condition, Sense};
+use std::io;
+
+/// Limits the data path enforces and VPD page B0h advertises (SBC-4 6.6.4). One place, so they cannot disagree.
+pub mod limits {
+    /// MAXIMUM TRANSFER LENGTH in bytes (converted to blocks per block size): bounds one command's buffer.
+    pub const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+    /// MAXIMUM WRITE SAME LENGTH in blocks.
+    pub const MAX_WRITE_SAME_BLOCKS: u64 = 0x10_0000;
+    /// MAXIMUM UNMAP LBA COUNT, blocks per UNMAP command.
+    pub const MAX_UNMAP_BLOCKS: u64 = 1024 * 1024;
+    /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+    pub const MAX_UNMAP_DESCRIPTORS: u64 = 256;
+    /// Bytes written per store call while WRITE SAME replicates its block.
+    pub const WRITE_SAME_CHUNK_BYTES: u64 = 1024 * 1024;
+    /// Physical block size lunlock reports (a file system page): LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT and
+    /// the OPTIMAL UNMAP GRANULARITY follow from it.
+    pub const PHYSICAL_BLOCK_BYTES: u64 = 4096;
+}
+
+fn read_error(_error: io::Error) -> Sense {
+    Sense::new(Condition::UnrecoveredReadError)
+}
+
+fn write_error(_error: io::Error) -> Sense {
+    Sense::new(Condition::WriteError)
+}
+
+impl LogicalUnit {
+    /// MAXIMUM TRANSFER LENGTH in blocks (VPD B0h).
+    pub(crate) fn max_transfer_blocks(&self) -> u64 {
+        limits::MAX_TRANSFER_BYTES / self.block_size
+    }
+
+    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13).
+    pub(crate) fn physical_exponent(&self) -> u8 {
+        (limits::PHYSICAL_BLOCK_BYTES / self.block_size).max(1).trailing_zeros() as u8
+    }
+
+    /// SBC-4 4.5: the whole range must lie inside the medium.
+    pub(crate) fn check_range(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
+        match lba.0.checked_add(blocks.0) {
+            Some(end) if end <= self.capacity_blocks => Ok(()),
+            _ => Err(Sense::new(Condition::LbaOutOfRange)),
+        }
+    }
+
+    /// Range first (so an out-of-range LBA is reported as such, as libiscsi's BeyondEol tests expect), then the
+    /// transfer limit, whose field is the TRANSFER LENGTH (byte 7 of 10-byte CDBs; field pointer left generic).
+    fn check_transfer(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
+        self.check_range(lba, blocks)?;
+        if blocks.0 > self.max_transfer_blocks() {
+            return Err(Sense::new(Condition::InvalidFieldInCdb));
+        }
+        Ok(())
+    }
+
+    fn offset(&self, lba: Lba) -> u64 {
+        lba.0 * self.block_size
+    }
+
+    fn flush(&self) -> Result<(), Sense> {
+        self.store.flush().map_err(write_error)
+    }
+
+    /// READ (6/10/12/16), SBC-4 5.14..5.17.
+    pub(crate) fn read(&self, lba: Lba, blocks: BlockCount, fua: bool) -> Outcome {
+        self.check_transfer(lba, blocks)?;
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        // FUA on READ (SBC-4 5.16): data must come from the medium, so write back anything cached first.
+        if fua {
+            self.store.flush().map_err(read_error)?;
+        }
+        let mut data = vec![0u8; (blocks.0 * self.block_size) as usize];
+        self.store.read_at(&mut data, self.offset(lba)).map_err(read_error)?;
+        Ok(Completed::Good(data))
+    }
+
+    /// WRITE (6/10/12/16), SBC-4 5.39..5.42, and WRITE AND VERIFY (the verify is of data just written from the
+    /// same buffer, so it is a flush: SBC-4 5.43 needs the data on the medium before comparing).
+    pub(crate) fn write(&self, lba: Lba, blocks: BlockCount, fua: bool, data_out: &[u8]) -> Outcome {
+        self.check_transfer(lba, blocks)?;
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        self.store.write_at(data_out, self.offset(lba)).map_err(write_error)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// VERIFY (10/12/16), SBC-4 5.33..5.35. BYTCHK 00b checks only that the blocks are readable; 01b compares with
+    /// the Data-Out; 11b compares every block with the single Data-Out block. A difference is MISCOMPARE 1D/00
+    /// with INFORMATION = byte offset of the first difference (SBC-4 5.33).
+    pub(crate) fn verify(&self, lba: Lba, blocks: BlockCount, byte_check: ByteCheck, data_out: &[u8]) -> Outcome {
+        self.check_transfer(lba, blocks)?;
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        let mut medium = vec![0u8; (blocks.0 * self.block_size) as usize];
+        self.store.read_at(&mut medium, self.offset(lba)).map_err(read_error)?;
+        let first_difference = match byte_check {
+            ByteCheck::None => None,
+            ByteCheck::Full => medium.iter().zip(data_out).position(|(a, b)| a != b),
+            ByteCheck::SingleBlock => {
+                medium.iter().zip(data_out.iter().cycle()).position(|(a, b)| a != b)
+            }
+        };
+        match first_difference {
+            Some(offset) => Err(Sense::new(Condition::Miscompare).with_information(offset as u64)),
+            None => Ok(Completed::Good(Vec::new())),
+        }
+    }
+
+    /// ORWRITE (16), SBC-4 5.12: with ORPROTECT 0 and no BMOP, the new data is the bitwise OR of the medium and
+    /// the Data-Out.
+    pub(crate) fn or_write(&self, lba: Lba, blocks: BlockCount, fua: bool, data_out: &[u8]) -> Outcome {
+        self.check_transfer(lba, blocks)?;
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        let mut data = vec![0u8; data_out.len()];
+        let offset = self.offset(lba);
+        self.store.read_at(&mut data, offset).map_err(read_error)?;
+        for (byte, new) in data.iter_mut().zip(data_out) {
+            *byte |= new;
+        }
+        self.store.write_at(&data, offset).map_err(write_error)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// WRITE SAME (10/16), SBC-4 5.50, 5.51.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_same(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        unmap: bool,
+        anchor: bool,
+        ndob: bool,
+        ten: bool,
+        data_out: &[u8],
+    ) -> Outcome {
+        // SBC-4 5.50: ANCHOR=1 with UNMAP=0 is invalid; ANCHOR=1 needs ANC_SUP, which lunlock does not claim.
+        if anchor {
+            return Err(Sense::invalid_cdb_field(1, Some(4)));
+        }
+        // UNMAP needs thin provisioning (SBC-4 4.7.3.4.x, LBPWS/LBPWS10).
+        if unmap && !self.config.thin_provisioned {
+            return Err(Sense::invalid_cdb_field(1, Some(3)));
+        }
+        // SBC-4 5.51: NDOB=1 with UNMAP=0 writes zeros; both are fine.
+        let _ = ten;
+        // NUMBER OF LOGICAL BLOCKS 0 (WSNZ=0): from LBA to the last block (SBC-4 5.50).
+        if lba.0 > self.capacity_blocks {
+            return Err(Sense::new(Condition::LbaOutOfRange));
+        }
+        let blocks = if blocks.0 == 0 { BlockCount(self.capacity_blocks - lba.0) } else { blocks };
+        self.check_range(lba, blocks)?;
+        if blocks.0 > limits::MAX_WRITE_SAME_BLOCKS {
+            return Err(Sense::invalid_cdb_field(if ten { 7 } else { 10 }, None));
+        }
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        let offset = self.offset(lba);
+        let length = blocks.0 * self.block_size;
+        if unmap {
+            // LBPRZ=1: deallocated blocks read as zeros, which is what SBC-4 4.7.3.5 lets an unmapping WRITE SAME
+            // leave behind regardless of the Data-Out (libiscsi WriteSame*.Unmap* check exactly this).
+            self.store.deallocate(offset, length).map_err(write_error)?;
+            return Ok(Completed::Good(Vec::new()));
+        }
+        let pattern: &[u8] = if ndob { &[] } else { data_out };
+        let chunk_blocks = (limits::WRITE_SAME_CHUNK_BYTES / self.block_size).min(blocks.0);
+        let mut chunk = vec![0u8; (chunk_blocks * self.block_size) as usize];
+        if !pattern.is_empty() {
+            for block in chunk.chunks_mut(self.block_size as usize) {
+                block.copy_from_slice(pattern);
+            }
+        }
+        let mut written = 0u64;
+        while written < length {
+            let this = (length - written).min(chunk.len() as u64) as usize;
+            self.store.write_at(&chunk[..this], offset + written).map_err(write_error)?;
+            written += this as u64;
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// UNMAP (SBC-4 5.32) with its parameter list checks (SBC-4 5.32.2).
+    pub(crate) fn unmap(&self, anchor: bool, parameters: &[u8]) -> Outcome {
+        if !self.config.thin_provisioned {
+            return Err(Sense::new(Condition::InvalidCommandOperationCode));
+        }
+        if anchor {
+            return Err(Sense::invalid_cdb_field(1, Some(0)));
+        }
+        // A zero-length parameter list is not an error (SBC-4 5.32.1).
+        if parameters.is_empty() {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        if parameters.len() < 8 {
+            return Err(Sense::new(Condition::ParameterListLengthError));
+        }
+        let data_length = u16::from_be_bytes([parameters[0], parameters[1]]) as usize;
+        let descriptors_length = u16::from_be_bytes([parameters[2], parameters[3]]) as usize;
+        if data_length + 2 > parameters.len() || descriptors_length + 8 > parameters.len() {
+            return Err(Sense::new(Condition::ParameterListLengthError));
+        }
+        let count = descriptors_length / 16;
+        if count as u64 > limits::MAX_UNMAP_DESCRIPTORS {
+            return Err(Sense::invalid_parameter_field(2, None));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        let mut total = 0u64;
+        for index in 0..count {
+            let at = 8 + index * 16;
+            let descriptor = &parameters[at..at + 16];
+            let lba = Lba(u64::from_be_bytes(descriptor[0..8].try_into().expect("8 bytes")));
+            let blocks = BlockCount(u32::from_be_bytes(descriptor[8..12].try_into().expect("4 bytes")) as u64);
+            self.check_range(lba, blocks)?;
+            total = total.saturating_add(blocks.0);
+            if total > limits::MAX_UNMAP_BLOCKS {
+                return Err(Sense::invalid_parameter_field(at as u16 + 8, None));
+            }
+            ranges.push((lba, blocks));
+        }
+        for (lba, blocks) in ranges {
+            if blocks.0 > 0 {
+                self.store.deallocate(self.offset(lba), blocks.0 * self.block_size).map_err(write_error)?;
+            }
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// GET LBA STATUS (SBC-4 5.7): descriptors from the store's allocation map, starting at the requested LBA.
+    pub(crate) fn get_lba_status(&self, lba: Lba, allocation_length: u32) -> Outcome {
+        if lba.0 >= self.capacity_blocks {
+            return Err(Sense::new(Condition::LbaOutOfRange));
+        }
+        // Header (8 bytes) plus as many 16-byte descriptors as fit, at most a named limit.
+        const MAX_DESCRIPTORS: usize = 64;
+        let room = (allocation_length as usize).saturating_sub(8) / 16;
+        let wanted = room.clamp(1, MAX_DESCRIPTORS);
+        let mut data = vec![0u8; 8];
+        let mut next = lba.0;
+        while next < self.capacity_blocks && (data.len() - 8) / 16 < wanted {
+            let extent = self.store.allocation_at(next * self.block_size).map_err(read_error)?;
+            let blocks = (extent.len_bytes.div_ceil(self.block_size)).clamp(1, self.capacity_blocks - next);
+            let blocks = blocks.min(u32::MAX as u64);
+            data.extend_from_slice(&next.to_be_bytes());
+            data.extend_from_slice(&(blocks as u32).to_be_bytes());
+            // PROVISIONING STATUS: 0 mapped, 1 deallocated (SBC-4 Table 54).
+            data.extend_from_slice(&[if extent.mapped { 0 } else { 1 }, 0, 0, 0]);
+            next += blocks;
+        }
+        let parameter_length = (data.len() - 4) as u32;
+        data[0..4].copy_from_slice(&parameter_length.to_be_bytes());
+        Ok(Completed::Good(truncate(data, allocation_length)))
+    }
+
+    /// SYNCHRONIZE CACHE (10/16), SBC-4 5.22, 5.23: range checked, then the whole store is flushed (a superset).
+    pub(crate) fn synchronize_cache(&self, lba: Lba, blocks: BlockCount) -> Outcome {
+        self.check_range(lba, blocks)?;
+        self.flush()?;
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// PRE-FETCH (10/16), SBC-4 5.9/5.10: nothing to load (the store's page cache does it); CONDITION MET says
+    /// the blocks "fit in the cache", which libiscsi's tests accept as success.
+    pub(crate) fn pre_fetch(&self, lba: Lba, blocks: BlockCount) -> Outcome {
+        self.check_range(lba, blocks)?;
+        Ok(Completed::ConditionMet)
+    }
+
+    /// READ CAPACITY (10), SBC-4 5.19: the last LBA, or FFFFFFFFh when it does not fit.
+    pub(crate) fn read_capacity_10(&self) -> Vec<u8> {
+        let last = self.capacity_blocks.saturating_sub(1);
+        let last = u32::try_from(last).unwrap_or(u32::MAX);
+        let mut data = Vec::with_capacity(8);
+        data.extend_from_slice(&last.to_be_bytes());
+        data.extend_from_slice(&(self.block_size as u32).to_be_bytes());
+        data
+    }
+
+    /// READ CAPACITY (16), SBC-4 5.20: 32 bytes; LBPME and LBPRZ when thin provisioned.
+    pub(crate) fn read_capacity_16(&self, allocation_length: u32) -> Vec<u8> {
+        let mut data = vec![0u8; 32];
+        data[0..8].copy_from_slice(&self.capacity_blocks.saturating_sub(1).to_be_bytes());
+        data[8..12].copy_from_slice(&(self.block_size as u32).to_be_bytes());
+        data[13] = self.physical_exponent() & 0x0F;
+        if self.config.thin_provisioned {
+            data[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        }
+        truncate(data, allocation_length)
+    }
+}

@@ -1,0 +1,214 @@
+//! Unit attention conditions (SAM-5 5.14, SPC-4 5.14 / 6.29), kept per I_T nexus per logical unit.
+//!
+//! Invariants:
+//! - Each nexus has a queue of pending conditions ordered by precedence (highest first, SAM-5 5.14 "unit attention
+//!   condition precedence"): power on / reset / nexus loss (29h) before everything else, then reservation changes
+//!   (2Ah/03..05), then parameter changes (2Ah other, 3Fh), then commands cleared (2Fh). A condition is queued once.
+//! - Establishing a 29h condition clears every lower-precedence condition for that nexus: the reset made them
+//!   meaningless (SAM-5 5.14: "the logical unit may clear any pending lower precedence unit attention").
+//! - A nexus never seen before reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00) on its first command,
+//!   because from its point of view the logical unit just came into existence.
+//!
+//! Concurrency: the map is split into shards, each behind its own small mutex, so commands of different sessions
+//! almost never contend; a lock is never held across storage I/O.
+
+use crate::sense::Condition;
+use crate::ItNexus;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+/// Number of shards: a power of two comfortably above the number of worker threads.
+const SHARD_COUNT: usize = 16;
+/// Named limit on queued conditions per nexus; a nexus that never sends commands cannot grow memory unboundedly.
+const MAX_QUEUED_PER_NEXUS: usize = 8;
+
+/// Precedence rank of a unit attention condition: lower is reported first (SAM-5 5.14).
+fn rank(condition: Condition) -> u8 {
+    match (condition.asc(), condition.ascq()) {
+        (0x29, 0x01) => 0,
+        (0x29, 0x02) => 1,
+        (0x29, 0x03) => 2,
+        (0x29, 0x00) => 3,
+        (0x29, _) => 4,
+        (0x2A, 0x03..=0x05) => 5,
+        (0x2A, _) | (0x3F, _) => 6,
+        _ => 7,
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    nexuses: HashMap<ItNexus, Vec<Condition>>,
+}
+
+/// The unit attention state of one logical unit.
+pub struct UnitAttentions {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for UnitAttentions {
+    fn default() -> Self {
+        UnitAttentions::new()
+    }
+}
+
+impl UnitAttentions {
+    pub fn new() -> Self {
+        UnitAttentions { shards: (0..SHARD_COUNT).map(|_| Mutex::new(Shard::default())).collect() }
+    }
+
+    fn shard(&self, nexus: &ItNexus) -> std::sync::MutexGuard<'_, Shard> {
+        let mut hasher = DefaultHasher::new();
+        nexus.hash(&mut hasher);
+        let index = (hasher.finish() as usize) % SHARD_COUNT;
+        // A poisoned shard only means another thread panicked mid-update of plain data; the data stays usable.
+        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The condition to report to `nexus` now, if any, removing it (the command that receives it is terminated
+    /// with CHECK CONDITION; SAM-5 5.14). Registers a new nexus with 29/00 first.
+    pub fn take(&self, nexus: &ItNexus) -> Option<Condition> {
+        let mut shard = self.shard(nexus);
+        let queue = shard
+            .nexuses
+            .entry(nexus.clone())
+            .or_insert_with(|| vec![Condition::PowerOnResetOrBusDeviceReset]);
+        if queue.is_empty() {
+            None
+        } else {
+            Some(queue.remove(0))
+        }
+    }
+
+    /// The condition that would be reported, without removing it.
+    pub fn peek(&self, nexus: &ItNexus) -> Option<Condition> {
+        let shard = self.shard(nexus);
+        match shard.nexuses.get(nexus) {
+            Some(queue) => queue.first().copied(),
+            None => Some(Condition::PowerOnResetOrBusDeviceReset),
+        }
+    }
+
+    /// Establish `condition` for one nexus.
+    pub fn establish(&self, nexus: &ItNexus, condition: Condition) {
+        let mut shard = self.shard(nexus);
+        match shard.nexuses.get_mut(nexus) {
+            Some(queue) => insert(queue, condition),
+            // An unseen nexus will report 29/00 first, which outranks or equals anything else worth queueing,
+            // except the more specific resets; keep those.
+            None => {
+                let mut queue = vec![Condition::PowerOnResetOrBusDeviceReset];
+                insert(&mut queue, condition);
+                shard.nexuses.insert(nexus.clone(), queue);
+            }
+        }
+    }
+
+    /// Establish `condition` for every known nexus except `except` (e.g. the one whose command caused it).
+    pub fn establish_all(&self, condition: Condition, except: Option<&ItNexus>) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (nexus, queue) in shard.nexuses.iter_mut() {
+                if Some(nexus) != except {
+                    insert(queue, condition);
+                }
+            }
+        }
+    }
+}
+
+/// Insert by precedence; resets (29h) clear everything of lower precedence.
+fn insert(queue: &mut Vec<Condition>, condition: Condition) {
+    if queue.contains(&condition) {
+        return;
+    }
+    let new_rank = rank(condition);
+    if condition.asc() == 0x29 {
+        queue.retain(|queued| rank(*queued) <= new_rank);
+    }
+    let position = queue.iter().position(|queued| rank(*queued) > new_rank).unwrap_or(queue.len());
+    queue.insert(position, condition);
+    queue.truncate(MAX_QUEUED_PER_NEXUS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Isid;
+
+    fn nexus(n: u8) -> ItNexus {
+        ItNexus {
+            initiator_name: format!("iqn.test:{n}"),
+            isid: Isid([0, 0, 0, 0, 0, n]),
+            target_name: "iqn.target".into(),
+            relative_target_port: 1,
+        }
+    }
+
+    #[test]
+    fn new_nexus_reports_power_on_once() {
+        let ua = UnitAttentions::new();
+        assert_eq!(ua.peek(&nexus(1)), Some(Condition::PowerOnResetOrBusDeviceReset));
+        assert_eq!(ua.take(&nexus(1)), Some(Condition::PowerOnResetOrBusDeviceReset));
+        assert_eq!(ua.take(&nexus(1)), None);
+    }
+
+    #[test]
+    fn reset_outranks_and_clears_lower_conditions() {
+        let ua = UnitAttentions::new();
+        let a = nexus(1);
+        assert!(ua.take(&a).is_some());
+        ua.establish(&a, Condition::ModeParametersChanged);
+        ua.establish(&a, Condition::ReservationsPreempted);
+        assert_eq!(ua.peek(&a), Some(Condition::ReservationsPreempted));
+        ua.establish(&a, Condition::BusDeviceResetFunctionOccurred);
+        assert_eq!(ua.take(&a), Some(Condition::BusDeviceResetFunctionOccurred));
+        assert_eq!(ua.take(&a), None);
+    }
+
+    #[test]
+    fn establish_all_skips_the_cause_and_reaches_others() {
+        let ua = UnitAttentions::new();
+        let (a, b) = (nexus(1), nexus(2));
+        ua.take(&a);
+        ua.take(&b);
+        ua.establish_all(Condition::ModeParametersChanged, Some(&a));
+        assert_eq!(ua.take(&a), None);
+        assert_eq!(ua.take(&b), Some(Condition::ModeParametersChanged));
+    }
+
+    #[test]
+    fn precedence_table() {
+        // (established in this order, expected report order)
+        let cases: &[(&[Condition], &[Condition])] = &[
+            (
+                &[Condition::ModeParametersChanged, Condition::ItNexusLossOccurred],
+                &[Condition::ItNexusLossOccurred],
+            ),
+            (
+                &[Condition::ItNexusLossOccurred, Condition::RegistrationsPreempted, Condition::ModeParametersChanged],
+                &[Condition::ItNexusLossOccurred, Condition::RegistrationsPreempted, Condition::ModeParametersChanged],
+            ),
+            (
+                &[Condition::ItNexusLossOccurred, Condition::BusDeviceResetFunctionOccurred],
+                &[Condition::BusDeviceResetFunctionOccurred],
+            ),
+            (&[Condition::ReservationsReleased, Condition::ReservationsReleased], &[Condition::ReservationsReleased]),
+        ];
+        for (established, expected) in cases {
+            let ua = UnitAttentions::new();
+            let a = nexus(3);
+            ua.take(&a);
+            for condition in *established {
+                ua.establish(&a, *condition);
+            }
+            let mut reported = Vec::new();
+            while let Some(condition) = ua.take(&a) {
+                reported.push(condition);
+            }
+            assert_eq!(&reported[..], *expected, "established {established:?}");
+        }
+    }
+}

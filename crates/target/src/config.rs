@@ -1,0 +1,556 @@
+//! Target configuration: the embedded default (`lunlock serve` with no arguments), command-line overrides, and
+//! TOML files for several targets, LUNs, portals and initiator allow-lists (format: docs/config.md).
+//!
+//! Every error names where it comes from: for a file, the path, line and key; for flags, the flag.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+pub const DEFAULT_TARGET_NAME: &str = "iqn.2026-11.io.lunlock:default";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
+pub const DEFAULT_DATA_DIR: &str = "./lunlock-data";
+pub const DEFAULT_LUN_SIZE_BYTES: u64 = 1 << 30;
+pub const DEFAULT_BLOCK_SIZE: u32 = 512;
+/// Named limits (TigerBeetle style): everything a client can make us allocate is bounded.
+pub const MAX_TARGETS: usize = 256;
+pub const MAX_LUNS_PER_TARGET: usize = 256;
+pub const MAX_PORTALS: usize = 64;
+
+/// What `lunlock serve` was given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub lun_size_bytes: u64,
+    pub target_name: String,
+    pub config: Option<PathBuf>,
+    pub allow_any_initiator: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: vec![DEFAULT_LISTEN.parse().expect("valid default address")],
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            lun_size_bytes: DEFAULT_LUN_SIZE_BYTES,
+            target_name: DEFAULT_TARGET_NAME.to_string(),
+            config: None,
+            allow_any_initiator: false,
+        }
+    }
+}
+
+/// One LUN of a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunConfig {
+    pub id: u64,
+    /// Backing file.
+    pub path: PathBuf,
+    /// Size to create the file with when it does not exist; None: the file must exist.
+    pub create_size_bytes: Option<u64>,
+    pub read_only: bool,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetDefinition {
+    pub name: String,
+    pub alias: Option<String>,
+    /// None admits any initiator.
+    pub allowed_initiators: Option<Vec<String>>,
+    pub luns: Vec<LunConfig>,
+    /// Where LUN identities (NAA, serial) are kept.
+    pub identity_dir: PathBuf,
+}
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub portals: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub targets: Vec<TargetDefinition>,
+}
+
+/// Why the target cannot start: one line for the user.
+#[derive(Debug)]
+pub enum ServeError {
+    /// A configuration file problem, with file, line and key.
+    Config {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A problem with the options as given.
+    Invalid(String),
+    /// Binding a portal failed.
+    Bind {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    /// Opening storage or metadata failed.
+    Storage(String),
+    Io(std::io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Config {
+                path,
+                line,
+                column,
+                message,
+            } => {
+                write!(f, "{}:{line}:{column}: {message}", path.display())
+            }
+            ServeError::Invalid(message) => write!(f, "{message}"),
+            ServeError::Bind { address, error }
+                if error.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                write!(
+                    f,
+                    "cannot listen on {address}: the address is already in use"
+                )
+            }
+            ServeError::Bind { address, error } => write!(f, "cannot listen on {address}: {error}"),
+            ServeError::Storage(message) => write!(f, "{message}"),
+            ServeError::Io(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Directory name for a target's metadata: the IQN with characters unsafe in file names replaced.
+pub fn sanitized(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl TargetConfig {
+    /// Builds the configuration `lunlock serve` runs with: a config file when given, else the embedded default
+    /// with the flags applied.
+    pub fn from_options(options: &ServeOptions) -> Result<TargetConfig, ServeError> {
+        let config = match &options.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ServeError::Invalid(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                parse_file(path, &text)?
+            }
+            None => TargetConfig::embedded_default(options)?,
+        };
+        config.check_exposure(options.allow_any_initiator)?;
+        Ok(config)
+    }
+
+    fn embedded_default(options: &ServeOptions) -> Result<TargetConfig, ServeError> {
+        if options.listen.is_empty() {
+            return Err(ServeError::Invalid(
+                "at least one --listen address is needed".into(),
+            ));
+        }
+        if options.lun_size_bytes == 0 || !options.lun_size_bytes.is_multiple_of(DEFAULT_BLOCK_SIZE as u64) {
+            return Err(ServeError::Invalid(format!(
+                "--lun-size {} is not a positive multiple of {DEFAULT_BLOCK_SIZE} bytes",
+                options.lun_size_bytes
+            )));
+        }
+        check_iqn(&options.target_name)
+            .map_err(|m| ServeError::Invalid(format!("--target-name: {m}")))?;
+        Ok(TargetConfig {
+            portals: options.listen.clone(),
+            data_dir: options.data_dir.clone(),
+            targets: vec![TargetDefinition {
+                name: options.target_name.clone(),
+                alias: None,
+                allowed_initiators: None,
+                luns: vec![LunConfig {
+                    id: 0,
+                    path: options.data_dir.join("lun-0.img"),
+                    create_size_bytes: Some(options.lun_size_bytes),
+                    read_only: false,
+                    block_size: DEFAULT_BLOCK_SIZE,
+                }],
+                identity_dir: options.data_dir.join(sanitized(&options.target_name)),
+            }],
+        })
+    }
+
+    /// A portal reachable from other machines needs an allow-list on every target, unless the operator said
+    /// otherwise: an open shared disk on a network is how clusters get corrupted.
+    fn check_exposure(&self, allow_any_initiator: bool) -> Result<(), ServeError> {
+        if allow_any_initiator {
+            return Ok(());
+        }
+        let exposed = self.portals.iter().find(|p| !p.ip().is_loopback());
+        let open = self.targets.iter().find(|t| t.allowed_initiators.is_none());
+        if let (Some(portal), Some(target)) = (exposed, open) {
+            return Err(ServeError::Invalid(format!(
+                "refusing to serve {} on non-loopback address {portal} without an initiator allow-list; \
+                 set allowed_initiators in a config file or pass --allow-any-initiator",
+                target.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_iqn(name: &str) -> Result<(), String> {
+    // RFC 7143 4.2.7: iqn., eui. or naa. names, at most 223 bytes.
+    let prefixed = ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p));
+    if !prefixed || name.len() > 223 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{name:?} is not an iSCSI name (iqn./eui./naa., at most 223 bytes, no spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses sizes like `1G`, `512M`, `4096`, `1TiB` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1G, 512M, 4096)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<Spanned<String>>,
+    listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default, rename = "target")]
+    targets: Vec<Spanned<FileTarget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTarget {
+    name: Spanned<String>,
+    alias: Option<String>,
+    allowed_initiators: Option<Vec<String>>,
+    #[serde(default, rename = "lun")]
+    luns: Vec<Spanned<FileLun>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLun {
+    id: Spanned<u64>,
+    path: Option<Spanned<String>>,
+    size: Option<Spanned<String>>,
+    #[serde(default)]
+    read_only: bool,
+    block_size: Option<Spanned<u32>>,
+}
+
+struct SourceFile<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl SourceFile<'_> {
+    fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ServeError::Config {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses and validates a TOML configuration file.
+pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
+    let source = SourceFile { path, text };
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        source.error(offset, e.message().to_string())
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let data_dir = match &file.data_dir {
+        Some(dir) => base.join(dir.get_ref()),
+        None => base.join("lunlock-data"),
+    };
+    let mut portals = Vec::new();
+    if file.listen.get_ref().is_empty() {
+        return Err(source.error(
+            file.listen.span().start,
+            "key `listen`: at least one address is needed",
+        ));
+    }
+    for address in file.listen.get_ref() {
+        let parsed: SocketAddr = address.get_ref().parse().map_err(|_| {
+            source.error(
+                address.span().start,
+                format!("key `listen`: {:?} is not ADDRESS:PORT", address.get_ref()),
+            )
+        })?;
+        if portals.contains(&parsed) {
+            return Err(source.error(
+                address.span().start,
+                format!("key `listen`: {parsed} is listed twice"),
+            ));
+        }
+        portals.push(parsed);
+    }
+    if portals.len() > MAX_PORTALS {
+        return Err(source.error(
+            file.listen.span().start,
+            format!("key `listen`: more than {MAX_PORTALS} portals"),
+        ));
+    }
+    if file.targets.is_empty() {
+        return Err(source.error(text.len(), "no [[target]] defined"));
+    }
+    if file.targets.len() > MAX_TARGETS {
+        return Err(source.error(0, format!("more than {MAX_TARGETS} targets")));
+    }
+    let mut targets: Vec<TargetDefinition> = Vec::new();
+    for target in &file.targets {
+        let definition = parse_target(&source, &data_dir, target.get_ref())?;
+        if targets.iter().any(|t| t.name == definition.name) {
+            return Err(source.error(
+                target.get_ref().name.span().start,
+                format!("key `name`: target {} is defined twice", definition.name),
+            ));
+        }
+        targets.push(definition);
+    }
+    Ok(TargetConfig {
+        portals,
+        data_dir,
+        targets,
+    })
+}
+
+fn parse_target(
+    source: &SourceFile,
+    data_dir: &Path,
+    target: &FileTarget,
+) -> Result<TargetDefinition, ServeError> {
+    let name = target.name.get_ref().clone();
+    check_iqn(&name)
+        .map_err(|m| source.error(target.name.span().start, format!("key `name`: {m}")))?;
+    if target.luns.is_empty() {
+        return Err(source.error(
+            target.name.span().start,
+            format!("target {name} has no [[target.lun]]"),
+        ));
+    }
+    if target.luns.len() > MAX_LUNS_PER_TARGET {
+        return Err(source.error(
+            target.name.span().start,
+            format!("more than {MAX_LUNS_PER_TARGET} LUNs"),
+        ));
+    }
+    let identity_dir = data_dir.join(sanitized(&name));
+    let mut luns: Vec<LunConfig> = Vec::new();
+    for lun in &target.luns {
+        let lun = lun.get_ref();
+        let id = *lun.id.get_ref();
+        if id >= 16384 {
+            return Err(source.error(lun.id.span().start, "key `id`: LUN ids go up to 16383"));
+        }
+        if luns.iter().any(|l| l.id == id) {
+            return Err(source.error(
+                lun.id.span().start,
+                format!("key `id`: LUN {id} is defined twice"),
+            ));
+        }
+        let block_size = lun
+            .block_size
+            .as_ref()
+            .map_or(DEFAULT_BLOCK_SIZE, |b| *b.get_ref());
+        if !matches!(block_size, 512 | 1024 | 2048 | 4096) {
+            let offset = lun.block_size.as_ref().map_or(0, |b| b.span().start);
+            return Err(source.error(offset, "key `block_size`: must be 512, 1024, 2048 or 4096"));
+        }
+        let create_size_bytes = match &lun.size {
+            Some(size) => {
+                let bytes = parse_size(size.get_ref())
+                    .map_err(|m| source.error(size.span().start, format!("key `size`: {m}")))?;
+                if bytes == 0 || !bytes.is_multiple_of(block_size as u64) {
+                    return Err(source.error(
+                        size.span().start,
+                        format!("key `size`: must be a positive multiple of the block size {block_size}"),
+                    ));
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
+        let path = match &lun.path {
+            Some(path) => data_dir.join(path.get_ref()),
+            None if create_size_bytes.is_some() => {
+                data_dir.join(format!("{}-lun-{id}.img", sanitized(&name)))
+            }
+            None => {
+                return Err(source.error(
+                    lun.id.span().start,
+                    format!("LUN {id}: give `path`, `size` or both"),
+                ));
+            }
+        };
+        luns.push(LunConfig {
+            id,
+            path,
+            create_size_bytes,
+            read_only: lun.read_only,
+            block_size,
+        });
+    }
+    Ok(TargetDefinition {
+        name,
+        alias: target.alias.clone(),
+        allowed_initiators: target.allowed_initiators.clone(),
+        luns,
+        identity_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TargetConfig, ServeError> {
+        parse_file(Path::new("/etc/lunlock.toml"), text)
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = parse(
+            r#"
+data_dir = "/srv/lunlock"
+listen = ["127.0.0.1:3260", "127.0.0.2:3260"]
+
+[[target]]
+name = "iqn.2026-11.io.lunlock:a"
+allowed_initiators = ["iqn.2026-11.host:one"]
+
+[[target.lun]]
+id = 0
+size = "64M"
+
+[[target.lun]]
+id = 1
+path = "existing.img"
+read_only = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.portals.len(), 2);
+        let target = &config.targets[0];
+        assert_eq!(target.luns[0].create_size_bytes, Some(64 << 20));
+        assert_eq!(
+            target.luns[1].path,
+            PathBuf::from("/srv/lunlock/existing.img")
+        );
+        assert!(target.luns[1].read_only);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err =
+            parse("listen = [\"127.0.0.1:3260\"]\n\n[[target]]\nname = \"iqn.x:y\"\nsizee = 3\n")
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/lunlock.toml:5:"), "{text}");
+        assert!(text.contains("sizee"), "{text}");
+
+        let err = parse("listen = [\"nonsense\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:1:") && err.contains("listen"),
+            "{err}"
+        );
+
+        let err = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1Q\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:6:") && err.contains("size"),
+            "{err}"
+        );
+
+        let err = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n\
+             [[target.lun]]\nid = 0\nsize = \"1M\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:8:") && err.contains("twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exposed_portal_without_allow_list_is_refused() {
+        let options = ServeOptions {
+            listen: vec!["0.0.0.0:3260".parse().unwrap()],
+            ..ServeOptions::default()
+        };
+        let err = TargetConfig::from_options(&options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--allow-any-initiator"), "{err}");
+        let allowed = ServeOptions {
+            allow_any_initiator: true,
+            ..options
+        };
+        assert!(TargetConfig::from_options(&allowed).is_ok());
+    }
+
+    #[test]
+    fn default_configuration_matches_the_readme() {
+        let config = TargetConfig::from_options(&ServeOptions::default()).unwrap();
+        assert_eq!(config.portals, vec!["127.0.0.1:3260".parse().unwrap()]);
+        assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
+        assert_eq!(config.targets[0].luns[0].create_size_bytes, Some(1 << 30));
+        assert!(config.targets[0].allowed_initiators.is_none());
+    }
+}

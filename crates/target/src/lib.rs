@@ -1,0 +1,10 @@
+//! The lunlock target daemon: TCP portals, login and full-feature sessions over the sans-IO `iscsi` crate,
+//! SCSI execution through the `scsi` crate's dispatcher, storage from the `store` crate, and configuration.
+
+pub mod config;
+mod connection;
+mod log;
+pub mod server;
+
+pub use config::{parse_size, ServeError, ServeOptions, TargetConfig};
+pub use server::{run_blocking, start, RunningTarget};

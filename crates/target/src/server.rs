@@ -1,0 +1,369 @@
+//! The target daemon: portals, the session registry, and `run_blocking` / `start`.
+//!
+//! One tokio listener per portal; each accepted connection runs in its own task (see `connection`). The targets
+//! (each an `Arc<Dispatcher>` over its logical units) and the session registry are shared by all portals.
+//! Portal N (1-based, in configuration order) is target portal group N and relative target port N (SPC-4
+//! 7.8.6.4), so several portals give an initiator several paths for multipath.
+
+use crate::config::{LunConfig, ServeError, ServeOptions, TargetConfig, TargetDefinition};
+use crate::connection;
+use crate::log;
+use lunlock_iscsi::login::PortalTarget;
+use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
+use lunlock_store::file::FileStore;
+use lunlock_store::identity::LunIdentity;
+use lunlock_store::BlockStore;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+/// Connections served at once, over all portals.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A target as the runtime holds it.
+pub struct ServedTarget {
+    pub definition: TargetDefinition,
+    pub dispatcher: Arc<Dispatcher>,
+    pub stores: Vec<Arc<dyn BlockStore>>,
+}
+
+impl ServedTarget {
+    pub fn portal_target(&self) -> PortalTarget {
+        PortalTarget {
+            name: self.definition.name.clone(),
+            alias: self.definition.alias.clone(),
+            allowed_initiators: self.definition.allowed_initiators.clone(),
+        }
+    }
+}
+
+/// The key of an I_T nexus's session: initiator port and target port (RFC 7143 4.4.1, SAM-5 4.6.4).
+pub type SessionKey = ItNexus;
+
+/// A live session, as other connections see it (for reinstatement and resets).
+pub struct SessionHandle {
+    pub tsih: u16,
+    /// Notified to make the session's connection close.
+    pub close: Arc<Notify>,
+}
+
+/// State shared by every portal and connection.
+pub struct Shared {
+    pub targets: Vec<ServedTarget>,
+    /// Every portal's address and tag, for SendTargets answers.
+    pub portals: Mutex<Vec<(SocketAddr, u16)>>,
+    pub sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
+    next_tsih: AtomicU16,
+}
+
+impl Shared {
+    pub fn target(&self, name: &str) -> Option<&ServedTarget> {
+        self.targets.iter().find(|t| t.definition.name == name)
+    }
+
+    pub fn allocate_tsih(&self) -> u16 {
+        loop {
+            let tsih = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if tsih != 0 {
+                return tsih; // TSIH 0 is reserved for "new session" (RFC 7143 11.12.6)
+            }
+        }
+    }
+
+    /// Registers a new session for `key`, closing a previous session of the same nexus (session reinstatement,
+    /// RFC 7143 6.3.5). Returns the handle's close signal.
+    pub fn register_session(&self, key: &SessionKey, tsih: u16) -> Arc<Notify> {
+        let close = Arc::new(Notify::new());
+        let previous = lock(&self.sessions).insert(
+            key.clone(),
+            SessionHandle {
+                tsih,
+                close: Arc::clone(&close),
+            },
+        );
+        if let Some(previous) = previous {
+            log::event(format_args!(
+                "session reinstatement: {} isid {} replaces tsih {}",
+                key.initiator_name,
+                isid_text(&key.isid),
+                previous.tsih
+            ));
+            previous.close.notify_one();
+        }
+        close
+    }
+
+    /// Forgets a session when its connection ends, unless a reinstated session already took its place.
+    pub fn unregister_session(&self, key: &SessionKey, tsih: u16) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(key).is_some_and(|h| h.tsih == tsih) {
+            sessions.remove(key);
+        }
+    }
+
+    /// Closes every session of a target (TARGET COLD RESET, RFC 7143 11.5.1).
+    pub fn close_target_sessions(&self, target_name: &str) {
+        for (key, handle) in lock(&self.sessions).iter() {
+            if key.target_name == target_name {
+                handle.close.notify_one();
+            }
+        }
+    }
+}
+
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn isid_text(isid: &Isid) -> String {
+    isid.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A started target (for tests and embedding).
+pub struct RunningTarget {
+    addresses: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+impl RunningTarget {
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addresses.clone()
+    }
+
+    /// Stops accepting, closes every connection, and flushes every store.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        for target in &self.shared.targets {
+            for store in &target.stores {
+                if let Err(e) = store.flush() {
+                    log::event(format_args!("flush at shutdown failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn open_lun(
+    target: &TargetDefinition,
+    lun: &LunConfig,
+) -> Result<(Arc<LogicalUnit>, Arc<dyn BlockStore>), ServeError> {
+    let storage = |what: &str, e: &dyn std::fmt::Display| {
+        ServeError::Storage(format!(
+            "target {} LUN {}: {what}: {e}",
+            target.name, lun.id
+        ))
+    };
+    if let Some(parent) = lun.path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| storage(&format!("cannot create {}", parent.display()), &e))?;
+    }
+    let store = match (lun.create_size_bytes, lun.read_only) {
+        (Some(size), false) => FileStore::open_or_create(&lun.path, size),
+        (Some(size), true) => FileStore::open(&lun.path, true).and_then(|s| {
+            if lunlock_store::BlockStore::capacity_bytes(&s) != size {
+                Err(std::io::Error::other(format!(
+                    "{}: is {} bytes, configured size is {size}",
+                    lun.path.display(),
+                    lunlock_store::BlockStore::capacity_bytes(&s)
+                )))
+            } else {
+                Ok(s)
+            }
+        }),
+        (None, read_only) => FileStore::open(&lun.path, read_only),
+    }
+    .map_err(|e| storage("backing file", &e))?;
+    if !store.capacity_bytes().is_multiple_of(lun.block_size as u64) {
+        return Err(storage(
+            "backing file",
+            &format!(
+                "{} bytes is not a multiple of the block size {}",
+                store.capacity_bytes(),
+                lun.block_size
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&target.identity_dir).map_err(|e| {
+        storage(
+            &format!("cannot create {}", target.identity_dir.display()),
+            &e,
+        )
+    })?;
+    let identity = LunIdentity::load_or_create(&target.identity_dir, lun.id)
+        .map_err(|e| storage("identity", &e))?;
+    let store: Arc<dyn BlockStore> = Arc::new(store);
+    let config = LogicalUnitConfig {
+        block_size: lun.block_size,
+        vendor: "LUNLOCK".into(),
+        product: "lunlock LUN".into(),
+        revision: env!("CARGO_PKG_VERSION")
+            .chars()
+            .filter(|c| c.is_ascii_digit())
+            .take(4)
+            .collect(),
+        serial: identity.serial,
+        naa: identity.naa,
+        read_only: lun.read_only,
+        thin_provisioned: true,
+    };
+    Ok((
+        Arc::new(LogicalUnit::new(config, Arc::clone(&store))),
+        store,
+    ))
+}
+
+fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServeError::Storage(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let mut served = Vec::new();
+    for definition in &config.targets {
+        let mut luns = Vec::new();
+        let mut stores = Vec::new();
+        for lun in &definition.luns {
+            let (unit, store) = open_lun(definition, lun)?;
+            luns.push((lun.id, unit));
+            stores.push(store);
+        }
+        let dispatcher = Arc::new(Dispatcher::new(&definition.name, luns));
+        served.push(ServedTarget {
+            definition: definition.clone(),
+            dispatcher,
+            stores,
+        });
+    }
+    Ok(served)
+}
+
+/// Opens the storage, binds every portal and starts serving.
+pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
+    let targets = build_targets(&config)?;
+    let mut listeners = Vec::new();
+    for (index, address) in config.portals.iter().enumerate() {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| ServeError::Bind {
+                address: *address,
+                error,
+            })?;
+        let local = listener.local_addr().map_err(ServeError::Io)?;
+        listeners.push((listener, local, (index + 1) as u16));
+    }
+    let shared = Arc::new(Shared {
+        targets,
+        portals: Mutex::new(
+            listeners
+                .iter()
+                .map(|(_, address, tag)| (*address, *tag))
+                .collect(),
+        ),
+        sessions: Mutex::new(HashMap::new()),
+        next_tsih: AtomicU16::new(1),
+    });
+    let (shutdown, shutdown_watch) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    let mut addresses = Vec::new();
+    for (listener, address, tag) in listeners {
+        addresses.push(address);
+        log::event(format_args!("listening on {address} (portal group {tag})"));
+        tasks.spawn(accept_loop(
+            listener,
+            tag,
+            Arc::clone(&shared),
+            shutdown_watch.clone(),
+            Arc::clone(&limit),
+        ));
+    }
+    Ok(RunningTarget {
+        addresses,
+        shutdown,
+        tasks,
+        shared,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    portal_group_tag: u16,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        log::event(format_args!("accept failed: {e}"));
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                    log::event(format_args!("refusing connection from {peer}: {MAX_CONNECTIONS} connections open"));
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    connection::serve(stream, peer, portal_group_tag, shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Reports an I_T nexus loss to the target's logical units (SAM-5 6.3.4).
+pub fn nexus_lost(shared: &Shared, nexus: &Arc<ItNexus>) {
+    if let Some(target) = shared.target(&nexus.target_name) {
+        target
+            .dispatcher
+            .task_management(nexus, None, ResetKind::NexusLoss);
+    }
+}
+
+/// Runs the target until SIGINT or SIGTERM.
+pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
+    let config = TargetConfig::from_options(&options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Io)?;
+    runtime.block_on(async move {
+        let running = start(config).await?;
+        wait_for_signal().await.map_err(ServeError::Io)?;
+        log::event(format_args!("shutting down"));
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,506 @@
+//! The target in-process on an ephemeral port, driven with raw iSCSI PDUs over real TCP: login, discovery,
+//! commands, and malformed input that must cost only the offending connection.
+
+use lunlock_iscsi::message::{
+    encode_lun, DataIn, LoginRequest, LoginResponse, NopIn, NopOut, Reject, ScsiCommand,
+    ScsiResponse, TextRequest, TextResponse, RESERVED_TAG,
+};
+use lunlock_iscsi::pdu::{self, Digests, Opcode, Pdu};
+use lunlock_iscsi::TextPairs;
+use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TARGET: &str = "iqn.2026-11.io.lunlock:default";
+
+async fn start(dir: &Path) -> RunningTarget {
+    let options = ServeOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        data_dir: dir.to_path_buf(),
+        lun_size_bytes: 64 << 20,
+        ..ServeOptions::default()
+    };
+    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A minimal raw initiator: enough to drive the target PDU by PDU.
+struct Raw {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    digests: Digests,
+    cmd_sn: u32,
+    itt: u32,
+}
+
+impl Raw {
+    async fn connect(address: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(address).await.unwrap(),
+            buffer: Vec::new(),
+            digests: Digests::default(),
+            cmd_sn: 1,
+            itt: 1,
+        }
+    }
+
+    async fn send(&mut self, pdu: &Pdu) {
+        self.stream
+            .write_all(&pdu.to_bytes(self.digests))
+            .await
+            .unwrap();
+    }
+
+    /// The next PDU, or None when the target closed the connection (or went silent for 5 s).
+    async fn receive(&mut self) -> Option<Pdu> {
+        loop {
+            if let Some((pdu, used)) = pdu::decode(&self.buffer, self.digests, 1 << 24).unwrap() {
+                self.buffer.drain(..used);
+                return Some(pdu);
+            }
+            let mut chunk = vec![0u8; 65536];
+            let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    async fn login(&mut self, pairs: &[(&str, &str)], isid: [u8; 6]) -> LoginResponse {
+        let mut text = TextPairs::new();
+        for (key, value) in pairs {
+            text.push(*key, *value);
+        }
+        let request = LoginRequest {
+            transit: true,
+            current_stage: 1,
+            next_stage: 3,
+            isid,
+            itt: 0,
+            cmd_sn: self.cmd_sn,
+            data: text.encode(),
+            ..Default::default()
+        };
+        self.send(&request.to_pdu()).await;
+        LoginResponse::from_pdu(&self.receive().await.expect("login response"))
+    }
+
+    async fn login_normal(
+        &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        digests: bool,
+    ) -> LoginResponse {
+        let digest = if digests { "CRC32C" } else { "None" };
+        let response = self
+            .login(
+                &[
+                    ("InitiatorName", initiator),
+                    ("TargetName", TARGET),
+                    ("SessionType", "Normal"),
+                    ("HeaderDigest", digest),
+                    ("DataDigest", digest),
+                    ("MaxRecvDataSegmentLength", "65536"),
+                    ("InitialR2T", "No"),
+                    ("ImmediateData", "Yes"),
+                ],
+                isid,
+            )
+            .await;
+        assert_eq!(response.status_class, 0, "login failed: {response:?}");
+        self.digests = Digests {
+            header: digests,
+            data: digests,
+        };
+        response
+    }
+
+    async fn command(
+        &mut self,
+        cdb: &[u8],
+        read_length: u32,
+        write: Vec<u8>,
+    ) -> (ScsiResponse, Vec<u8>) {
+        let itt = self.itt;
+        self.itt += 1;
+        let command = ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: read_length > 0,
+            write: !write.is_empty(),
+            attribute: 1,
+            lun: encode_lun(0),
+            itt,
+            expected_data_transfer_length: if write.is_empty() {
+                read_length
+            } else {
+                write.len() as u32
+            },
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            cdb: cdb.to_vec(),
+            data: write,
+        };
+        self.cmd_sn += 1;
+        self.send(&command.to_pdu()).await;
+        let mut data = Vec::new();
+        loop {
+            let pdu = self.receive().await.expect("a response");
+            match pdu.opcode() {
+                Some(Opcode::DataIn) => {
+                    let data_in = DataIn::from_pdu(&pdu);
+                    data.extend_from_slice(&data_in.data);
+                    if let Some(status) = data_in.status {
+                        let response = ScsiResponse {
+                            status,
+                            residual: data_in.residual,
+                            itt,
+                            ..Default::default()
+                        };
+                        return (response, data);
+                    }
+                }
+                Some(Opcode::ScsiResponse) => return (ScsiResponse::from_pdu(&pdu), data),
+                Some(Opcode::NopIn) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// TEST UNIT READY until the power-on unit attention is consumed.
+    async fn clear_unit_attentions(&mut self) {
+        for _ in 0..4 {
+            let (response, _) = self.command(&[0; 6], 0, Vec::new()).await;
+            if response.status == 0 {
+                return;
+            }
+        }
+        panic!("unit attentions never cleared");
+    }
+}
+
+fn read10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn write10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = read10(lba, blocks);
+    cdb[0] = 0x2A;
+    cdb
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_write_read_round_trip_with_and_without_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let address = target.local_addrs()[0];
+    for digests in [false, true] {
+        let mut raw = Raw::connect(address).await;
+        raw.login_normal(
+            "iqn.2026-11.test:a",
+            [0x80, 0, 0, 0, 0, digests as u8],
+            digests,
+        )
+        .await;
+        raw.clear_unit_attentions().await;
+        let data: Vec<u8> = (0..8192u32)
+            .map(|i| (i % 253) as u8 ^ digests as u8)
+            .collect();
+        let (response, _) = raw.command(&write10(16, 16), 0, data.clone()).await;
+        assert_eq!(response.status, 0);
+        let (response, back) = raw.command(&read10(16, 16), 8192, Vec::new()).await;
+        assert_eq!(response.status, 0);
+        assert_eq!(back, data);
+    }
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_the_target_and_its_portal() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let address = target.local_addrs()[0];
+    let mut raw = Raw::connect(address).await;
+    let response = raw
+        .login(
+            &[
+                ("InitiatorName", "iqn.2026-11.test:d"),
+                ("SessionType", "Discovery"),
+            ],
+            [0x80, 0, 0, 0, 0, 9],
+        )
+        .await;
+    assert_eq!(response.status_class, 0);
+    let mut text = TextPairs::new();
+    text.push("SendTargets", "All");
+    let request = TextRequest {
+        immediate: true,
+        final_bit: true,
+        itt: 5,
+        ttt: RESERVED_TAG,
+        cmd_sn: 1,
+        data: text.encode(),
+        ..Default::default()
+    };
+    raw.send(&request.to_pdu()).await;
+    let answer = TextResponse::from_pdu(&raw.receive().await.unwrap());
+    let pairs = TextPairs::parse(&answer.data).unwrap();
+    assert_eq!(pairs.get("TargetName"), Some(TARGET));
+    assert_eq!(
+        pairs.get("TargetAddress"),
+        Some(format!("{address},1").as_str())
+    );
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_target_and_garbage_before_login_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let address = target.local_addrs()[0];
+    let mut raw = Raw::connect(address).await;
+    let response = raw
+        .login(
+            &[
+                ("InitiatorName", "iqn.2026-11.test:a"),
+                ("TargetName", "iqn.nope:x"),
+            ],
+            [0x80, 0, 0, 0, 0, 1],
+        )
+        .await;
+    assert_eq!((response.status_class, response.status_detail), (2, 3));
+
+    let mut garbage = Raw::connect(address).await;
+    garbage.stream.write_all(&[0xEE; 96]).await.unwrap();
+    assert!(
+        garbage.receive().await.is_none(),
+        "garbage instead of a login closes the connection"
+    );
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_pdus_cost_only_their_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let address = target.local_addrs()[0];
+    let mut healthy = Raw::connect(address).await;
+    healthy
+        .login_normal("iqn.2026-11.test:healthy", [0x80, 0, 0, 0, 1, 0], false)
+        .await;
+    healthy.clear_unit_attentions().await;
+
+    // 1. An unknown opcode in full feature phase: Reject, connection kept.
+    let mut bad = Raw::connect(address).await;
+    bad.login_normal("iqn.2026-11.test:bad", [0x80, 0, 0, 0, 2, 0], false)
+        .await;
+    let mut unknown = Pdu::new(Opcode::NopOut);
+    unknown.bhs[0] = 0x1E;
+    bad.send(&unknown).await;
+    let reject = bad.receive().await.expect("a Reject");
+    assert_eq!(reject.opcode(), Some(Opcode::Reject));
+    assert_eq!(Reject::from_pdu(&reject).reason, 0x05);
+    let nop = NopOut {
+        immediate: true,
+        itt: 77,
+        ttt: RESERVED_TAG,
+        cmd_sn: bad.cmd_sn,
+        data: b"ping".to_vec(),
+        ..Default::default()
+    };
+    bad.send(&nop.to_pdu()).await;
+    assert_eq!(NopIn::from_pdu(&bad.receive().await.unwrap()).data, b"ping");
+
+    // 2. A data segment larger than negotiated: the connection is closed.
+    let mut oversized = Pdu::new(Opcode::NopOut);
+    oversized.set_itt(78);
+    oversized.set_u32_at(20, RESERVED_TAG);
+    oversized.data = vec![0; 300_000];
+    bad.send(&oversized).await;
+    loop {
+        match bad.receive().await {
+            None => break,
+            Some(pdu) => assert_eq!(pdu.opcode(), Some(Opcode::Reject)),
+        }
+    }
+
+    // 3. A truncated PDU followed by a disconnect, and pure garbage.
+    let mut truncated = Raw::connect(address).await;
+    truncated
+        .login_normal("iqn.2026-11.test:trunc", [0x80, 0, 0, 0, 3, 0], false)
+        .await;
+    let bytes = ScsiCommand {
+        final_bit: true,
+        read: true,
+        itt: 1,
+        cmd_sn: 1,
+        cdb: read10(0, 1),
+        expected_data_transfer_length: 512,
+        ..blank()
+    }
+    .to_pdu()
+    .to_bytes(Digests::default());
+    truncated.stream.write_all(&bytes[..30]).await.unwrap();
+    drop(truncated);
+
+    // 4. A wrong data digest: the PDU is rejected, the connection survives.
+    let mut digest = Raw::connect(address).await;
+    digest
+        .login_normal("iqn.2026-11.test:digest", [0x80, 0, 0, 0, 4, 0], true)
+        .await;
+    let nop = NopOut {
+        immediate: true,
+        itt: 90,
+        ttt: RESERVED_TAG,
+        cmd_sn: digest.cmd_sn,
+        data: vec![1; 64],
+        ..Default::default()
+    };
+    let mut bytes = nop.to_pdu().to_bytes(digest.digests);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    digest.stream.write_all(&bytes).await.unwrap();
+    let answer = digest
+        .receive()
+        .await
+        .expect("a Reject for the data digest error");
+    assert_eq!(Reject::from_pdu(&answer).reason, 0x02);
+    digest.clear_unit_attentions().await;
+
+    // 5. A wrong header digest: the connection is dropped.
+    let mut bytes = nop.to_pdu().to_bytes(digest.digests);
+    bytes[20] ^= 0xFF;
+    digest.stream.write_all(&bytes).await.unwrap();
+    assert!(digest.receive().await.is_none());
+
+    // The healthy session never noticed.
+    let data = vec![0x5A; 512];
+    assert_eq!(
+        healthy
+            .command(&write10(3, 1), 0, data.clone())
+            .await
+            .0
+            .status,
+        0
+    );
+    assert_eq!(
+        healthy.command(&read10(3, 1), 512, Vec::new()).await.1,
+        data
+    );
+    target.shutdown().await;
+}
+
+fn blank() -> ScsiCommand {
+    ScsiCommand {
+        immediate: false,
+        final_bit: false,
+        read: false,
+        write: false,
+        attribute: 1,
+        lun: encode_lun(0),
+        itt: 0,
+        expected_data_transfer_length: 0,
+        cmd_sn: 0,
+        exp_stat_sn: 0,
+        cdb: vec![0; 16],
+        data: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reinstatement_closes_the_old_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let address = target.local_addrs()[0];
+    let isid = [0x80, 1, 2, 3, 4, 5];
+    let mut first = Raw::connect(address).await;
+    first
+        .login_normal("iqn.2026-11.test:same", isid, false)
+        .await;
+    let mut second = Raw::connect(address).await;
+    second
+        .login_normal("iqn.2026-11.test:same", isid, false)
+        .await;
+    assert!(
+        first.receive().await.is_none(),
+        "the reinstated session's connection is closed"
+    );
+    second.clear_unit_attentions().await;
+    target.shutdown().await;
+}
+
+/// INQUIRY VPD page `page` (EVPD=1).
+async fn vpd(raw: &mut Raw, page: u8) -> Vec<u8> {
+    let (response, data) = raw
+        .command(&[0x12, 1, page, 0x01, 0x00, 0], 256, Vec::new())
+        .await;
+    assert_eq!(response.status, 0);
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_identity_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serial, designators) = {
+        let target = start(dir.path()).await;
+        let mut raw = Raw::connect(target.local_addrs()[0]).await;
+        raw.login_normal("iqn.2026-11.test:r", [0x80, 0, 0, 0, 0, 7], false)
+            .await;
+        raw.clear_unit_attentions().await;
+        assert_eq!(
+            raw.command(&write10(100, 1), 0, vec![0xC3; 512])
+                .await
+                .0
+                .status,
+            0
+        );
+        let identity = (vpd(&mut raw, 0x80).await, vpd(&mut raw, 0x83).await);
+        drop(raw);
+        target.shutdown().await;
+        identity
+    };
+    let target = start(dir.path()).await;
+    let mut raw = Raw::connect(target.local_addrs()[0]).await;
+    raw.login_normal("iqn.2026-11.test:r", [0x80, 0, 0, 0, 0, 7], false)
+        .await;
+    raw.clear_unit_attentions().await;
+    assert_eq!(vpd(&mut raw, 0x80).await, serial);
+    assert_eq!(vpd(&mut raw, 0x83).await, designators);
+    assert_eq!(
+        raw.command(&read10(100, 1), 512, Vec::new()).await.1,
+        vec![0xC3; 512]
+    );
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_in_use_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path()).await;
+    let options = ServeOptions {
+        listen: target.local_addrs(),
+        data_dir: dir.path().join("other"),
+        lun_size_bytes: 1 << 20,
+        ..ServeOptions::default()
+    };
+    let error = match lunlock_target::start(TargetConfig::from_options(&options).unwrap()).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("binding a used port must fail"),
+    };
+    assert!(
+        error.contains("already in use") && !error.contains('\n'),
+        "{error}"
+    );
+    target.shutdown().await;
+}
