@@ -3,9 +3,15 @@
 //! I/O is positional (pread/pwrite through `FileExt`) on one shared descriptor: safe from every thread at once with
 //! no lock and no seek state. `flush` is fdatasync (SBC-4 FUA and SYNCHRONIZE CACHE promise durability).
 //! Deallocation punches holes (fallocate PUNCH_HOLE|KEEP_SIZE) so unmapped blocks give their space back and read as
-//! zeros; allocation status comes from SEEK_DATA/SEEK_HOLE. An existing file is never truncated or resized.
+//! zeros; allocation status comes from SEEK_DATA/SEEK_HOLE, at the file system's block granularity (a partly
+//! deallocated file system block reads zeros where asked but stays mapped). On a file system that cannot punch
+//! holes, deallocation writes zeros instead: the range still reads as zeros but stays mapped.
+//!
+//! An existing file is never truncated or resized: its length is the LUN's capacity, and a configured size that
+//! disagrees is an error for the operator to resolve. Every error names the file.
 
 use crate::{BlockStore, Extent};
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -14,16 +20,54 @@ use std::path::{Path, PathBuf};
 
 /// Backing files must be a whole number of the smallest logical block size lunlock offers.
 const SIZE_GRANULE_BYTES: u64 = 512;
+/// Largest buffer of zeros written at once when hole punching is unsupported.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
 
-pub struct FileStore {
-    file: File,
-    path: PathBuf,
-    capacity_bytes: u64,
-    read_only: bool,
+/// An I/O error naming the backing file and the operation. It travels inside an `io::Error` of the same kind, so
+/// callers keep matching on `ErrorKind` (e.g. `StorageFull` when a thin file cannot grow), and [`os_error_code`]
+/// still reaches the errno.
+#[derive(Debug)]
+pub struct PathError {
+    pub path: PathBuf,
+    pub operation: &'static str,
+    pub source: io::Error,
 }
 
-fn error_at(path: &Path, what: &str, err: io::Error) -> io::Error {
-    io::Error::new(err.kind(), format!("{}: {what}: {err}", path.display()))
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.path.display(),
+            self.operation,
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The OS error number behind `error`, looking through a [`PathError`] wrapper.
+pub fn os_error_code(error: &io::Error) -> Option<i32> {
+    error.raw_os_error().or_else(|| {
+        let inner = error.get_ref()?.downcast_ref::<PathError>()?;
+        inner.source.raw_os_error()
+    })
+}
+
+fn error_at(path: &Path, operation: &'static str, source: io::Error) -> io::Error {
+    io::Error::new(
+        source.kind(),
+        PathError {
+            path: path.to_path_buf(),
+            operation,
+            source,
+        },
+    )
 }
 
 fn invalid(path: &Path, message: String) -> io::Error {
@@ -33,8 +77,26 @@ fn invalid(path: &Path, message: String) -> io::Error {
     )
 }
 
+pub struct FileStore {
+    file: File,
+    path: PathBuf,
+    capacity_bytes: u64,
+    read_only: bool,
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore")
+            .field("path", &self.path)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
 impl FileStore {
-    /// Creates a new sparse file of `capacity_bytes`; refuses when the file exists.
+    /// Creates a new sparse file of `capacity_bytes` (O_EXCL: refuses when the file exists), and makes its
+    /// directory entry durable.
     pub fn create_sparse(path: &Path, capacity_bytes: u64) -> io::Result<FileStore> {
         check_capacity(path, capacity_bytes)?;
         let file = OpenOptions::new()
@@ -44,12 +106,19 @@ impl FileStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| error_at(path, "cannot create backing file", e))?;
-        file.set_len(capacity_bytes)
-            .map_err(|e| error_at(path, "cannot size backing file", e))?;
-        file.sync_all()
-            .map_err(|e| error_at(path, "cannot sync backing file", e))?;
-        if let Some(parent) = path.parent() {
-            crate::metadata::sync_directory(parent)?;
+        let prepared = file
+            .set_len(capacity_bytes)
+            .map_err(|e| error_at(path, "cannot size backing file", e))
+            .and_then(|()| {
+                file.sync_all()
+                    .map_err(|e| error_at(path, "cannot sync backing file", e))
+            })
+            .and_then(|()| sync_parent(path));
+        if let Err(error) = prepared {
+            // We created it a moment ago (O_EXCL), so it holds nobody's data: remove it so a retry can succeed.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(error);
         }
         Ok(FileStore {
             file,
@@ -59,17 +128,20 @@ impl FileStore {
         })
     }
 
-    /// Opens an existing file; its length is the capacity.
+    /// Opens an existing file; its length is the capacity and must be a positive multiple of 512.
     pub fn open(path: &Path, read_only: bool) -> io::Result<FileStore> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(|e| error_at(path, "cannot open backing file", e))?;
-        let capacity_bytes = file
+        let meta = file
             .metadata()
-            .map_err(|e| error_at(path, "cannot stat backing file", e))?
-            .len();
+            .map_err(|e| error_at(path, "cannot stat backing file", e))?;
+        if !meta.is_file() {
+            return Err(invalid(path, "not a regular file".to_string()));
+        }
+        let capacity_bytes = meta.len();
         check_capacity(path, capacity_bytes)?;
         Ok(FileStore {
             file,
@@ -118,12 +190,13 @@ impl FileStore {
         if self.read_only {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{}: read-only", self.path.display()),
+                format!("{}: the LUN is read-only", self.path.display()),
             ));
         }
         Ok(())
     }
 
+    /// lseek with SEEK_DATA or SEEK_HOLE; `None` is ENXIO ("no data at or after offset": a hole to the end).
     fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
         // SAFETY: lseek on a descriptor we own; SEEK_DATA/SEEK_HOLE do not touch memory.
         let result = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
@@ -132,9 +205,37 @@ impl FileStore {
             if err.raw_os_error() == Some(libc::ENXIO) {
                 return Ok(None);
             }
-            return Err(err);
+            let operation = if whence == libc::SEEK_DATA {
+                "seek data"
+            } else {
+                "seek hole"
+            };
+            return Err(error_at(&self.path, operation, err));
         }
         Ok(Some(result as u64))
+    }
+
+    /// Deallocation where the file system cannot punch holes: keep the promise that the range reads as zeros.
+    fn write_zeros(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES.min(len_bytes) as usize];
+        let mut done = 0u64;
+        while done < len_bytes {
+            let n = (len_bytes - done).min(zeros.len() as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], offset + done)
+                .map_err(|e| error_at(&self.path, "write zeros", e))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => crate::metadata::sync_directory(parent)
+            .map_err(|e| error_at(parent, "cannot sync directory", e)),
+        None => Ok(()),
     }
 }
 
@@ -161,20 +262,26 @@ impl BlockStore for FileStore {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.file.read_exact_at(buf, offset)
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| error_at(&self.path, "read", e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset)
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| error_at(&self.path, "write", e))
     }
 
     fn flush(&self) -> io::Result<()> {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data()
+        self.file
+            .sync_data()
+            .map_err(|e| error_at(&self.path, "fdatasync", e))
     }
 
     fn deallocate(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
@@ -197,19 +304,10 @@ impl BlockStore for FileStore {
             return Ok(());
         }
         let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(err);
+        if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return self.write_zeros(offset, len_bytes);
         }
-        // The filesystem cannot punch holes: keep the promise that deallocated blocks read as zeros.
-        const ZERO_CHUNK: usize = 1 << 20;
-        let zeros = vec![0u8; ZERO_CHUNK.min(len_bytes as usize)];
-        let mut done = 0u64;
-        while done < len_bytes {
-            let n = (len_bytes - done).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        Err(error_at(&self.path, "punch hole", err))
     }
 
     fn allocation_at(&self, offset: u64) -> io::Result<Extent> {
@@ -219,25 +317,31 @@ impl BlockStore for FileStore {
                 format!("offset {offset} beyond capacity {}", self.capacity_bytes),
             ));
         }
-        let next_data = self.seek(offset, libc::SEEK_DATA)?;
-        match next_data {
+        let extent = match self.seek(offset, libc::SEEK_DATA)? {
             Some(data) if data == offset => {
+                // The end of the file is an implicit hole, so SEEK_HOLE always finds one.
                 let hole = self
                     .seek(offset, libc::SEEK_HOLE)?
                     .unwrap_or(self.capacity_bytes);
-                Ok(Extent {
+                Extent {
                     mapped: true,
                     len_bytes: hole.min(self.capacity_bytes) - offset,
-                })
+                }
             }
-            Some(data) => Ok(Extent {
+            Some(data) => Extent {
                 mapped: false,
                 len_bytes: data.min(self.capacity_bytes) - offset,
-            }),
-            None => Ok(Extent {
+            },
+            None => Extent {
                 mapped: false,
                 len_bytes: self.capacity_bytes - offset,
-            }),
-        }
+            },
+        };
+        debug_assert!(
+            extent.len_bytes > 0,
+            "{}: empty extent at {offset}",
+            self.path.display()
+        );
+        Ok(extent)
     }
 }
