@@ -1,1 +1,143 @@
-fn main() {}
+// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
+// if you need a change here, describe it in your final report instead.
+//! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
+
+mod client;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lunlock",
+    version,
+    about = "Shared-disk arbitration: an iSCSI target with exact reservations and ATS, and its clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by the client commands.
+#[derive(clap::Args, Clone)]
+struct ClientOptions {
+    /// iSCSI initiator name to log in with.
+    #[arg(long, default_value = lunlock_initiator::DEFAULT_INITIATOR_NAME)]
+    initiator_name: String,
+    /// Negotiate CRC32C header digests.
+    #[arg(long)]
+    header_digest: bool,
+    /// Negotiate CRC32C data digests.
+    #[arg(long)]
+    data_digest: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the iSCSI target (defaults: one sparse 1 GiB LUN under ./lunlock-data on 127.0.0.1:3260).
+    Serve {
+        /// Portal to listen on (repeatable: several portals give several paths).
+        #[arg(long = "listen", value_name = "ADDR:PORT")]
+        listen: Vec<std::net::SocketAddr>,
+        /// Data directory for LUN images and identities.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Size of LUN 0 when it is created (e.g. 1G, 512M, 4096).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        lun_size: Option<u64>,
+        /// iSCSI name of the target.
+        #[arg(long, value_name = "IQN")]
+        target_name: Option<String>,
+        /// TOML configuration file (several targets, LUNs, portals and allow-lists; see docs/config.md).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Permit non-loopback portals for targets without an initiator allow-list.
+        #[arg(long)]
+        allow_any_initiator: bool,
+    },
+    /// List the targets and portals behind a portal (SendTargets).
+    Discover {
+        /// iscsi://host[:port]
+        url: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Show a LUN's identity: vendor, product, revision, serial, NAA designator.
+    Inquiry {
+        /// iscsi://host[:port]/target-iqn/lun
+        url: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Show a LUN's capacity.
+    Readcap {
+        url: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Read blocks: a hex dump to stdout, or raw bytes to a file.
+    Read {
+        url: String,
+        #[arg(long, default_value_t = 0)]
+        lba: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Write the raw blocks here instead of dumping them.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Write a file to the LUN, starting at a block.
+    Write {
+        url: String,
+        #[arg(short = 'i', long = "input", value_name = "FILE")]
+        input: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        lba: u64,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    lunlock_target::parse_size(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            lun_size,
+            target_name,
+            config,
+            allow_any_initiator,
+        } => {
+            let defaults = lunlock_target::ServeOptions::default();
+            let options = lunlock_target::ServeOptions {
+                listen: if listen.is_empty() {
+                    defaults.listen
+                } else {
+                    listen
+                },
+                data_dir: data_dir.unwrap_or(defaults.data_dir),
+                lun_size_bytes: lun_size.unwrap_or(defaults.lun_size_bytes),
+                target_name: target_name.unwrap_or(defaults.target_name),
+                config,
+                allow_any_initiator,
+            };
+            lunlock_target::run_blocking(options).map_err(|e| e.to_string())
+        }
+        client_command => client::run(client_command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lunlock: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

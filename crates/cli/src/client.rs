@@ -1,0 +1,571 @@
+//! The client commands: discover, inquiry, readcap, read, write. Each logs in with lunlock's initiator, runs its
+//! commands and logs out. SCSI errors are printed decoded, as sg3_utils does.
+
+use crate::{ClientOptions, Command};
+use lunlock_initiator::{DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Bytes per WRITE/READ command on long copies.
+const COPY_CHUNK_BYTES: u64 = 1 << 20;
+/// Commands in flight during long copies.
+const COPY_QUEUE_DEPTH: usize = 8;
+
+pub fn run(command: Command) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        match command {
+            Command::Discover { url, client } => discover(&url, &client).await,
+            Command::Inquiry { url, client } => inquiry(&url, &client).await,
+            Command::Readcap { url, client } => readcap(&url, &client).await,
+            Command::Read {
+                url,
+                lba,
+                count,
+                output,
+                client,
+            } => read(&url, &client, lba, count, output.as_deref()).await,
+            Command::Write {
+                url,
+                input,
+                lba,
+                client,
+            } => write(&url, &client, &input, lba).await,
+            Command::Serve { .. } => unreachable!("serve is handled by main"),
+        }
+    })
+}
+
+async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
+    let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
+    let (target, lun) = url.device().map_err(|e| e.to_string())?;
+    let address = url.address().map_err(|e| e.to_string())?;
+    let mut options = LoginOptions::new(&client.initiator_name, target);
+    options.header_digest = client.header_digest;
+    options.data_digest = client.data_digest;
+    let session = Session::login(address, &options)
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    clear_unit_attentions(&session, lun).await?;
+    Ok((session, lun))
+}
+
+/// TEST UNIT READY until pending unit attentions (power on, reset) are reported: a fresh nexus sees one.
+async fn clear_unit_attentions(session: &Session, lun: u64) -> Result<(), String> {
+    for _ in 0..8 {
+        let outcome = session
+            .execute(lun, &[0u8; 6], DataDirection::None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match outcome.sense_summary() {
+            _ if outcome.is_good() => return Ok(()),
+            Some(sense) if sense.key == 0x6 => continue,
+            _ => return Err(describe_failure("TEST UNIT READY", &outcome)),
+        }
+    }
+    Err("unit attentions keep coming; giving up".into())
+}
+
+/// sg3_utils-style text for a failed command: status, sense key, and the ASC/ASCQ text.
+pub fn describe_failure(command: &str, outcome: &ScsiOutcome) -> String {
+    let status = match outcome.status {
+        0x02 => "Check Condition",
+        0x08 => "Busy",
+        0x18 => "Reservation Conflict",
+        0x28 => "Task Set Full",
+        0x40 => "Task Aborted",
+        _ => "unexpected status",
+    };
+    let Some(sense) = outcome.sense_summary() else {
+        return format!(
+            "{command} failed: {status} (status {:#04x})",
+            outcome.status
+        );
+    };
+    let key = match sense.key {
+        0x0 => "No sense",
+        0x1 => "Recovered error",
+        0x2 => "Not ready",
+        0x3 => "Medium error",
+        0x4 => "Hardware error",
+        0x5 => "Illegal request",
+        0x6 => "Unit attention",
+        0x7 => "Data protect",
+        0xB => "Aborted command",
+        0xE => "Miscompare",
+        _ => "Sense key",
+    };
+    let text = lunlock_scsi::sense::describe(sense.asc, sense.ascq)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("ASC {:#04x} ASCQ {:#04x}", sense.asc, sense.ascq));
+    format!(
+        "{command} failed: {status}: {key}, {}",
+        sentence_case(&text)
+    )
+}
+
+fn sentence_case(text: &str) -> String {
+    let lower = text.to_lowercase();
+    let mut chars = lower.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+        .unwrap_or_default()
+}
+
+async fn checked(
+    session: &Session,
+    lun: u64,
+    name: &str,
+    cdb: &[u8],
+    direction: DataDirection,
+) -> Result<ScsiOutcome, String> {
+    let outcome = session
+        .execute(lun, cdb, direction)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+    if !outcome.is_good() {
+        return Err(describe_failure(name, &outcome));
+    }
+    Ok(outcome)
+}
+
+async fn discover(url: &str, client: &ClientOptions) -> Result<(), String> {
+    let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
+    let address = url.address().map_err(|e| e.to_string())?;
+    let targets = Session::discover(address, &client.initiator_name)
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    if targets.is_empty() {
+        println!("no targets at {address} for {}", client.initiator_name);
+    }
+    for (name, portals) in targets {
+        println!("{name}");
+        for portal in portals {
+            println!("  portal {portal}");
+        }
+    }
+    Ok(())
+}
+
+fn ascii(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
+fn inquiry_cdb(evpd: bool, page: u8, allocation: u16) -> [u8; 6] {
+    let [high, low] = allocation.to_be_bytes();
+    [0x12, evpd as u8, page, high, low, 0]
+}
+
+async fn inquiry(url: &str, client: &ClientOptions) -> Result<(), String> {
+    let (session, lun) = connect(url, client).await?;
+    let standard = checked(
+        &session,
+        lun,
+        "INQUIRY",
+        &inquiry_cdb(false, 0, 96),
+        DataDirection::Read(96),
+    )
+    .await?
+    .data_in;
+    if standard.len() < 36 {
+        return Err(format!("INQUIRY returned only {} bytes", standard.len()));
+    }
+    println!("device type: {:#04x}", standard[0] & 0x1F);
+    println!("vendor:      {}", ascii(&standard[8..16]));
+    println!("product:     {}", ascii(&standard[16..32]));
+    println!("revision:    {}", ascii(&standard[32..36]));
+    let serial = checked(
+        &session,
+        lun,
+        "INQUIRY VPD 0x80",
+        &inquiry_cdb(true, 0x80, 255),
+        DataDirection::Read(255),
+    )
+    .await?;
+    if serial.data_in.len() > 4 {
+        println!("serial:      {}", ascii(&serial.data_in[4..]));
+    }
+    let ids = checked(
+        &session,
+        lun,
+        "INQUIRY VPD 0x83",
+        &inquiry_cdb(true, 0x83, 1024),
+        DataDirection::Read(1024),
+    )
+    .await?;
+    for designator in designators(&ids.data_in) {
+        println!("{designator}");
+    }
+    let _ = session.logout().await;
+    Ok(())
+}
+
+/// Readable lines for the designators of VPD page 0x83 (SPC-4 7.8.6).
+fn designators(page: &[u8]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut at = 4;
+    while at + 4 <= page.len() {
+        let kind = page[at + 1] & 0x0F;
+        let length = page[at + 3] as usize;
+        let Some(value) = page.get(at + 4..at + 4 + length) else {
+            break;
+        };
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        lines.push(match kind {
+            0x3 => format!("naa:         {hex}"),
+            0x4 => format!(
+                "target port: {}",
+                u32::from_be_bytes(
+                    value
+                        .get(..4)
+                        .and_then(|v| v.try_into().ok())
+                        .unwrap_or([0; 4])
+                )
+            ),
+            0x5 => format!(
+                "port group:  {}",
+                u32::from_be_bytes(
+                    value
+                        .get(..4)
+                        .and_then(|v| v.try_into().ok())
+                        .unwrap_or([0; 4])
+                )
+            ),
+            0x8 => format!("scsi name:   {}", ascii(value).trim_end_matches('\0')),
+            _ => format!("designator {kind:#x}: {hex}"),
+        });
+        at += 4 + length;
+    }
+    lines
+}
+
+struct Capacity {
+    blocks: u64,
+    block_size: u32,
+    thin: bool,
+}
+
+async fn read_capacity(session: &Session, lun: u64) -> Result<Capacity, String> {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9E;
+    cdb[1] = 0x10;
+    cdb[13] = 32;
+    let data = checked(
+        session,
+        lun,
+        "READ CAPACITY(16)",
+        &cdb,
+        DataDirection::Read(32),
+    )
+    .await?
+    .data_in;
+    if data.len() < 15 {
+        return Err("READ CAPACITY(16) returned too little data".into());
+    }
+    let last_lba = u64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+    let block_size = u32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
+    if block_size == 0 {
+        return Err("the target reports a block size of 0".into());
+    }
+    Ok(Capacity {
+        blocks: last_lba + 1,
+        block_size,
+        thin: data[14] & 0x80 != 0,
+    })
+}
+
+async fn readcap(url: &str, client: &ClientOptions) -> Result<(), String> {
+    let (session, lun) = connect(url, client).await?;
+    let capacity = read_capacity(&session, lun).await?;
+    println!("blocks:       {}", capacity.blocks);
+    println!("block size:   {}", capacity.block_size);
+    println!(
+        "bytes:        {}",
+        capacity.blocks * capacity.block_size as u64
+    );
+    println!(
+        "provisioning: {}",
+        if capacity.thin {
+            "thin (UNMAP supported)"
+        } else {
+            "full"
+        }
+    );
+    let _ = session.logout().await;
+    Ok(())
+}
+
+fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn check_range(capacity: &Capacity, lba: u64, blocks: u64) -> Result<(), String> {
+    match lba.checked_add(blocks) {
+        Some(end) if end <= capacity.blocks => Ok(()),
+        _ => Err(format!(
+            "blocks {lba}..{} do not fit in the LUN's {} blocks",
+            lba.saturating_add(blocks),
+            capacity.blocks
+        )),
+    }
+}
+
+async fn read(
+    url: &str,
+    client: &ClientOptions,
+    lba: u64,
+    count: u64,
+    output: Option<&Path>,
+) -> Result<(), String> {
+    let (session, lun) = connect(url, client).await?;
+    let capacity = read_capacity(&session, lun).await?;
+    check_range(&capacity, lba, count)?;
+    let mut sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
+        None => Box::new(HexDump::new(lba * capacity.block_size as u64)),
+    };
+    let session = Arc::new(session);
+    let block_size = capacity.block_size as u64;
+    let chunk_blocks = (COPY_CHUNK_BYTES / block_size).max(1);
+    let total_bytes = count * block_size;
+    let mut progress = Progress::new(total_bytes, output.is_some());
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = lba;
+    let end = lba + count;
+    while next < end || !in_flight.is_empty() {
+        while next < end && in_flight.len() < COPY_QUEUE_DEPTH {
+            let blocks = chunk_blocks.min(end - next);
+            let session = Arc::clone(&session);
+            let cdb = rw16(0x88, next, blocks as u32);
+            let length = (blocks * block_size) as u32;
+            in_flight.push_back(tokio::spawn(async move {
+                checked(&session, lun, "READ(16)", &cdb, DataDirection::Read(length)).await
+            }));
+            next += blocks;
+        }
+        let Some(task) = in_flight.pop_front() else {
+            break;
+        };
+        let outcome = task.await.map_err(|e| e.to_string())??;
+        sink.write_all(&outcome.data_in)
+            .map_err(|e| e.to_string())?;
+        progress.advance(outcome.data_in.len() as u64);
+    }
+    sink.flush().map_err(|e| e.to_string())?;
+    progress.finish();
+    let _ = session.logout().await;
+    Ok(())
+}
+
+async fn write(url: &str, client: &ClientOptions, input: &Path, lba: u64) -> Result<(), String> {
+    let mut file = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", input.display()))?
+        .len();
+    let (session, lun) = connect(url, client).await?;
+    let capacity = read_capacity(&session, lun).await?;
+    let block_size = capacity.block_size as u64;
+    let blocks = file_bytes.div_ceil(block_size);
+    check_range(&capacity, lba, blocks)?;
+    if file_bytes % block_size != 0 {
+        eprintln!(
+            "lunlock: {} is {file_bytes} bytes, not a multiple of the {block_size}-byte block: the last block is padded with zeros",
+            input.display()
+        );
+    }
+    let session = Arc::new(session);
+    let chunk_bytes = (COPY_CHUNK_BYTES / block_size).max(1) * block_size;
+    let mut progress = Progress::new(file_bytes, true);
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut offset = 0u64;
+    while offset < file_bytes || !in_flight.is_empty() {
+        while offset < file_bytes && in_flight.len() < COPY_QUEUE_DEPTH {
+            let length = chunk_bytes.min(file_bytes - offset);
+            let mut data = vec![0u8; length.div_ceil(block_size) as usize * block_size as usize];
+            file.read_exact(&mut data[..length as usize])
+                .map_err(|e| format!("{}: {e}", input.display()))?;
+            let cdb = rw16(
+                0x8A,
+                lba + offset / block_size,
+                (data.len() as u64 / block_size) as u32,
+            );
+            let session = Arc::clone(&session);
+            in_flight.push_back((
+                length,
+                tokio::spawn(async move {
+                    checked(&session, lun, "WRITE(16)", &cdb, DataDirection::Write(data)).await
+                }),
+            ));
+            offset += length;
+        }
+        let Some((length, task)) = in_flight.pop_front() else {
+            break;
+        };
+        task.await.map_err(|e| e.to_string())??;
+        progress.advance(length);
+    }
+    let mut sync = [0u8; 10];
+    sync[0] = 0x35;
+    checked(
+        &session,
+        lun,
+        "SYNCHRONIZE CACHE(10)",
+        &sync,
+        DataDirection::None,
+    )
+    .await?;
+    progress.finish();
+    let _ = session.logout().await;
+    Ok(())
+}
+
+/// A progress bar on stderr for long copies, shown only when stderr is a terminal.
+struct Progress {
+    total: u64,
+    done: u64,
+    shown: bool,
+    started: std::time::Instant,
+    last_percent: u64,
+}
+
+impl Progress {
+    fn new(total: u64, wanted: bool) -> Progress {
+        let shown = wanted && total >= 16 * COPY_CHUNK_BYTES && std::io::stderr().is_terminal();
+        Progress {
+            total,
+            done: 0,
+            shown,
+            started: std::time::Instant::now(),
+            last_percent: u64::MAX,
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        if !self.shown {
+            return;
+        }
+        let percent = self.done * 100 / self.total.max(1);
+        if percent == self.last_percent {
+            return;
+        }
+        self.last_percent = percent;
+        let filled = (percent / 4) as usize;
+        let rate =
+            self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / (1 << 20) as f64;
+        eprint!(
+            "\r[{}{}] {percent:3}% {rate:.0} MiB/s",
+            "#".repeat(filled),
+            " ".repeat(25 - filled)
+        );
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// `hexdump -C`-style output.
+struct HexDump {
+    offset: u64,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl HexDump {
+    fn new(offset: u64) -> HexDump {
+        HexDump {
+            offset,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+}
+
+impl Write for HexDump {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.chunks(16) {
+            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+            let text: String = line
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            writeln!(
+                self.out,
+                "{:08x}  {:<47}  |{text}|",
+                self.offset,
+                hex.join(" ")
+            )?;
+            self.offset += line.len() as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lunlock_iscsi::message::Residual;
+
+    #[test]
+    fn failures_are_described_like_sg3_utils() {
+        let outcome = ScsiOutcome {
+            status: 2,
+            sense: vec![
+                0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0x00, 0, 0, 0, 0,
+            ],
+            data_in: Vec::new(),
+            residual: Residual::None,
+        };
+        assert_eq!(
+            describe_failure("READ(16)", &outcome),
+            "READ(16) failed: Check Condition: Illegal request, Logical block address out of range"
+        );
+    }
+
+    #[test]
+    fn designators_are_listed() {
+        let mut page = vec![0, 0x83, 0, 0];
+        page.extend_from_slice(&[0x01, 0x03, 0, 8, 0x60, 1, 2, 3, 4, 5, 6, 7]);
+        page.extend_from_slice(&[0x61, 0x94, 0, 4, 0, 0, 0, 2]);
+        assert_eq!(
+            designators(&page),
+            vec!["naa:         6001020304050607", "target port: 2"]
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        let capacity = Capacity {
+            blocks: 100,
+            block_size: 512,
+            thin: true,
+        };
+        assert!(check_range(&capacity, 99, 1).is_ok());
+        assert!(check_range(&capacity, 99, 2).is_err());
+        assert!(check_range(&capacity, u64::MAX, 2).is_err());
+    }
+}
