@@ -1,3 +1,5 @@
+// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
+// if you need a change here, describe it in your final report instead.
 //! Target configuration: the embedded default (`lunlock serve` with no arguments), command-line overrides, and
 //! TOML files for several targets, LUNs, portals and initiator allow-lists (format: docs/config.md).
 //!
