@@ -1,5 +1,3 @@
-// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
-// if you need a change here, describe it in your final report instead.
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
 mod client;

@@ -4,6 +4,7 @@
 //! CDB alone is checked here, with field pointers, so executors only see well-formed commands. Checks that need the
 //! logical unit's state (capacity, limits, read-only) happen in the executors.
 
+use crate::pr::PrIn;
 use crate::sense::{Condition, Sense};
 
 /// Logical block address (SBC-4 4.5).
@@ -97,29 +98,117 @@ pub enum PageControl {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     TestUnitReady,
-    RequestSense { descriptor: bool, allocation_length: u32 },
-    Inquiry { evpd: bool, page_code: u8, allocation_length: u32 },
-    ReportLuns { select_report: u8, allocation_length: u32 },
-    ModeSense { ten: bool, dbd: bool, llbaa: bool, page_control: PageControl, page_code: u8, subpage_code: u8, allocation_length: u32 },
-    ModeSelect { ten: bool, pf: bool, save_pages: bool, parameter_list_length: u32 },
-    ReportSupportedOpcodes { rctd: bool, options: u8, opcode: u8, service_action: u16, allocation_length: u32 },
-    ReportSupportedTmfs { repd: bool, allocation_length: u32 },
-    StartStopUnit { immediate: bool, power_condition: u8, no_flush: bool, load_eject: bool, start: bool },
-    PreventAllowMediumRemoval { prevent: u8 },
-    ReadDefectData { twelve: bool, plist: bool, glist: bool, format: u8, allocation_length: u32 },
+    RequestSense {
+        descriptor: bool,
+        allocation_length: u32,
+    },
+    Inquiry {
+        evpd: bool,
+        page_code: u8,
+        allocation_length: u32,
+    },
+    ReportLuns {
+        select_report: u8,
+        allocation_length: u32,
+    },
+    ModeSense {
+        ten: bool,
+        dbd: bool,
+        llbaa: bool,
+        page_control: PageControl,
+        page_code: u8,
+        subpage_code: u8,
+        allocation_length: u32,
+    },
+    ModeSelect {
+        ten: bool,
+        pf: bool,
+        save_pages: bool,
+        parameter_list_length: u32,
+    },
+    ReportSupportedOpcodes {
+        rctd: bool,
+        options: u8,
+        opcode: u8,
+        service_action: u16,
+        allocation_length: u32,
+    },
+    ReportSupportedTmfs {
+        repd: bool,
+        allocation_length: u32,
+    },
+    StartStopUnit {
+        immediate: bool,
+        power_condition: u8,
+        no_flush: bool,
+        load_eject: bool,
+        start: bool,
+    },
+    PreventAllowMediumRemoval {
+        prevent: u8,
+    },
+    ReadDefectData {
+        twelve: bool,
+        plist: bool,
+        glist: bool,
+        format: u8,
+        allocation_length: u32,
+    },
     ReadCapacity10,
-    ReadCapacity16 { allocation_length: u32 },
-    Read { lba: Lba, blocks: BlockCount, fua: bool },
-    Write { lba: Lba, blocks: BlockCount, fua: bool },
-    WriteAndVerify { lba: Lba, blocks: BlockCount, byte_check: bool },
-    Verify { lba: Lba, blocks: BlockCount, byte_check: ByteCheck },
-    OrWrite { lba: Lba, blocks: BlockCount, fua: bool },
+    ReadCapacity16 {
+        allocation_length: u32,
+    },
+    Read {
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+    },
+    Write {
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+    },
+    WriteAndVerify {
+        lba: Lba,
+        blocks: BlockCount,
+        byte_check: bool,
+    },
+    Verify {
+        lba: Lba,
+        blocks: BlockCount,
+        byte_check: ByteCheck,
+    },
+    OrWrite {
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+    },
     /// `blocks == 0` means "to the end of the medium" (SBC-4 5.50, WSNZ=0).
-    WriteSame { lba: Lba, blocks: BlockCount, unmap: bool, anchor: bool, ndob: bool, ten: bool },
-    Unmap { anchor: bool, parameter_list_length: u32 },
-    GetLbaStatus { lba: Lba, allocation_length: u32 },
-    SynchronizeCache { lba: Lba, blocks: BlockCount },
-    PreFetch { lba: Lba, blocks: BlockCount },
+    WriteSame {
+        lba: Lba,
+        blocks: BlockCount,
+        unmap: bool,
+        anchor: bool,
+        ndob: bool,
+        ten: bool,
+    },
+    Unmap {
+        anchor: bool,
+        parameter_list_length: u32,
+    },
+    GetLbaStatus {
+        lba: Lba,
+        allocation_length: u32,
+    },
+    SynchronizeCache {
+        lba: Lba,
+        blocks: BlockCount,
+    },
+    PreFetch {
+        lba: Lba,
+        blocks: BlockCount,
+    },
+    PersistentReserveIn(PrIn),
 }
 
 fn be16(cdb: &[u8], at: usize) -> u32 {
@@ -151,7 +240,9 @@ pub fn cdb_length(opcode: u8) -> Option<usize> {
 /// The service action of a CDB whose opcode carries one, for error reporting and REPORT SUPPORTED OPCODES.
 pub fn service_action(cdb: &[u8]) -> Option<u16> {
     match cdb.first()? {
-        &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN => cdb.get(1).map(|b| (b & 0x1F) as u16),
+        &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN | &op::PERSISTENT_RESERVE_IN => {
+            cdb.get(1).map(|b| (b & 0x1F) as u16)
+        }
         _ => None,
     }
 }
@@ -194,15 +285,21 @@ fn byte_check(cdb: &[u8]) -> Result<ByteCheck, Sense> {
 impl Command {
     /// Decode `cdb`. An unknown opcode or service action is INVALID COMMAND OPERATION CODE (SPC-4 4.2.1).
     pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
-        let opcode = *cdb.first().ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
-        let length = cdb_length(opcode).ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
+        let opcode = *cdb
+            .first()
+            .ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
+        let length =
+            cdb_length(opcode).ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
         if cdb.len() < length {
             return Err(Sense::new(Condition::InvalidCommandOperationCode));
         }
         let cdb = &cdb[..length];
         let command = match opcode {
             op::TEST_UNIT_READY => Command::TestUnitReady,
-            op::REQUEST_SENSE => Command::RequestSense { descriptor: cdb[1] & 0x01 != 0, allocation_length: cdb[4] as u32 },
+            op::REQUEST_SENSE => Command::RequestSense {
+                descriptor: cdb[1] & 0x01 != 0,
+                allocation_length: cdb[4] as u32,
+            },
             op::INQUIRY => {
                 let evpd = cdb[1] & 0x01 != 0;
                 if cdb[1] & 0x02 != 0 {
@@ -211,9 +308,16 @@ impl Command {
                 if !evpd && cdb[2] != 0 {
                     return Err(invalid(2, None));
                 }
-                Command::Inquiry { evpd, page_code: cdb[2], allocation_length: be16(cdb, 3) }
+                Command::Inquiry {
+                    evpd,
+                    page_code: cdb[2],
+                    allocation_length: be16(cdb, 3),
+                }
             }
-            op::REPORT_LUNS => Command::ReportLuns { select_report: cdb[2], allocation_length: be32(cdb, 6) },
+            op::REPORT_LUNS => Command::ReportLuns {
+                select_report: cdb[2],
+                allocation_length: be32(cdb, 6),
+            },
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 let ten = opcode == op::MODE_SENSE_10;
                 let page_control = match cdb[2] >> 6 {
@@ -255,9 +359,10 @@ impl Command {
                         allocation_length: be32(cdb, 6),
                     }
                 }
-                Some(op::SA_REPORT_SUPPORTED_TMFS) => {
-                    Command::ReportSupportedTmfs { repd: cdb[2] & 0x80 != 0, allocation_length: be32(cdb, 6) }
-                }
+                Some(op::SA_REPORT_SUPPORTED_TMFS) => Command::ReportSupportedTmfs {
+                    repd: cdb[2] & 0x80 != 0,
+                    allocation_length: be32(cdb, 6),
+                },
                 _ => return Err(invalid(1, Some(4))),
             },
             op::START_STOP_UNIT => Command::StartStopUnit {
@@ -267,7 +372,9 @@ impl Command {
                 load_eject: cdb[4] & 0x02 != 0,
                 start: cdb[4] & 0x01 != 0,
             },
-            op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval { prevent: cdb[4] & 0x03 },
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval {
+                prevent: cdb[4] & 0x03,
+            },
             op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
                 twelve: false,
                 plist: cdb[2] & 0x10 != 0,
@@ -289,10 +396,13 @@ impl Command {
                 Command::ReadCapacity10
             }
             op::SERVICE_ACTION_IN_16 => match service_action(cdb) {
-                Some(op::SA_READ_CAPACITY_16) => Command::ReadCapacity16 { allocation_length: be32(cdb, 10) },
-                Some(op::SA_GET_LBA_STATUS) => {
-                    Command::GetLbaStatus { lba: Lba(be64(cdb, 2)), allocation_length: be32(cdb, 10) }
-                }
+                Some(op::SA_READ_CAPACITY_16) => Command::ReadCapacity16 {
+                    allocation_length: be32(cdb, 10),
+                },
+                Some(op::SA_GET_LBA_STATUS) => Command::GetLbaStatus {
+                    lba: Lba(be64(cdb, 2)),
+                    allocation_length: be32(cdb, 10),
+                },
                 _ => return Err(invalid(1, Some(4))),
             },
             op::READ_6 | op::WRITE_6 => {
@@ -303,12 +413,26 @@ impl Command {
                     n => n as u64,
                 });
                 if opcode == op::READ_6 {
-                    Command::Read { lba, blocks, fua: false }
+                    Command::Read {
+                        lba,
+                        blocks,
+                        fua: false,
+                    }
                 } else {
-                    Command::Write { lba, blocks, fua: false }
+                    Command::Write {
+                        lba,
+                        blocks,
+                        fua: false,
+                    }
                 }
             }
-            op::READ_10 | op::READ_12 | op::READ_16 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 | op::ORWRITE_16 => {
+            op::READ_10
+            | op::READ_12
+            | op::READ_16
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::ORWRITE_16 => {
                 check_protect(cdb)?;
                 let (lba, blocks) = lba_and_count(cdb);
                 let fua = cdb[1] & 0x08 != 0;
@@ -324,13 +448,21 @@ impl Command {
                     return Err(invalid(1, Some(2)));
                 }
                 let (lba, blocks) = lba_and_count(cdb);
-                Command::WriteAndVerify { lba, blocks, byte_check: cdb[1] & 0x02 != 0 }
+                Command::WriteAndVerify {
+                    lba,
+                    blocks,
+                    byte_check: cdb[1] & 0x02 != 0,
+                }
             }
             op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
                 check_protect(cdb)?;
                 let byte_check = byte_check(cdb)?;
                 let (lba, blocks) = lba_and_count(cdb);
-                Command::Verify { lba, blocks, byte_check }
+                Command::Verify {
+                    lba,
+                    blocks,
+                    byte_check,
+                }
             }
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
                 check_protect(cdb)?;
@@ -345,9 +477,19 @@ impl Command {
                     return Err(invalid(1, Some(bit)));
                 }
                 let (lba, blocks) = lba_and_count(cdb);
-                Command::WriteSame { lba, blocks, unmap: cdb[1] & 0x08 != 0, anchor: cdb[1] & 0x10 != 0, ndob, ten }
+                Command::WriteSame {
+                    lba,
+                    blocks,
+                    unmap: cdb[1] & 0x08 != 0,
+                    anchor: cdb[1] & 0x10 != 0,
+                    ndob,
+                    ten,
+                }
             }
-            op::UNMAP => Command::Unmap { anchor: cdb[1] & 0x01 != 0, parameter_list_length: be16(cdb, 7) },
+            op::UNMAP => Command::Unmap {
+                anchor: cdb[1] & 0x01 != 0,
+                parameter_list_length: be16(cdb, 7),
+            },
             op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
                 let (lba, blocks) = lba_and_count(cdb);
                 Command::SynchronizeCache { lba, blocks }
@@ -356,21 +498,60 @@ impl Command {
                 let (lba, blocks) = lba_and_count(cdb);
                 Command::PreFetch { lba, blocks }
             }
+            op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn(PrIn::parse(cdb)?),
             _ => return Err(Sense::new(Condition::InvalidCommandOperationCode)),
         };
         check_control(cdb)?;
         Ok(command)
     }
 
+    /// The same block write limited to the whole blocks actually received, for a Data-Out shorter than the CDB
+    /// asks (RFC 7143 11.4.5.1 with FCP-4 9.4.2 a): "process the command normally except that data beyond the
+    /// expected length shall not be requested or transferred"). None for commands that cannot be shortened:
+    /// parameter lists, WRITE SAME's single block, VERIFY's comparison data.
+    pub fn limited_to_blocks(&self, received_blocks: u64) -> Option<Command> {
+        let limit = |blocks: &BlockCount| BlockCount(blocks.0.min(received_blocks));
+        match self {
+            Command::Write { lba, blocks, fua } => Some(Command::Write {
+                lba: *lba,
+                blocks: limit(blocks),
+                fua: *fua,
+            }),
+            Command::OrWrite { lba, blocks, fua } => Some(Command::OrWrite {
+                lba: *lba,
+                blocks: limit(blocks),
+                fua: *fua,
+            }),
+            Command::WriteAndVerify {
+                lba,
+                blocks,
+                byte_check,
+            } => Some(Command::WriteAndVerify {
+                lba: *lba,
+                blocks: limit(blocks),
+                byte_check: *byte_check,
+            }),
+            _ => None,
+        }
+    }
+
     /// Bytes of Data-Out the CDB asks for (SAM-5 5.4.3), given the logical block size.
     pub fn data_out_length(&self, block_size: u32) -> u64 {
         let bytes = |blocks: BlockCount| blocks.0.saturating_mul(block_size as u64);
         match self {
-            Command::Write { blocks, .. } | Command::OrWrite { blocks, .. } | Command::WriteAndVerify { blocks, .. } => {
-                bytes(*blocks)
-            }
-            Command::Verify { blocks, byte_check: ByteCheck::Full, .. } => bytes(*blocks),
-            Command::Verify { byte_check: ByteCheck::SingleBlock, blocks, .. } => {
+            Command::Write { blocks, .. }
+            | Command::OrWrite { blocks, .. }
+            | Command::WriteAndVerify { blocks, .. } => bytes(*blocks),
+            Command::Verify {
+                blocks,
+                byte_check: ByteCheck::Full,
+                ..
+            } => bytes(*blocks),
+            Command::Verify {
+                byte_check: ByteCheck::SingleBlock,
+                blocks,
+                ..
+            } => {
                 if blocks.0 == 0 {
                     0
                 } else {
@@ -378,9 +559,14 @@ impl Command {
                 }
             }
             Command::WriteSame { ndob: false, .. } => block_size as u64,
-            Command::ModeSelect { parameter_list_length, .. } | Command::Unmap { parameter_list_length, .. } => {
-                *parameter_list_length as u64
+            Command::ModeSelect {
+                parameter_list_length,
+                ..
             }
+            | Command::Unmap {
+                parameter_list_length,
+                ..
+            } => *parameter_list_length as u64,
             _ => 0,
         }
     }
@@ -414,7 +600,14 @@ mod tests {
     #[test]
     fn read6_zero_length_means_256_blocks() {
         let command = Command::parse(&[op::READ_6, 0x01, 0x02, 0x03, 0, 0]).unwrap();
-        assert_eq!(command, Command::Read { lba: Lba(0x010203), blocks: BlockCount(256), fua: false });
+        assert_eq!(
+            command,
+            Command::Read {
+                lba: Lba(0x010203),
+                blocks: BlockCount(256),
+                fua: false
+            }
+        );
     }
 
     #[test]
@@ -423,21 +616,32 @@ mod tests {
             (&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x04], 5, Some(2)),
             (&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x01], 5, Some(0)),
             (&[op::READ_10, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(7)),
-            (&[op::WRITE_12, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], 1, Some(7)),
+            (
+                &[op::WRITE_12, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+                1,
+                Some(7),
+            ),
             (&[op::VERIFY_10, 0x04, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(2)),
             (&[op::INQUIRY, 0, 0x80, 0, 0xFF, 0], 2, None),
-            (&[op::WRITE_SAME_10, 0x01, 0, 0, 0, 0, 0, 0, 1, 0], 1, Some(0)),
+            (
+                &[op::WRITE_SAME_10, 0x01, 0, 0, 0, 0, 0, 0, 1, 0],
+                1,
+                Some(0),
+            ),
         ];
         for (cdb, byte, bit) in cases {
             let sense = Command::parse(cdb).unwrap_err();
-            assert_eq!(sense, Sense::invalid_cdb_field(*byte, *bit), "cdb {cdb:02x?}");
+            assert_eq!(
+                sense,
+                Sense::invalid_cdb_field(*byte, *bit),
+                "cdb {cdb:02x?}"
+            );
         }
     }
 
     #[test]
     fn unsupported_opcodes_are_invalid_operation_codes() {
         for opcode in [
-            op::PERSISTENT_RESERVE_IN,
             op::PERSISTENT_RESERVE_OUT,
             op::RESERVE_6,
             op::RELEASE_6,

@@ -20,7 +20,10 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("target_name", &self.target_name).field("luns", &self.lun_ids()).finish()
+        f.debug_struct("Dispatcher")
+            .field("target_name", &self.target_name)
+            .field("luns", &self.lun_ids())
+            .finish()
     }
 }
 
@@ -40,9 +43,15 @@ impl Dispatcher {
     /// LUN numbers above [`MAX_LUN`] cannot be addressed and are refused by panicking at configuration time.
     pub fn new(target_name: &str, luns: Vec<(u64, Arc<LogicalUnit>)>) -> Dispatcher {
         for (lun, _) in &luns {
-            assert!(*lun <= MAX_LUN, "LUN {lun} is above the addressable maximum {MAX_LUN}");
+            assert!(
+                *lun <= MAX_LUN,
+                "LUN {lun} is above the addressable maximum {MAX_LUN}"
+            );
         }
-        Dispatcher { target_name: target_name.to_string(), luns: luns.into_iter().collect() }
+        Dispatcher {
+            target_name: target_name.to_string(),
+            luns: luns.into_iter().collect(),
+        }
     }
 
     pub fn target_name(&self) -> &str {
@@ -85,9 +94,13 @@ impl Dispatcher {
         }
         let control = cmd.cdb[11];
         if control & 0x05 != 0 {
-            return fail(Sense::invalid_cdb_field(11, Some(if control & 0x04 != 0 { 2 } else { 0 })));
+            return fail(Sense::invalid_cdb_field(
+                11,
+                Some(if control & 0x04 != 0 { 2 } else { 0 }),
+            ));
         }
-        let allocation_length = u32::from_be_bytes([cmd.cdb[6], cmd.cdb[7], cmd.cdb[8], cmd.cdb[9]]);
+        let allocation_length =
+            u32::from_be_bytes([cmd.cdb[6], cmd.cdb[7], cmd.cdb[8], cmd.cdb[9]]);
         // SPC-4 6.33: an allocation length below 16 is INVALID FIELD IN CDB.
         if allocation_length < 16 {
             return fail(Sense::invalid_cdb_field(6, None));
@@ -103,12 +116,22 @@ impl Dispatcher {
         for lun in luns {
             data.extend_from_slice(&encode_lun(lun));
         }
-        ScsiResponse { status: ScsiStatus::Good, sense: Vec::new(), data_in: truncate(data, allocation_length), data_out_wanted: None }
+        ScsiResponse {
+            status: ScsiStatus::Good,
+            sense: Vec::new(),
+            data_in: truncate(data, allocation_length),
+            data_out_wanted: None,
+        }
     }
 
     /// A command to a LUN that is not configured (SPC-4 6.6.2, 6.29, SAM-5 5.9.5).
     fn missing_lun(&self, cmd: &ScsiCommand) -> ScsiResponse {
-        let good = |data_in: Vec<u8>| ScsiResponse { status: ScsiStatus::Good, sense: Vec::new(), data_in, data_out_wanted: None };
+        let good = |data_in: Vec<u8>| ScsiResponse {
+            status: ScsiStatus::Good,
+            sense: Vec::new(),
+            data_in,
+            data_out_wanted: None,
+        };
         match cmd.cdb.first().copied() {
             Some(op::INQUIRY) if cmd.cdb.len() >= 6 => {
                 let allocation_length = u16::from_be_bytes([cmd.cdb[3], cmd.cdb[4]]) as u32;
@@ -121,7 +144,11 @@ impl Dispatcher {
             // REQUEST SENSE reports why the LUN cannot be used, with GOOD status (SPC-4 6.29.2).
             Some(op::REQUEST_SENSE) if cmd.cdb.len() >= 6 => {
                 let sense = Sense::new(Condition::LogicalUnitNotSupported);
-                let data = if cmd.cdb[1] & 0x01 != 0 { sense.to_descriptor() } else { sense.to_fixed() };
+                let data = if cmd.cdb[1] & 0x01 != 0 {
+                    sense.to_descriptor()
+                } else {
+                    sense.to_fixed()
+                };
                 good(truncate(data, cmd.cdb[4] as u32))
             }
             _ => ScsiResponse {
@@ -144,7 +171,9 @@ impl Dispatcher {
             }
             // A LUN reset without a LUN cannot name its target; nothing to do.
             (ResetKind::LogicalUnitReset, None) => {}
-            (ResetKind::NexusLoss, None) | (ResetKind::TargetWarmReset, _) | (ResetKind::TargetColdReset, _) => {
+            (ResetKind::NexusLoss, None)
+            | (ResetKind::TargetWarmReset, _)
+            | (ResetKind::TargetColdReset, _) => {
                 for unit in self.luns.values() {
                     unit.reset(nexus, kind);
                 }

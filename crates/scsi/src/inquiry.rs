@@ -21,8 +21,11 @@ const PROTOCOL_ISCSI: u8 = 0x5;
 
 /// ASCII field padded with spaces (SPC-4 4.4.1) and cut to `width`; non-printable characters become spaces.
 fn ascii_field(text: &str, width: usize) -> Vec<u8> {
-    let mut field: Vec<u8> =
-        text.bytes().map(|b| if (0x20..=0x7E).contains(&b) { b } else { b' ' }).take(width).collect();
+    let mut field: Vec<u8> = text
+        .bytes()
+        .map(|b| if (0x20..=0x7E).contains(&b) { b } else { b' ' })
+        .take(width)
+        .collect();
     field.resize(width, b' ');
     field
 }
@@ -38,13 +41,22 @@ pub fn not_present_inquiry(allocation_length: u32) -> Vec<u8> {
 }
 
 impl LogicalUnit {
-    pub(crate) fn inquiry(&self, nexus: &ItNexus, evpd: bool, page_code: u8, allocation_length: u32) -> Outcome {
+    pub(crate) fn inquiry(
+        &self,
+        nexus: &ItNexus,
+        evpd: bool,
+        page_code: u8,
+        allocation_length: u32,
+    ) -> Outcome {
         let data = if !evpd {
             self.standard_inquiry()
         } else {
             match page_code {
                 0x00 => vpd_page(0x00, &VPD_PAGES),
-                0x80 => vpd_page(0x80, &ascii_field(&self.config.serial, self.config.serial.len().max(1))),
+                0x80 => vpd_page(
+                    0x80,
+                    &ascii_field(&self.config.serial, self.config.serial.len().max(1)),
+                ),
                 0x83 => vpd_page(0x83, &self.device_identification(nexus)),
                 0x86 => self.extended_inquiry(),
                 0xB0 => self.block_limits(),
@@ -82,12 +94,35 @@ impl LogicalUnit {
         designator(&mut out, 0x01, 0x03, &self.config.naa);
         let port = nexus.relative_target_port.to_be_bytes();
         // Relative target port (type 4) and target port group (type 5): PIV=1, association target port (01b).
-        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x01, 0x80 | 0x10 | 0x04, &[0, 0, port[0], port[1]]);
-        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x01, 0x80 | 0x10 | 0x05, &[0, 0, port[0], port[1]]);
+        designator(
+            &mut out,
+            (PROTOCOL_ISCSI << 4) | 0x01,
+            0x80 | 0x10 | 0x04,
+            &[0, 0, port[0], port[1]],
+        );
+        designator(
+            &mut out,
+            (PROTOCOL_ISCSI << 4) | 0x01,
+            0x80 | 0x10 | 0x05,
+            &[0, 0, port[0], port[1]],
+        );
         // SCSI name string (type 8, UTF-8): target port "<name>,t,0x<tpgt>" and target device "<name>".
-        let port_name = format!("{},t,0x{:04x}", nexus.target_name, nexus.relative_target_port);
-        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x03, 0x80 | 0x10 | 0x08, &name_string(&port_name));
-        designator(&mut out, (PROTOCOL_ISCSI << 4) | 0x03, 0x80 | 0x20 | 0x08, &name_string(&nexus.target_name));
+        let port_name = format!(
+            "{},t,0x{:04x}",
+            nexus.target_name, nexus.relative_target_port
+        );
+        designator(
+            &mut out,
+            (PROTOCOL_ISCSI << 4) | 0x03,
+            0x80 | 0x10 | 0x08,
+            &name_string(&port_name),
+        );
+        designator(
+            &mut out,
+            (PROTOCOL_ISCSI << 4) | 0x03,
+            0x80 | 0x20 | 0x08,
+            &name_string(&nexus.target_name),
+        );
         out
     }
 
@@ -147,8 +182,18 @@ fn vpd_page(page_code: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// One designation descriptor (SPC-4 7.8.6.1 Table 459).
-fn designator(out: &mut Vec<u8>, protocol_and_code_set: u8, piv_association_type: u8, value: &[u8]) {
-    out.extend_from_slice(&[protocol_and_code_set, piv_association_type, 0, value.len() as u8]);
+fn designator(
+    out: &mut Vec<u8>,
+    protocol_and_code_set: u8,
+    piv_association_type: u8,
+    value: &[u8],
+) {
+    out.extend_from_slice(&[
+        protocol_and_code_set,
+        piv_association_type,
+        0,
+        value.len() as u8,
+    ]);
     out.extend_from_slice(value);
 }
 

@@ -13,6 +13,7 @@ mod inquiry;
 mod lu;
 mod mode;
 mod opcodes;
+pub mod pr;
 pub mod sbc;
 pub mod sense;
 #[cfg(test)]

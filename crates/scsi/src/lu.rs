@@ -73,13 +73,19 @@ pub struct LogicalUnit {
 
 impl std::fmt::Debug for LogicalUnit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogicalUnit").field("config", &self.config).field("capacity_blocks", &self.capacity_blocks).finish()
+        f.debug_struct("LogicalUnit")
+            .field("config", &self.config)
+            .field("capacity_blocks", &self.capacity_blocks)
+            .finish()
     }
 }
 
 impl LogicalUnit {
     pub fn new(config: LogicalUnitConfig, store: Arc<dyn BlockStore>) -> LogicalUnit {
-        assert!(config.block_size >= 512 && config.block_size.is_power_of_two(), "block size must be a power of two >= 512");
+        assert!(
+            config.block_size >= 512 && config.block_size.is_power_of_two(),
+            "block size must be a power of two >= 512"
+        );
         let block_size = config.block_size as u64;
         let capacity_blocks = store.capacity_bytes() / block_size;
         LogicalUnit {
@@ -114,7 +120,9 @@ impl LogicalUnit {
 
     /// Writes are refused: configured read-only, store read-only, or SWP set (SBC-4 4.11).
     pub(crate) fn write_protected(&self) -> bool {
-        self.config.read_only || self.store.is_read_only() || self.mode.software_write_protect.load(Ordering::Relaxed)
+        self.config.read_only
+            || self.store.is_read_only()
+            || self.mode.software_write_protect.load(Ordering::Relaxed)
     }
 
     /// Sense bytes in the format the Control mode page's D_SENSE selects (SPC-4 4.5.1).
@@ -126,8 +134,41 @@ impl LogicalUnit {
         }
     }
 
-    pub(crate) fn check_condition(&self, sense: Sense, data_out_wanted: Option<u32>) -> ScsiResponse {
-        ScsiResponse { status: ScsiStatus::CheckCondition, sense: self.encode_sense(&sense), data_in: Vec::new(), data_out_wanted }
+    pub(crate) fn check_condition(
+        &self,
+        sense: Sense,
+        data_out_wanted: Option<u32>,
+    ) -> ScsiResponse {
+        ScsiResponse {
+            status: ScsiStatus::CheckCondition,
+            sense: self.encode_sense(&sense),
+            data_in: Vec::new(),
+            data_out_wanted,
+        }
+    }
+
+    /// Reconciles the Data-Out received with what the CDB asks for, when the initiator's expected data transfer
+    /// length disagreed with the CDB (RFC 7143 11.4.5.1, FCP-4 9.4.2 option a): excess data is ignored; a block
+    /// write short of data writes only the whole blocks received. The transport reports the residual either way.
+    /// None when the command cannot run on the data received (a short parameter list or comparison block): the
+    /// caller answers INVALID FIELD IN COMMAND INFORMATION UNIT (option b) and nothing is written.
+    fn fit_data_out<'d>(
+        &self,
+        command: Command,
+        data_out: &'d [u8],
+        wanted: u32,
+    ) -> Option<(Command, &'d [u8])> {
+        let wanted = wanted as usize;
+        match data_out.len().cmp(&wanted) {
+            std::cmp::Ordering::Equal => Some((command, data_out)),
+            std::cmp::Ordering::Greater => Some((command, &data_out[..wanted])),
+            std::cmp::Ordering::Less => {
+                let block_size = self.config.block_size as usize;
+                let whole_blocks = data_out.len() / block_size;
+                let shortened = command.limited_to_blocks(whole_blocks as u64)?;
+                Some((shortened, &data_out[..whole_blocks * block_size]))
+            }
+        }
     }
 
     /// Execute one command addressed to this logical unit.
@@ -137,11 +178,18 @@ impl LogicalUnit {
         let data_out_wanted = parsed
             .as_ref()
             .ok()
-            .map(|command| command.data_out_length(self.config.block_size).min(u32::MAX as u64) as u32)
+            .map(|command| {
+                command
+                    .data_out_length(self.config.block_size)
+                    .min(u32::MAX as u64) as u32
+            })
             .filter(|wanted| *wanted > 0);
 
         // SAM-5 5.14 / SPC-4 5.14: these three are neither blocked by nor consume a unit attention.
-        let ua_exempt = matches!(opcode, crate::cdb::op::INQUIRY | crate::cdb::op::REPORT_LUNS | crate::cdb::op::REQUEST_SENSE);
+        let ua_exempt = matches!(
+            opcode,
+            crate::cdb::op::INQUIRY | crate::cdb::op::REPORT_LUNS | crate::cdb::op::REQUEST_SENSE
+        );
         if !ua_exempt {
             if let Some(condition) = self.unit_attentions.take(cmd.nexus) {
                 return self.check_condition(Sense::new(condition), data_out_wanted);
@@ -151,16 +199,28 @@ impl LogicalUnit {
             Ok(command) => command,
             Err(sense) => return self.check_condition(sense, data_out_wanted),
         };
-        if cmd.data_out.len() as u64 != data_out_wanted.unwrap_or(0) as u64 {
-            return self.check_condition(Sense::new(Condition::InvalidFieldInCommandInformationUnit), data_out_wanted);
-        }
+        let Some((command, data_out)) =
+            self.fit_data_out(command, cmd.data_out, data_out_wanted.unwrap_or(0))
+        else {
+            return self.check_condition(
+                Sense::new(Condition::InvalidFieldInCommandInformationUnit),
+                data_out_wanted,
+            );
+        };
+        let cmd = &ScsiCommand { data_out, ..*cmd };
         match self.run(&command, cmd) {
-            Ok(Completed::Good(data_in)) => {
-                ScsiResponse { status: ScsiStatus::Good, sense: Vec::new(), data_in, data_out_wanted }
-            }
-            Ok(Completed::ConditionMet) => {
-                ScsiResponse { status: ScsiStatus::ConditionMet, sense: Vec::new(), data_in: Vec::new(), data_out_wanted }
-            }
+            Ok(Completed::Good(data_in)) => ScsiResponse {
+                status: ScsiStatus::Good,
+                sense: Vec::new(),
+                data_in,
+                data_out_wanted,
+            },
+            Ok(Completed::ConditionMet) => ScsiResponse {
+                status: ScsiStatus::ConditionMet,
+                sense: Vec::new(),
+                data_in: Vec::new(),
+                data_out_wanted,
+            },
             Err(sense) => self.check_condition(sense, data_out_wanted),
         }
     }
@@ -172,49 +232,116 @@ impl LogicalUnit {
         }
         match *command {
             Command::TestUnitReady => Ok(Completed::Good(Vec::new())),
-            Command::RequestSense { descriptor, allocation_length } => {
-                Ok(Completed::Good(self.request_sense(cmd.nexus, descriptor, allocation_length)))
-            }
-            Command::Inquiry { evpd, page_code, allocation_length } => {
-                self.inquiry(cmd.nexus, evpd, page_code, allocation_length)
-            }
+            Command::RequestSense {
+                descriptor,
+                allocation_length,
+            } => Ok(Completed::Good(self.request_sense(
+                cmd.nexus,
+                descriptor,
+                allocation_length,
+            ))),
+            Command::Inquiry {
+                evpd,
+                page_code,
+                allocation_length,
+            } => self.inquiry(cmd.nexus, evpd, page_code, allocation_length),
             Command::ReportLuns { .. } => {
                 // Answered by the Dispatcher, which knows every LUN; a bare LogicalUnit reports only LUN 0.
                 let mut data = vec![0u8; 16];
                 data[3] = 8;
                 Ok(Completed::Good(data))
             }
-            Command::ModeSense { ten, dbd, llbaa, page_control, page_code, subpage_code, allocation_length } => {
-                self.mode_sense(ten, dbd, llbaa, page_control, page_code, subpage_code, allocation_length)
+            Command::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                page_control,
+                page_code,
+                subpage_code,
+                allocation_length,
+            } => self.mode_sense(
+                ten,
+                dbd,
+                llbaa,
+                page_control,
+                page_code,
+                subpage_code,
+                allocation_length,
+            ),
+            Command::ModeSelect {
+                ten,
+                pf,
+                save_pages,
+                ..
+            } => self.mode_select(cmd.nexus, ten, pf, save_pages, cmd.data_out),
+            Command::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                allocation_length,
+            } => crate::opcodes::report(rctd, options, opcode, service_action, allocation_length)
+                .map(Completed::Good),
+            Command::ReportSupportedTmfs {
+                repd,
+                allocation_length,
+            } => Ok(Completed::Good(crate::opcodes::report_tmfs(
+                repd,
+                allocation_length,
+            ))),
+            Command::StartStopUnit {
+                power_condition,
+                load_eject,
+                start,
+                ..
+            } => self.start_stop_unit(cmd.nexus, power_condition, load_eject, start),
+            Command::PreventAllowMediumRemoval { prevent } => {
+                self.prevent_allow(cmd.nexus, prevent)
             }
-            Command::ModeSelect { ten, pf, save_pages, .. } => self.mode_select(cmd.nexus, ten, pf, save_pages, cmd.data_out),
-            Command::ReportSupportedOpcodes { rctd, options, opcode, service_action, allocation_length } => {
-                crate::opcodes::report(rctd, options, opcode, service_action, allocation_length).map(Completed::Good)
-            }
-            Command::ReportSupportedTmfs { repd, allocation_length } => {
-                Ok(Completed::Good(crate::opcodes::report_tmfs(repd, allocation_length)))
-            }
-            Command::StartStopUnit { power_condition, load_eject, start, .. } => {
-                self.start_stop_unit(cmd.nexus, power_condition, load_eject, start)
-            }
-            Command::PreventAllowMediumRemoval { prevent } => self.prevent_allow(cmd.nexus, prevent),
-            Command::ReadDefectData { twelve, plist, glist, format, allocation_length } => {
-                Ok(Completed::Good(read_defect_data(twelve, plist, glist, format, allocation_length)))
-            }
+            Command::ReadDefectData {
+                twelve,
+                plist,
+                glist,
+                format,
+                allocation_length,
+            } => Ok(Completed::Good(read_defect_data(
+                twelve,
+                plist,
+                glist,
+                format,
+                allocation_length,
+            ))),
             Command::ReadCapacity10 => Ok(Completed::Good(self.read_capacity_10())),
-            Command::ReadCapacity16 { allocation_length } => Ok(Completed::Good(self.read_capacity_16(allocation_length))),
+            Command::ReadCapacity16 { allocation_length } => {
+                Ok(Completed::Good(self.read_capacity_16(allocation_length)))
+            }
             Command::Read { lba, blocks, fua } => self.read(lba, blocks, fua),
             Command::Write { lba, blocks, fua } => self.write(lba, blocks, fua, cmd.data_out),
-            Command::WriteAndVerify { lba, blocks, .. } => self.write(lba, blocks, true, cmd.data_out),
-            Command::Verify { lba, blocks, byte_check } => self.verify(lba, blocks, byte_check, cmd.data_out),
-            Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
-            Command::WriteSame { lba, blocks, unmap, anchor, ndob, ten } => {
-                self.write_same(lba, blocks, unmap, anchor, ndob, ten, cmd.data_out)
+            Command::WriteAndVerify { lba, blocks, .. } => {
+                self.write(lba, blocks, true, cmd.data_out)
             }
+            Command::Verify {
+                lba,
+                blocks,
+                byte_check,
+            } => self.verify(lba, blocks, byte_check, cmd.data_out),
+            Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                anchor,
+                ndob,
+                ten,
+            } => self.write_same(lba, blocks, unmap, anchor, ndob, ten, cmd.data_out),
             Command::Unmap { anchor, .. } => self.unmap(anchor, cmd.data_out),
-            Command::GetLbaStatus { lba, allocation_length } => self.get_lba_status(lba, allocation_length),
+            Command::GetLbaStatus {
+                lba,
+                allocation_length,
+            } => self.get_lba_status(lba, allocation_length),
             Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
             Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks),
+            Command::PersistentReserveIn(command) => Ok(Completed::Good(command.execute())),
         }
     }
 
@@ -225,7 +352,11 @@ impl LogicalUnit {
             Some(condition) => Sense::new(condition),
             None => Sense::new(Condition::NoAdditionalSense),
         };
-        let mut data = if descriptor { sense.to_descriptor() } else { sense.to_fixed() };
+        let mut data = if descriptor {
+            sense.to_descriptor()
+        } else {
+            sense.to_fixed()
+        };
         data.truncate(allocation_length as usize);
         data
     }
@@ -233,7 +364,13 @@ impl LogicalUnit {
     /// START STOP UNIT (SBC-4 5.25): lunlock has no medium to spin; accept the power conditions SBC-4 Table 96
     /// defines and refuse ejecting while removal is prevented (SBC-4 5.25: LOEJ=1 START=0 with prevention ->
     /// MEDIUM REMOVAL PREVENTED).
-    fn start_stop_unit(&self, _nexus: &ItNexus, power_condition: u8, load_eject: bool, start: bool) -> Outcome {
+    fn start_stop_unit(
+        &self,
+        _nexus: &ItNexus,
+        power_condition: u8,
+        load_eject: bool,
+        start: bool,
+    ) -> Outcome {
         match power_condition {
             0x0 | 0x1 | 0x2 | 0x3 | 0x7 | 0xA | 0xB => {}
             _ => return Err(Sense::invalid_cdb_field(4, Some(7))),
@@ -245,7 +382,9 @@ impl LogicalUnit {
     }
 
     fn lock_prevent(&self) -> std::sync::MutexGuard<'_, HashSet<ItNexus>> {
-        self.prevent_removal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.prevent_removal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.13): PREVENT 00b allow, 01b prevent; 10b/11b are obsolete for
@@ -269,18 +408,21 @@ impl LogicalUnit {
             // SAM-5 6.3.3: a logical unit reset clears prevention and establishes 29/03 for every I_T nexus.
             ResetKind::LogicalUnitReset => {
                 self.lock_prevent().clear();
-                self.unit_attentions.establish_all(Condition::BusDeviceResetFunctionOccurred, None);
+                self.unit_attentions
+                    .establish_all(Condition::BusDeviceResetFunctionOccurred, None);
             }
             // SAM-5 6.3.2: a hard reset (TARGET WARM/COLD RESET) is reported as 29/02 SCSI BUS RESET OCCURRED
             // ... for iSCSI (RFC 7143 11.5.1) the target reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
             ResetKind::TargetWarmReset | ResetKind::TargetColdReset => {
                 self.lock_prevent().clear();
-                self.unit_attentions.establish_all(Condition::PowerOnResetOrBusDeviceReset, None);
+                self.unit_attentions
+                    .establish_all(Condition::PowerOnResetOrBusDeviceReset, None);
             }
             // SAM-5 6.3.4: I_T nexus loss: the prevention held by that nexus ends; 29/07 to that nexus.
             ResetKind::NexusLoss => {
                 self.lock_prevent().remove(nexus);
-                self.unit_attentions.establish(nexus, Condition::ItNexusLossOccurred);
+                self.unit_attentions
+                    .establish(nexus, Condition::ItNexusLossOccurred);
             }
         }
     }
@@ -288,7 +430,13 @@ impl LogicalUnit {
 
 /// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes
 /// the requested lists and format.
-fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8, allocation_length: u32) -> Vec<u8> {
+fn read_defect_data(
+    twelve: bool,
+    plist: bool,
+    glist: bool,
+    format: u8,
+    allocation_length: u32,
+) -> Vec<u8> {
     let flags = (plist as u8) << 4 | (glist as u8) << 3 | format;
     let mut data = if twelve { vec![0u8; 8] } else { vec![0u8; 4] };
     data[1] = flags;

@@ -22,13 +22,34 @@ struct PageId {
 }
 
 const PAGES: [PageId; 7] = [
-    PageId { page: 0x01, subpage: 0 },
-    PageId { page: 0x02, subpage: 0 },
-    PageId { page: 0x08, subpage: 0 },
-    PageId { page: 0x0A, subpage: 0 },
-    PageId { page: 0x0A, subpage: 0x01 },
-    PageId { page: 0x1A, subpage: 0 },
-    PageId { page: 0x1C, subpage: 0 },
+    PageId {
+        page: 0x01,
+        subpage: 0,
+    },
+    PageId {
+        page: 0x02,
+        subpage: 0,
+    },
+    PageId {
+        page: 0x08,
+        subpage: 0,
+    },
+    PageId {
+        page: 0x0A,
+        subpage: 0,
+    },
+    PageId {
+        page: 0x0A,
+        subpage: 0x01,
+    },
+    PageId {
+        page: 0x1A,
+        subpage: 0,
+    },
+    PageId {
+        page: 0x1C,
+        subpage: 0,
+    },
 ];
 
 /// Control page byte 2 bit 2 and byte 4 bit 3.
@@ -46,7 +67,9 @@ impl LogicalUnit {
             (0x02, _) => (16, vec![0u8; 16]),
             (0x08, _) => {
                 let mut page = vec![0u8; 20];
-                if !changeable && (!current || self.mode.write_cache_enabled.load(Ordering::Relaxed)) {
+                if !changeable
+                    && (!current || self.mode.write_cache_enabled.load(Ordering::Relaxed))
+                {
                     page[2] = WCE;
                 }
                 (20, page)
@@ -91,7 +114,11 @@ impl LogicalUnit {
             (0x3F, 0x00) => PAGES.iter().copied().filter(|p| p.subpage == 0).collect(),
             (0x3F, 0xFF) => PAGES.to_vec(),
             (page, 0xFF) => PAGES.iter().copied().filter(|p| p.page == page).collect(),
-            (page, subpage) => PAGES.iter().copied().filter(|p| p.page == page && p.subpage == subpage).collect(),
+            (page, subpage) => PAGES
+                .iter()
+                .copied()
+                .filter(|p| p.page == page && p.subpage == subpage)
+                .collect(),
         };
         (!pages.is_empty()).then_some(pages)
     }
@@ -110,7 +137,8 @@ impl LogicalUnit {
         if page_control == PageControl::Saved {
             return Err(Sense::new(Condition::SavingParametersNotSupported));
         }
-        let pages = Self::select_pages(page_code, subpage_code).ok_or(Sense::invalid_cdb_field(2, Some(5)))?;
+        let pages = Self::select_pages(page_code, subpage_code)
+            .ok_or(Sense::invalid_cdb_field(2, Some(5)))?;
         let block_descriptor = if dbd {
             Vec::new()
         } else if llbaa {
@@ -157,7 +185,14 @@ impl LogicalUnit {
 
     /// MODE SELECT: validate every page against the changeable mask, then apply. Changes other nexuses can see
     /// establish MODE PARAMETERS CHANGED for them (SPC-4 6.9: unit attention 2A/01 to other I_T nexuses).
-    pub(crate) fn mode_select(&self, nexus: &ItNexus, ten: bool, pf: bool, save_pages: bool, list: &[u8]) -> Outcome {
+    pub(crate) fn mode_select(
+        &self,
+        nexus: &ItNexus,
+        ten: bool,
+        pf: bool,
+        save_pages: bool,
+        list: &[u8],
+    ) -> Outcome {
         if !pf && !list.is_empty() {
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         }
@@ -171,12 +206,18 @@ impl LogicalUnit {
         if list.len() < header_length {
             return Err(Sense::new(Condition::ParameterListLengthError));
         }
-        let descriptor_length =
-            if ten { u16::from_be_bytes([list[6], list[7]]) as usize } else { list[3] as usize };
+        let descriptor_length = if ten {
+            u16::from_be_bytes([list[6], list[7]]) as usize
+        } else {
+            list[3] as usize
+        };
         let long_lba = ten && list[4] & 0x01 != 0;
         let expected_descriptor = if long_lba { 16 } else { 8 };
         if descriptor_length != 0 && descriptor_length != expected_descriptor {
-            return Err(Sense::invalid_parameter_field(if ten { 6 } else { 3 }, None));
+            return Err(Sense::invalid_parameter_field(
+                if ten { 6 } else { 3 },
+                None,
+            ));
         }
         if header_length + descriptor_length > list.len() {
             return Err(Sense::new(Condition::ParameterListLengthError));
@@ -185,7 +226,12 @@ impl LogicalUnit {
             // Only the current block length may be "selected" (SPC-4 7.5.5): lunlock cannot reformat.
             let descriptor = &list[header_length..header_length + descriptor_length];
             let block_length = u32::from_be_bytes(if long_lba {
-                [descriptor[12], descriptor[13], descriptor[14], descriptor[15]]
+                [
+                    descriptor[12],
+                    descriptor[13],
+                    descriptor[14],
+                    descriptor[15],
+                ]
             } else {
                 [0, descriptor[5], descriptor[6], descriptor[7]]
             });
@@ -194,7 +240,10 @@ impl LogicalUnit {
                 return Err(Sense::invalid_parameter_field(at as u16, None));
             }
         }
-        let _guard = self.mode_select.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self
+            .mode_select
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut at = header_length + descriptor_length;
         let mut updates = Vec::new();
         while at < list.len() {
@@ -224,19 +273,38 @@ impl LogicalUnit {
             updates.push((id, supplied.to_vec()));
             at += length;
         }
-        let mut changed = false;
+        let before = self.mode_state();
         for (id, page) in updates {
-            if id == (PageId { page: 0x0A, subpage: 0 }) {
-                let d_sense = page[2] & D_SENSE != 0;
-                let swp = page[4] & SWP != 0;
-                changed |= self.mode.descriptor_sense.swap(d_sense, Ordering::Relaxed) != d_sense;
-                changed |= self.mode.software_write_protect.swap(swp, Ordering::Relaxed) != swp;
+            if id
+                == (PageId {
+                    page: 0x0A,
+                    subpage: 0,
+                })
+            {
+                self.mode
+                    .descriptor_sense
+                    .store(page[2] & D_SENSE != 0, Ordering::Relaxed);
+                self.mode
+                    .software_write_protect
+                    .store(page[4] & SWP != 0, Ordering::Relaxed);
             }
         }
-        if changed {
-            self.unit_attentions.establish_all(Condition::ModeParametersChanged, Some(nexus));
-        }
+        let after = self.mode_state();
+        self.unit_attentions.establish_parameter_change(
+            Condition::ModeParametersChanged,
+            Some(nexus),
+            before,
+            after,
+        );
         Ok(Completed::Good(Vec::new()))
+    }
+}
+
+impl LogicalUnit {
+    /// The changeable mode parameters as one value, to tell other nexuses whether anything changed.
+    fn mode_state(&self) -> u64 {
+        (self.mode.descriptor_sense.load(Ordering::Relaxed) as u64)
+            | (self.mode.software_write_protect.load(Ordering::Relaxed) as u64) << 1
     }
 }
 
@@ -253,5 +321,11 @@ fn parse_page_header(list: &[u8], at: usize) -> Result<(PageId, usize), Sense> {
         return Err(Sense::new(Condition::ParameterListLengthError));
     }
     let length = u16::from_be_bytes([list[at + 2], list[at + 3]]) as usize + 4;
-    Ok((PageId { page, subpage: list[at + 1] }, length))
+    Ok((
+        PageId {
+            page,
+            subpage: list[at + 1],
+        },
+        length,
+    ))
 }

@@ -16,11 +16,22 @@ pub(crate) struct Supported {
 }
 
 const fn cmd(opcode: u8, usage: &'static [u8]) -> Supported {
-    Supported { opcode, service_action: None, usage }
+    Supported {
+        opcode,
+        service_action: None,
+        usage,
+    }
 }
 const fn sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> Supported {
-    Supported { opcode, service_action: Some(service_action), usage }
+    Supported {
+        opcode,
+        service_action: Some(service_action),
+        usage,
+    }
 }
+
+const PR_READ_KEYS: u16 = crate::pr::service_action::READ_KEYS as u16;
+const PR_READ_RESERVATION: u16 = crate::pr::service_action::READ_RESERVATION as u16;
 
 /// Control byte usage: NACA (bit 2) and LINK (bit 0) are examined (and refused when set).
 const C: u8 = 0x05;
@@ -32,67 +43,500 @@ pub(crate) const SUPPORTED: &[Supported] = &[
     cmd(op::WRITE_6, &[op::WRITE_6, 0x1F, 0xFF, 0xFF, 0xFF, C]),
     cmd(op::INQUIRY, &[op::INQUIRY, 0x03, 0xFF, 0xFF, 0xFF, C]),
     cmd(op::MODE_SELECT_6, &[op::MODE_SELECT_6, 0x11, 0, 0, 0xFF, C]),
-    cmd(op::MODE_SENSE_6, &[op::MODE_SENSE_6, 0x08, 0xFF, 0xFF, 0xFF, C]),
-    cmd(op::START_STOP_UNIT, &[op::START_STOP_UNIT, 0x01, 0, 0, 0xF7, C]),
-    cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, C]),
-    cmd(op::READ_CAPACITY_10, &[op::READ_CAPACITY_10, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, C]),
-    cmd(op::READ_10, &[op::READ_10, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::WRITE_10, &[op::WRITE_10, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::WRITE_AND_VERIFY_10, &[op::WRITE_AND_VERIFY_10, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::VERIFY_10, &[op::VERIFY_10, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::PRE_FETCH_10, &[op::PRE_FETCH_10, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::SYNCHRONIZE_CACHE_10, &[op::SYNCHRONIZE_CACHE_10, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
-    cmd(op::READ_DEFECT_DATA_10, &[op::READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, C]),
-    cmd(op::WRITE_SAME_10, &[op::WRITE_SAME_10, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C]),
+    cmd(
+        op::MODE_SENSE_6,
+        &[op::MODE_SENSE_6, 0x08, 0xFF, 0xFF, 0xFF, C],
+    ),
+    cmd(
+        op::START_STOP_UNIT,
+        &[op::START_STOP_UNIT, 0x01, 0, 0, 0xF7, C],
+    ),
+    cmd(
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        &[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, C],
+    ),
+    cmd(
+        op::READ_CAPACITY_10,
+        &[op::READ_CAPACITY_10, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, C],
+    ),
+    cmd(
+        op::READ_10,
+        &[op::READ_10, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C],
+    ),
+    cmd(
+        op::WRITE_10,
+        &[op::WRITE_10, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, C],
+    ),
+    cmd(
+        op::WRITE_AND_VERIFY_10,
+        &[
+            op::WRITE_AND_VERIFY_10,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    cmd(
+        op::VERIFY_10,
+        &[
+            op::VERIFY_10,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    cmd(
+        op::PRE_FETCH_10,
+        &[
+            op::PRE_FETCH_10,
+            0x02,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    cmd(
+        op::SYNCHRONIZE_CACHE_10,
+        &[
+            op::SYNCHRONIZE_CACHE_10,
+            0x02,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    cmd(
+        op::READ_DEFECT_DATA_10,
+        &[op::READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, C],
+    ),
+    cmd(
+        op::WRITE_SAME_10,
+        &[
+            op::WRITE_SAME_10,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
     cmd(op::UNMAP, &[op::UNMAP, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C]),
-    cmd(op::MODE_SELECT_10, &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C]),
-    cmd(op::MODE_SENSE_10, &[op::MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C]),
-    cmd(op::READ_16, &[op::READ_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::WRITE_16, &[op::WRITE_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::ORWRITE_16, &[op::ORWRITE_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
+    cmd(
+        op::MODE_SELECT_10,
+        &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],
+    ),
+    cmd(
+        op::MODE_SENSE_10,
+        &[op::MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        PR_READ_KEYS,
+        &[
+            op::PERSISTENT_RESERVE_IN,
+            0x00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        PR_READ_RESERVATION,
+        &[
+            op::PERSISTENT_RESERVE_IN,
+            0x01,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            C,
+        ],
+    ),
+    cmd(
+        op::READ_16,
+        &[
+            op::READ_16,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::WRITE_16,
+        &[
+            op::WRITE_16,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::ORWRITE_16,
+        &[
+            op::ORWRITE_16,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
     cmd(
         op::WRITE_AND_VERIFY_16,
-        &[op::WRITE_AND_VERIFY_16, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::WRITE_AND_VERIFY_16,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
-    cmd(op::VERIFY_16, &[op::VERIFY_16, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
+    cmd(
+        op::VERIFY_16,
+        &[
+            op::VERIFY_16,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
     cmd(
         op::PRE_FETCH_16,
-        &[op::PRE_FETCH_16, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::PRE_FETCH_16,
+            0x02,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
     cmd(
         op::SYNCHRONIZE_CACHE_16,
-        &[op::SYNCHRONIZE_CACHE_16, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::SYNCHRONIZE_CACHE_16,
+            0x02,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
     cmd(
         op::WRITE_SAME_16,
-        &[op::WRITE_SAME_16, 0xF9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::WRITE_SAME_16,
+            0xF9,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
     sa(
         op::SERVICE_ACTION_IN_16,
         op::SA_READ_CAPACITY_16,
-        &[op::SERVICE_ACTION_IN_16, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::SERVICE_ACTION_IN_16,
+            0x10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
     sa(
         op::SERVICE_ACTION_IN_16,
         op::SA_GET_LBA_STATUS,
-        &[op::SERVICE_ACTION_IN_16, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::SERVICE_ACTION_IN_16,
+            0x12,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
-    cmd(op::REPORT_LUNS, &[op::REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
+    cmd(
+        op::REPORT_LUNS,
+        &[
+            op::REPORT_LUNS,
+            0,
+            0xFF,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
     sa(
         op::MAINTENANCE_IN,
         op::SA_REPORT_SUPPORTED_OPCODES,
-        &[op::MAINTENANCE_IN, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::MAINTENANCE_IN,
+            0x0C,
+            0x87,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
     sa(
         op::MAINTENANCE_IN,
         op::SA_REPORT_SUPPORTED_TMFS,
-        &[op::MAINTENANCE_IN, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        &[
+            op::MAINTENANCE_IN,
+            0x0D,
+            0x80,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
     ),
-    cmd(op::READ_12, &[op::READ_12, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::WRITE_12, &[op::WRITE_12, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::WRITE_AND_VERIFY_12, &[op::WRITE_AND_VERIFY_12, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::VERIFY_12, &[op::VERIFY_12, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
-    cmd(op::READ_DEFECT_DATA_12, &[op::READ_DEFECT_DATA_12, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C]),
+    cmd(
+        op::READ_12,
+        &[
+            op::READ_12,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::WRITE_12,
+        &[
+            op::WRITE_12,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::WRITE_AND_VERIFY_12,
+        &[
+            op::WRITE_AND_VERIFY_12,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::VERIFY_12,
+        &[
+            op::VERIFY_12,
+            0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
+        op::READ_DEFECT_DATA_12,
+        &[
+            op::READ_DEFECT_DATA_12,
+            0x1F,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
 ];
 
 /// Command timeouts descriptor (SPC-4 6.35.4): nominal and recommended timeouts in seconds.
@@ -108,11 +552,19 @@ fn timeouts() -> [u8; 12] {
 }
 
 fn has_service_actions(opcode: u8) -> bool {
-    SUPPORTED.iter().any(|s| s.opcode == opcode && s.service_action.is_some())
+    SUPPORTED
+        .iter()
+        .any(|s| s.opcode == opcode && s.service_action.is_some())
 }
 
 /// REPORT SUPPORTED OPERATION CODES with REPORTING OPTIONS 000b..011b (SPC-4 6.35.1 Table 251).
-pub(crate) fn report(rctd: bool, options: u8, opcode: u8, service_action: u16, allocation_length: u32) -> Result<Vec<u8>, Sense> {
+pub(crate) fn report(
+    rctd: bool,
+    options: u8,
+    opcode: u8,
+    service_action: u16,
+    allocation_length: u32,
+) -> Result<Vec<u8>, Sense> {
     let data = match options {
         0 => {
             let mut data = vec![0u8; 4];
@@ -139,9 +591,9 @@ pub(crate) fn report(rctd: bool, options: u8, opcode: u8, service_action: u16, a
                 (2, false) => return Err(Sense::invalid_cdb_field(3, None)),
                 _ => {}
             }
-            let found = SUPPORTED
-                .iter()
-                .find(|s| s.opcode == opcode && (!with_sa || s.service_action == Some(service_action)));
+            let found = SUPPORTED.iter().find(|s| {
+                s.opcode == opcode && (!with_sa || s.service_action == Some(service_action))
+            });
             one_command(rctd, found)
         }
     };
@@ -195,20 +647,29 @@ mod tests {
                 assert_eq!(command.usage[1] & 0x1F, sa as u8);
             }
             // MODE SENSE page 0 is not a page, but the CDB itself decodes.
-            assert!(Command::parse(&cdb).is_ok(), "opcode {:02x} does not parse", command.opcode);
+            assert!(
+                Command::parse(&cdb).is_ok(),
+                "opcode {:02x} does not parse",
+                command.opcode
+            );
         }
     }
 
     #[test]
     fn every_unlisted_opcode_is_refused() {
         for opcode in 0..=255u8 {
-            let Some(length) = cdb_length(opcode) else { continue };
+            let Some(length) = cdb_length(opcode) else {
+                continue;
+            };
             if SUPPORTED.iter().any(|s| s.opcode == opcode) {
                 continue;
             }
             let mut cdb = vec![0u8; length];
             cdb[0] = opcode;
-            assert!(Command::parse(&cdb).is_err(), "opcode {opcode:02x} parses but is not reported");
+            assert!(
+                Command::parse(&cdb).is_err(),
+                "opcode {opcode:02x} parses but is not reported"
+            );
         }
     }
 

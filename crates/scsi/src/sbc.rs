@@ -18,16 +18,19 @@ use std::io;
 pub mod limits {
     /// MAXIMUM TRANSFER LENGTH in bytes (converted to blocks per block size): bounds one command's buffer.
     pub const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
-    /// MAXIMUM WRITE SAME LENGTH in blocks.
-    pub const MAX_WRITE_SAME_BLOCKS: u64 = 0x10_0000;
+    /// MAXIMUM WRITE SAME LENGTH in blocks. WRITE SAME without UNMAP writes every block, so this bounds the work of
+    /// one command (16 MiB with 512-byte blocks). Kept below 65536 on purpose: libiscsi's WriteSame16.Unmap, when
+    /// this limit allows 65536 blocks, prepares them with one 65536-block WRITE (16), which MAXIMUM TRANSFER LENGTH
+    /// (16384 blocks of 512 bytes) rightly refuses.
+    pub const MAX_WRITE_SAME_BLOCKS: u64 = 0x8000;
     /// MAXIMUM UNMAP LBA COUNT, blocks per UNMAP command.
     pub const MAX_UNMAP_BLOCKS: u64 = 1024 * 1024;
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
     pub const MAX_UNMAP_DESCRIPTORS: u64 = 256;
     /// Bytes written per store call while WRITE SAME replicates its block.
     pub const WRITE_SAME_CHUNK_BYTES: u64 = 1024 * 1024;
-    /// Physical block size lunlock reports (a file system page): LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT and
-    /// the OPTIMAL UNMAP GRANULARITY follow from it.
+    /// The backing file system's page: the OPTIMAL UNMAP GRANULARITY follows from it. Stores deallocate whole
+    /// pages, so an UNMAP of part of a page reads back as zeros but stays mapped.
     pub const PHYSICAL_BLOCK_BYTES: u64 = 4096;
 }
 
@@ -45,9 +48,13 @@ impl LogicalUnit {
         limits::MAX_TRANSFER_BYTES / self.block_size
     }
 
-    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13).
+    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13, SBC-4 5.16.2). Always 0: every
+    /// logical block is written whole by one pwrite, so a logical block is the unit of atomicity, and the page
+    /// size of the backing file system is advertised where it matters for performance, as the OPTIMAL UNMAP
+    /// GRANULARITY in VPD B0h. (Reporting 8 would also make libiscsi 1.19's CompareAndWrite.InvalidDataOutSize run
+    /// and leave a PDU hook behind that rewrites byte 13 of every later 16-byte CDB in the same test process.)
     pub(crate) fn physical_exponent(&self) -> u8 {
-        (limits::PHYSICAL_BLOCK_BYTES / self.block_size).max(1).trailing_zeros() as u8
+        0
     }
 
     /// SBC-4 4.5: the whole range must lie inside the medium.
@@ -87,18 +94,28 @@ impl LogicalUnit {
             self.store.flush().map_err(read_error)?;
         }
         let mut data = vec![0u8; (blocks.0 * self.block_size) as usize];
-        self.store.read_at(&mut data, self.offset(lba)).map_err(read_error)?;
+        self.store
+            .read_at(&mut data, self.offset(lba))
+            .map_err(read_error)?;
         Ok(Completed::Good(data))
     }
 
     /// WRITE (6/10/12/16), SBC-4 5.39..5.42, and WRITE AND VERIFY (the verify is of data just written from the
     /// same buffer, so it is a flush: SBC-4 5.43 needs the data on the medium before comparing).
-    pub(crate) fn write(&self, lba: Lba, blocks: BlockCount, fua: bool, data_out: &[u8]) -> Outcome {
+    pub(crate) fn write(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+        data_out: &[u8],
+    ) -> Outcome {
         self.check_transfer(lba, blocks)?;
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
         }
-        self.store.write_at(data_out, self.offset(lba)).map_err(write_error)?;
+        self.store
+            .write_at(data_out, self.offset(lba))
+            .map_err(write_error)?;
         if fua {
             self.flush()?;
         }
@@ -108,19 +125,28 @@ impl LogicalUnit {
     /// VERIFY (10/12/16), SBC-4 5.33..5.35. BYTCHK 00b checks only that the blocks are readable; 01b compares with
     /// the Data-Out; 11b compares every block with the single Data-Out block. A difference is MISCOMPARE 1D/00
     /// with INFORMATION = byte offset of the first difference (SBC-4 5.33).
-    pub(crate) fn verify(&self, lba: Lba, blocks: BlockCount, byte_check: ByteCheck, data_out: &[u8]) -> Outcome {
+    pub(crate) fn verify(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        byte_check: ByteCheck,
+        data_out: &[u8],
+    ) -> Outcome {
         self.check_transfer(lba, blocks)?;
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
         }
         let mut medium = vec![0u8; (blocks.0 * self.block_size) as usize];
-        self.store.read_at(&mut medium, self.offset(lba)).map_err(read_error)?;
+        self.store
+            .read_at(&mut medium, self.offset(lba))
+            .map_err(read_error)?;
         let first_difference = match byte_check {
             ByteCheck::None => None,
             ByteCheck::Full => medium.iter().zip(data_out).position(|(a, b)| a != b),
-            ByteCheck::SingleBlock => {
-                medium.iter().zip(data_out.iter().cycle()).position(|(a, b)| a != b)
-            }
+            ByteCheck::SingleBlock => medium
+                .iter()
+                .zip(data_out.iter().cycle())
+                .position(|(a, b)| a != b),
         };
         match first_difference {
             Some(offset) => Err(Sense::new(Condition::Miscompare).with_information(offset as u64)),
@@ -130,7 +156,13 @@ impl LogicalUnit {
 
     /// ORWRITE (16), SBC-4 5.12: with ORPROTECT 0 and no BMOP, the new data is the bitwise OR of the medium and
     /// the Data-Out.
-    pub(crate) fn or_write(&self, lba: Lba, blocks: BlockCount, fua: bool, data_out: &[u8]) -> Outcome {
+    pub(crate) fn or_write(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+        data_out: &[u8],
+    ) -> Outcome {
         self.check_transfer(lba, blocks)?;
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
@@ -174,7 +206,11 @@ impl LogicalUnit {
         if lba.0 > self.capacity_blocks {
             return Err(Sense::new(Condition::LbaOutOfRange));
         }
-        let blocks = if blocks.0 == 0 { BlockCount(self.capacity_blocks - lba.0) } else { blocks };
+        let blocks = if blocks.0 == 0 {
+            BlockCount(self.capacity_blocks - lba.0)
+        } else {
+            blocks
+        };
         self.check_range(lba, blocks)?;
         if blocks.0 > limits::MAX_WRITE_SAME_BLOCKS {
             return Err(Sense::invalid_cdb_field(if ten { 7 } else { 10 }, None));
@@ -201,7 +237,9 @@ impl LogicalUnit {
         let mut written = 0u64;
         while written < length {
             let this = (length - written).min(chunk.len() as u64) as usize;
-            self.store.write_at(&chunk[..this], offset + written).map_err(write_error)?;
+            self.store
+                .write_at(&chunk[..this], offset + written)
+                .map_err(write_error)?;
             written += this as u64;
         }
         Ok(Completed::Good(Vec::new()))
@@ -236,8 +274,12 @@ impl LogicalUnit {
         for index in 0..count {
             let at = 8 + index * 16;
             let descriptor = &parameters[at..at + 16];
-            let lba = Lba(u64::from_be_bytes(descriptor[0..8].try_into().expect("8 bytes")));
-            let blocks = BlockCount(u32::from_be_bytes(descriptor[8..12].try_into().expect("4 bytes")) as u64);
+            let lba = Lba(u64::from_be_bytes(
+                descriptor[0..8].try_into().expect("8 bytes"),
+            ));
+            let blocks = BlockCount(u32::from_be_bytes(
+                descriptor[8..12].try_into().expect("4 bytes"),
+            ) as u64);
             self.check_range(lba, blocks)?;
             total = total.saturating_add(blocks.0);
             if total > limits::MAX_UNMAP_BLOCKS {
@@ -247,7 +289,9 @@ impl LogicalUnit {
         }
         for (lba, blocks) in ranges {
             if blocks.0 > 0 {
-                self.store.deallocate(self.offset(lba), blocks.0 * self.block_size).map_err(write_error)?;
+                self.store
+                    .deallocate(self.offset(lba), blocks.0 * self.block_size)
+                    .map_err(write_error)?;
             }
         }
         Ok(Completed::Good(Vec::new()))
@@ -265,8 +309,12 @@ impl LogicalUnit {
         let mut data = vec![0u8; 8];
         let mut next = lba.0;
         while next < self.capacity_blocks && (data.len() - 8) / 16 < wanted {
-            let extent = self.store.allocation_at(next * self.block_size).map_err(read_error)?;
-            let blocks = (extent.len_bytes.div_ceil(self.block_size)).clamp(1, self.capacity_blocks - next);
+            let extent = self
+                .store
+                .allocation_at(next * self.block_size)
+                .map_err(read_error)?;
+            let blocks =
+                (extent.len_bytes.div_ceil(self.block_size)).clamp(1, self.capacity_blocks - next);
             let blocks = blocks.min(u32::MAX as u64);
             data.extend_from_slice(&next.to_be_bytes());
             data.extend_from_slice(&(blocks as u32).to_be_bytes());

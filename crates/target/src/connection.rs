@@ -1,5 +1,3 @@
-// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
-// if you need a change here, describe it in your final report instead.
 //! One TCP connection: the login phase, then the full feature phase, driving the sans-IO `iscsi` login and
 //! session machines and executing SCSI commands through the target's dispatcher.
 //!
@@ -431,8 +429,8 @@ impl FullFeature {
             task_tag: itt as u64,
             attribute: task_attribute(attribute),
         };
-        let multi_thread =
-            tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
         let response = if multi_thread && may_wait_for_disk(cdb) {
             tokio::task::block_in_place(|| target.dispatcher.execute(&command))
         } else {

@@ -1,5 +1,3 @@
-// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
-// if you need a change here, describe it in your final report instead.
 //! The lunlock target daemon: TCP portals, login and full-feature sessions over the sans-IO `iscsi` crate,
 //! SCSI execution through the `scsi` crate's dispatcher, storage from the `store` crate, and configuration.
 

@@ -1,5 +1,3 @@
-// NOTICE TO HELPERS: this file is owned and maintained by the lead. Do not modify, rewrite or replace it;
-// if you need a change here, describe it in your final report instead.
 //! The target daemon: portals, the session registry, and `run_blocking` / `start`.
 //!
 //! One tokio listener per portal; each accepted connection runs in its own task (see `connection`). The targets
