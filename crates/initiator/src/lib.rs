@@ -464,23 +464,39 @@ impl Session {
             .unwrap_or_else(|| "connection closed".into())
     }
 
+    /// Numbers for an immediate request (RFC 7143 3.2.2.1: it carries the next CmdSN without consuming it):
+    /// a fresh ITT, registered by `register` under the state lock so the answer cannot race ahead of it.
+    fn immediate_request(&self, register: impl FnOnce(&mut SessionState, u32)) -> (u32, u32, u32) {
+        let mut state = lock(&self.state);
+        let itt = state.allocate_itt();
+        register(&mut state, itt);
+        (itt, state.cmd_sn, state.exp_stat_sn)
+    }
+
+    /// Waits for the answer to a request, within the session's timeout.
+    async fn await_reply<T>(
+        &self,
+        reply: oneshot::Receiver<T>,
+        what: &'static str,
+    ) -> Result<T, InitiatorError> {
+        tokio::time::timeout(self.timeout, reply)
+            .await
+            .map_err(|_| InitiatorError::Timeout(what))?
+            .map_err(|_| InitiatorError::Protocol(self.closed_reason()))
+    }
+
     /// A Text request (one PDU each way), e.g. SendTargets.
     pub async fn text(&self, pairs: TextPairs) -> Result<TextPairs, InitiatorError> {
         let (reply, outcome) = oneshot::channel();
-        let (itt, cmd_sn, exp_stat_sn) = {
-            let mut state = lock(&self.state);
-            let itt = state.allocate_itt();
-            state.pending.insert(
-                itt,
-                Pending {
-                    reply,
-                    lun: [0; 8],
-                    data_in: Vec::new(),
-                    write_data: None,
-                },
-            );
-            (itt, state.cmd_sn, state.exp_stat_sn)
-        };
+        let (itt, cmd_sn, exp_stat_sn) = self.immediate_request(|state, itt| {
+            let pending = Pending {
+                reply,
+                lun: [0; 8],
+                data_in: Vec::new(),
+                write_data: None,
+            };
+            state.pending.insert(itt, pending);
+        });
         let request = TextRequest {
             immediate: true,
             final_bit: true,
@@ -493,10 +509,7 @@ impl Session {
             data: pairs.encode(),
         };
         self.send(request.to_pdu())?;
-        let outcome = tokio::time::timeout(self.timeout, outcome)
-            .await
-            .map_err(|_| InitiatorError::Timeout("the text response"))?
-            .map_err(|_| InitiatorError::Protocol(self.closed_reason()))??;
+        let outcome = self.await_reply(outcome, "the text response").await??;
         TextPairs::parse(&outcome.data_in).map_err(|e| InitiatorError::Protocol(e.to_string()))
     }
 
@@ -508,12 +521,9 @@ impl Session {
         referenced: Option<(u32, u32)>,
     ) -> Result<u8, InitiatorError> {
         let (reply, response) = oneshot::channel();
-        let (itt, cmd_sn, exp_stat_sn) = {
-            let mut state = lock(&self.state);
-            let itt = state.allocate_itt();
+        let (itt, cmd_sn, exp_stat_sn) = self.immediate_request(|state, itt| {
             state.tmf_pending.insert(itt, reply);
-            (itt, state.cmd_sn, state.exp_stat_sn)
-        };
+        });
         let (referenced_task_tag, ref_cmd_sn) = referenced.unwrap_or((RESERVED_TAG, 0));
         let request = TaskManagementRequest {
             immediate: true,
@@ -527,21 +537,16 @@ impl Session {
             exp_data_sn: 0,
         };
         self.send(request.to_pdu())?;
-        tokio::time::timeout(self.timeout, response)
+        self.await_reply(response, "the task management response")
             .await
-            .map_err(|_| InitiatorError::Timeout("the task management response"))?
-            .map_err(|_| InitiatorError::Protocol(self.closed_reason()))
     }
 
     /// Logs out (closes the session) and waits for the answer.
     pub async fn logout(&self) -> Result<(), InitiatorError> {
         let (reply, done) = oneshot::channel();
-        let (itt, cmd_sn, exp_stat_sn) = {
-            let mut state = lock(&self.state);
-            let itt = state.allocate_itt();
+        let (itt, cmd_sn, exp_stat_sn) = self.immediate_request(|state, itt| {
             state.logout_pending = Some((itt, reply));
-            (itt, state.cmd_sn, state.exp_stat_sn)
-        };
+        });
         let request = LogoutRequest {
             immediate: true,
             reason: 0,
@@ -551,10 +556,7 @@ impl Session {
             exp_stat_sn,
         };
         self.send(request.to_pdu())?;
-        tokio::time::timeout(self.timeout, done)
-            .await
-            .map_err(|_| InitiatorError::Timeout("the logout response"))?
-            .map_err(|_| InitiatorError::Protocol(self.closed_reason()))
+        self.await_reply(done, "the logout response").await
     }
 }
 

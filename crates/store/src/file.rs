@@ -174,16 +174,7 @@ impl FileStore {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.capacity_bytes => Ok(()),
-            _ => Err(invalid(
-                &self.path,
-                format!(
-                    "range {offset}+{len} beyond capacity {}",
-                    self.capacity_bytes
-                ),
-            )),
-        }
+        crate::check_range(&self.path.display(), offset, len, self.capacity_bytes)
     }
 
     fn check_writable(&self) -> io::Result<()> {

@@ -43,3 +43,20 @@ pub trait BlockStore: Send + Sync + 'static {
     /// The allocation state at `offset` and how far it extends (SEEK_DATA/SEEK_HOLE for files).
     fn allocation_at(&self, offset: u64) -> io::Result<Extent>;
 }
+
+/// Checks that `[offset, offset + len)` lies inside `capacity_bytes` without overflowing; `store` names the store
+/// in the error. Every implementation checks ranges the same way, so a wrapped range can never reach an I/O call.
+pub(crate) fn check_range(
+    store: &dyn std::fmt::Display,
+    offset: u64,
+    len: u64,
+    capacity_bytes: u64,
+) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= capacity_bytes => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{store}: range {offset}+{len} beyond capacity {capacity_bytes}"),
+        )),
+    }
+}

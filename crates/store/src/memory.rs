@@ -198,16 +198,7 @@ impl MemoryStore {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.capacity_bytes => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "memory store: range {offset}+{len} beyond capacity {}",
-                    self.capacity_bytes
-                ),
-            )),
-        }
+        crate::check_range(&"memory store", offset, len, self.capacity_bytes)
     }
 
     fn check_writable(&self) -> io::Result<()> {
