@@ -2,7 +2,7 @@
 //! commands and logs out. SCSI errors are printed decoded, as sg3_utils does.
 
 use crate::{ClientOptions, Command};
-use lunlock_initiator::{DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
+use lunlock_initiator::{status, DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub fn run(command: Command) -> Result<(), String> {
                 client,
             } => write(&url, &client, &input, lba).await,
             Command::Serve { .. } => unreachable!("serve is handled by main"),
+            Command::Persist { .. } => unreachable!("persist is handled by main"),
         }
     })
 }
@@ -57,65 +58,26 @@ async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), St
 
 /// TEST UNIT READY until pending unit attentions (power on, reset) are reported: a fresh nexus sees one.
 async fn clear_unit_attentions(session: &Session, lun: u64) -> Result<(), String> {
-    for _ in 0..8 {
-        let outcome = session
-            .execute(lun, &[0u8; 6], DataDirection::None)
-            .await
-            .map_err(|e| e.to_string())?;
-        match outcome.sense_summary() {
-            _ if outcome.is_good() => return Ok(()),
-            Some(sense) if sense.key == 0x6 => continue,
-            _ => return Err(describe_failure("TEST UNIT READY", &outcome)),
-        }
-    }
-    Err("unit attentions keep coming; giving up".into())
+    session
+        .test_unit_ready(lun)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// sg3_utils-style text for a failed command: status, sense key, and the ASC/ASCQ text.
 pub fn describe_failure(command: &str, outcome: &ScsiOutcome) -> String {
-    let status = match outcome.status {
-        0x02 => "Check Condition",
-        0x08 => "Busy",
-        0x18 => "Reservation Conflict",
-        0x28 => "Task Set Full",
-        0x40 => "Task Aborted",
-        _ => "unexpected status",
-    };
+    let status = status::status_name(outcome.status);
     let Some(sense) = outcome.sense_summary() else {
         return format!(
             "{command} failed: {status} (status {:#04x})",
             outcome.status
         );
     };
-    let key = match sense.key {
-        0x0 => "No sense",
-        0x1 => "Recovered error",
-        0x2 => "Not ready",
-        0x3 => "Medium error",
-        0x4 => "Hardware error",
-        0x5 => "Illegal request",
-        0x6 => "Unit attention",
-        0x7 => "Data protect",
-        0xB => "Aborted command",
-        0xE => "Miscompare",
-        _ => "Sense key",
-    };
-    let text = lunlock_scsi::sense::describe(sense.asc, sense.ascq)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("ASC {:#04x} ASCQ {:#04x}", sense.asc, sense.ascq));
     format!(
-        "{command} failed: {status}: {key}, {}",
-        sentence_case(&text)
+        "{command} failed: {status}: {}, {}",
+        status::sense_key_name(sense.key),
+        status::additional_sense_text(sense.asc, sense.ascq)
     )
-}
-
-fn sentence_case(text: &str) -> String {
-    let lower = text.to_lowercase();
-    let mut chars = lower.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
-        .unwrap_or_default()
 }
 
 async fn checked(
@@ -176,7 +138,11 @@ async fn inquiry(url: &str, client: &ClientOptions) -> Result<(), String> {
     if standard.len() < 36 {
         return Err(format!("INQUIRY returned only {} bytes", standard.len()));
     }
-    println!("device type: {:#04x}", standard[0] & 0x1F);
+    let device_type = standard[0] & 0x1F;
+    println!(
+        "device type: {device_type:#04x} ({})",
+        device_type_name(device_type)
+    );
     println!("vendor:      {}", ascii(&standard[8..16]));
     println!("product:     {}", ascii(&standard[16..32]));
     println!("revision:    {}", ascii(&standard[32..36]));
@@ -204,6 +170,19 @@ async fn inquiry(url: &str, client: &ClientOptions) -> Result<(), String> {
     }
     let _ = session.logout().await;
     Ok(())
+}
+
+/// Peripheral device type names (SPC-4 Table 146), for the common ones.
+fn device_type_name(device_type: u8) -> &'static str {
+    match device_type {
+        0x00 => "direct access block device",
+        0x01 => "sequential access device",
+        0x05 => "CD/DVD device",
+        0x0C => "storage array controller",
+        0x0D => "enclosure services device",
+        0x1F => "unknown or no device type",
+        _ => "other",
+    }
 }
 
 /// Readable lines for the designators of VPD page 0x83 (SPC-4 7.8.6).
@@ -251,32 +230,16 @@ struct Capacity {
     thin: bool,
 }
 
+/// READ CAPACITY(16), falling back to READ CAPACITY(10) on targets without it (the library decides).
 async fn read_capacity(session: &Session, lun: u64) -> Result<Capacity, String> {
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x9E;
-    cdb[1] = 0x10;
-    cdb[13] = 32;
-    let data = checked(
-        session,
-        lun,
-        "READ CAPACITY(16)",
-        &cdb,
-        DataDirection::Read(32),
-    )
-    .await?
-    .data_in;
-    if data.len() < 15 {
-        return Err("READ CAPACITY(16) returned too little data".into());
-    }
-    let last_lba = u64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
-    let block_size = u32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
-    if block_size == 0 {
-        return Err("the target reports a block size of 0".into());
-    }
+    let capacity = session
+        .read_capacity(lun)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Capacity {
-        blocks: last_lba + 1,
-        block_size,
-        thin: data[14] & 0x80 != 0,
+        blocks: capacity.blocks,
+        block_size: capacity.block_size,
+        thin: capacity.thin_provisioned,
     })
 }
 

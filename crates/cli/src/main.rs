@@ -1,6 +1,7 @@
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
 mod client;
+mod persist;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -97,6 +98,13 @@ enum Command {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// PERSISTENT RESERVE IN/OUT with sg_persist's options, output and exit statuses (`lunlock persist -h`).
+    #[command(disable_help_flag = true)]
+    Persist {
+        /// sg_persist's options and the device URL, iscsi://host[:port]/target-iqn/lun.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -129,6 +137,7 @@ fn main() -> ExitCode {
             };
             lunlock_target::run_blocking(options).map_err(|e| e.to_string())
         }
+        Command::Persist { args } => return persist::main(&args),
         client_command => client::run(client_command),
     };
     match result {

@@ -4,16 +4,35 @@
 //! A [`Session`] owns one TCP connection. A reader task receives every PDU and completes waiting commands; a
 //! writer task sends what callers and the reader queue (commands, Data-Out answering R2Ts, NOP-Out answering
 //! target pings). `execute` may be called from many tasks at once: each command gets its own ITT and CmdSN inside
-//! the target's window (RFC 7143 3.2.2.1).
+//! the target's window (RFC 7143 3.2.2.1), and a command waits only while that window is closed.
+//!
+//! Modules: `login` (security and operational stages, RFC 7143 6 and 13), `commands` (typed SCSI helpers and
+//! task management), `status` (sg3_utils-style text for failed commands), `url` (libiscsi URLs), `pr`
+//! (PERSISTENT RESERVE encoders and decoders). The transport is generic over any byte stream
+//! ([`Session::login_over`]), which is how `tests/fake_peer.rs` drives it against a scripted target.
+//!
+//! Data-In is placed by buffer offset and bounded by the command's expected length (RFC 7143 11.7.4); each R2T is
+//! answered by its own Data-Out sequence, DataSN from 0, split at the target's MaxRecvDataSegmentLength
+//! (RFC 7143 11.7, 11.8), so several R2Ts may be outstanding at once.
 
+pub mod commands;
+mod login;
+pub mod pr;
+pub mod status;
 pub mod url;
 
+pub use commands::{Capacity, Designator, StandardInquiry, TmfResponse};
+pub use login::{
+    MAX_LOGIN_EXCHANGES, OUR_FIRST_BURST_LENGTH, OUR_MAX_BURST_LENGTH, OUR_MAX_OUTSTANDING_R2T,
+    OUR_MAX_RECV_DATA_SEGMENT_LENGTH,
+};
+pub use status::ScsiFailure;
 pub use url::{IscsiUrl, UrlError};
 
 use lunlock_iscsi::message::{
-    encode_lun, DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut,
-    ReadyToTransfer, Reject, Residual, ScsiCommand, ScsiResponse, TargetSequence,
-    TaskManagementRequest, TaskManagementResponse, TextRequest, TextResponse, RESERVED_TAG,
+    encode_lun, DataIn, DataOut, LogoutRequest, NopIn, NopOut, ReadyToTransfer, Reject, Residual,
+    ScsiCommand, ScsiResponse, TargetSequence, TaskManagementRequest, TaskManagementResponse,
+    TextRequest, TextResponse, RESERVED_TAG,
 };
 use lunlock_iscsi::pdu::{self, Digests, Opcode, Pdu, SerialNumber};
 use lunlock_iscsi::{SessionParams, TextPairs};
@@ -22,15 +41,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Default initiator name of lunlock's client commands.
 pub const DEFAULT_INITIATOR_NAME: &str = "iqn.2026-11.io.lunlock:client";
-/// What we accept per PDU.
-pub const OUR_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 262_144;
+/// The largest data segment the reader accepts. Login PDUs come before any negotiation, so this is the codec's
+/// limit rather than our MaxRecvDataSegmentLength; a longer one is a framing error.
 const LARGEST_ACCEPTED_SEGMENT: u32 = 1 << 24;
 
 /// Why a call failed.
@@ -49,6 +67,8 @@ pub enum InitiatorError {
     Rejected {
         reason: u8,
     },
+    /// A SCSI command ended with a status other than GOOD; see [`Session::execute_checked`].
+    Scsi(ScsiFailure),
 }
 
 impl fmt::Display for InitiatorError {
@@ -67,6 +87,7 @@ impl fmt::Display for InitiatorError {
             InitiatorError::Rejected { reason } => {
                 write!(f, "target rejected the request (reason {reason:#04x})")
             }
+            InitiatorError::Scsi(failure) => write!(f, "{failure}"),
         }
     }
 }
@@ -79,11 +100,14 @@ impl From<std::io::Error> for InitiatorError {
     }
 }
 
+/// Status-Class and Status-Detail of a failed login (RFC 7143 11.13.5).
 fn login_status_text(class: u8, detail: u8) -> &'static str {
     match (class, detail) {
+        (0x01, _) => "the target moved (redirection)",
         (0x02, 0x01) => "authentication failure",
         (0x02, 0x02) => "authorization failure: this initiator is not allowed",
         (0x02, 0x03) => "target not found",
+        (0x02, 0x04) => "target removed",
         (0x02, 0x05) => "unsupported version",
         (0x02, 0x07) => "missing parameter",
         (0x02, _) => "initiator error",
@@ -176,6 +200,8 @@ struct Pending {
     reply: oneshot::Sender<Result<ScsiOutcome, InitiatorError>>,
     lun: [u8; 8],
     data_in: Vec<u8>,
+    /// The expected data transfer length of a read: Data-In beyond it is a protocol error (RFC 7143 11.7.4).
+    read_length: u32,
     write_data: Option<Arc<Vec<u8>>>,
 }
 
@@ -216,6 +242,49 @@ impl SessionState {
     }
 }
 
+impl Pending {
+    /// A request answered by one PDU (Text, NOP-Out): no data phase.
+    fn for_reply(reply: oneshot::Sender<Result<ScsiOutcome, InitiatorError>>) -> Pending {
+        Pending {
+            reply,
+            lun: [0; 8],
+            data_in: Vec::new(),
+            read_length: 0,
+            write_data: None,
+        }
+    }
+}
+
+/// A command sent and not yet waited for: its tag and CmdSN, which ABORT TASK names (RFC 7143 11.5.1).
+pub struct Task {
+    pub itt: u32,
+    pub cmd_sn: u32,
+    pub lun: u64,
+    outcome: oneshot::Receiver<Result<ScsiOutcome, InitiatorError>>,
+    state: Arc<Mutex<SessionState>>,
+    timeout: Duration,
+}
+
+impl Task {
+    /// Waits for the command's status, at most the session's per-command timeout.
+    pub async fn wait(self) -> Result<ScsiOutcome, InitiatorError> {
+        match tokio::time::timeout(self.timeout, self.outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(InitiatorError::Protocol(
+                lock(&self.state)
+                    .closed
+                    .clone()
+                    .unwrap_or_else(|| "connection closed".into()),
+            )),
+            Err(_) => {
+                // Forget the task: a late answer for this ITT is then ignored by the reader.
+                lock(&self.state).pending.remove(&self.itt);
+                Err(InitiatorError::Timeout("the SCSI response"))
+            }
+        }
+    }
+}
+
 /// A logged-in session (normal or discovery).
 pub struct Session {
     state: Arc<Mutex<SessionState>>,
@@ -231,65 +300,67 @@ fn lock(state: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> 
 }
 
 impl Session {
-    /// Logs in to a target (normal session).
+    /// Logs in to a target over TCP (normal session): security stage with AuthMethod=None, then operational
+    /// negotiation (see the `login` module).
     pub async fn login(
         address: SocketAddr,
         options: &LoginOptions,
     ) -> Result<Session, InitiatorError> {
-        let mut pairs = vec![
-            ("InitiatorName".to_string(), options.initiator_name.clone()),
-            ("TargetName".to_string(), options.target_name.clone()),
-            ("SessionType".to_string(), "Normal".to_string()),
-        ];
-        pairs.extend(operational_proposal(options).0);
-        Self::connect(address, options, TextPairs(pairs)).await
+        Self::connect(address, options, login::SessionKind::Normal).await
     }
 
-    /// Lists the targets behind a portal with SendTargets=All (RFC 7143 Appendix C).
+    /// Logs in over an already open byte stream (a TCP stream, or an in-memory pipe in tests and simulations).
+    pub async fn login_over<S>(stream: S, options: &LoginOptions) -> Result<Session, InitiatorError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        Self::establish(reader, writer, options, login::SessionKind::Normal).await
+    }
+
+    /// Lists the targets behind a portal with SendTargets=All (RFC 7143 Appendix C), as (target name, portal
+    /// addresses "host:port,tpgt") pairs.
     pub async fn discover(
         address: SocketAddr,
         initiator_name: &str,
     ) -> Result<Vec<(String, Vec<String>)>, InitiatorError> {
         let options = LoginOptions::new(initiator_name, "");
-        let mut pairs = TextPairs::new();
-        pairs.push("InitiatorName", initiator_name);
-        pairs.push("SessionType", "Discovery");
-        pairs.push("HeaderDigest", "None");
-        pairs.push("DataDigest", "None");
-        let session = Self::connect(address, &options, pairs).await?;
+        let session = Self::connect(address, &options, login::SessionKind::Discovery).await?;
         let mut request = TextPairs::new();
         request.push("SendTargets", "All");
         let answer = session.text(request).await?;
         session.logout().await?;
-        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
-        for (key, value) in answer.iter() {
-            match key {
-                "TargetName" => targets.push((value.to_string(), Vec::new())),
-                "TargetAddress" => {
-                    if let Some(last) = targets.last_mut() {
-                        last.1.push(value.to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(targets)
+        Ok(send_targets(&answer))
     }
 
     async fn connect(
         address: SocketAddr,
         options: &LoginOptions,
-        pairs: TextPairs,
+        kind: login::SessionKind,
     ) -> Result<Session, InitiatorError> {
         let stream = tokio::time::timeout(options.timeout, TcpStream::connect(address))
             .await
             .map_err(|_| InitiatorError::Timeout("the TCP connection"))??;
         stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        Self::establish(reader, writer, options, kind).await
+    }
+
+    /// Logs in on a fresh connection and starts the reader and writer tasks.
+    async fn establish<R, W>(
+        mut reader: R,
+        mut writer: W,
+        options: &LoginOptions,
+        kind: login::SessionKind,
+    ) -> Result<Session, InitiatorError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut buffer = Vec::new();
         let (response, params) = tokio::time::timeout(
             options.timeout,
-            login_exchange(&mut reader, &mut writer, &mut buffer, options, pairs),
+            login::login_exchange(&mut reader, &mut writer, &mut buffer, options, kind),
         )
         .await
         .map_err(|_| InitiatorError::Timeout("the login response"))??;
@@ -339,9 +410,55 @@ impl Session {
         self.timeout = timeout;
     }
 
-    /// Reserves a CmdSN inside the target's window, waiting while the window is closed.
-    async fn next_cmd_sn(&self) -> Result<u32, InitiatorError> {
-        loop {
+    /// Runs one SCSI command and returns its outcome whatever the status; see also [`Session::execute_checked`].
+    pub async fn execute(
+        &self,
+        lun: u64,
+        cdb: &[u8],
+        direction: DataDirection,
+    ) -> Result<ScsiOutcome, InitiatorError> {
+        self.submit(lun, cdb, direction).await?.wait().await
+    }
+
+    /// Runs one SCSI command; a status other than GOOD becomes [`InitiatorError::Scsi`] with the decoded sense.
+    pub async fn execute_checked(
+        &self,
+        lun: u64,
+        cdb: &[u8],
+        direction: DataDirection,
+    ) -> Result<ScsiOutcome, InitiatorError> {
+        let outcome = self.execute(lun, cdb, direction).await?;
+        if outcome.is_good() {
+            return Ok(outcome);
+        }
+        Err(InitiatorError::Scsi(ScsiFailure::from_outcome(
+            cdb, &outcome,
+        )))
+    }
+
+    /// Sends one SCSI command and returns at once with its task tag; [`Task::wait`] gives the outcome. Waits
+    /// only while the target's command window is closed (RFC 7143 3.2.2.1).
+    pub async fn submit(
+        &self,
+        lun: u64,
+        cdb: &[u8],
+        direction: DataDirection,
+    ) -> Result<Task, InitiatorError> {
+        let (reply, outcome) = oneshot::channel();
+        let lun_field = encode_lun(lun);
+        let (read_length, write_data) = match direction {
+            DataDirection::None => (0, None),
+            DataDirection::Read(length) => (length, None),
+            DataDirection::Write(data) => (0, Some(Arc::new(data))),
+        };
+        let write_length = match &write_data {
+            Some(data) => u32::try_from(data.len()).map_err(|_| {
+                InitiatorError::Protocol("write data longer than 4 GiB in one command".into())
+            })?,
+            None => 0,
+        };
+        // The CmdSN and the ITT are taken under one lock so commands reach the writer in CmdSN order.
+        let (cmd_sn, itt) = loop {
             let notified = self.window_opened.notified();
             {
                 let mut state = lock(&self.state);
@@ -351,88 +468,89 @@ impl Session {
                 if SerialNumber(state.cmd_sn).le(SerialNumber(state.max_cmd_sn)) {
                     let cmd_sn = state.cmd_sn;
                     state.cmd_sn = state.cmd_sn.wrapping_add(1);
-                    return Ok(cmd_sn);
+                    let itt = state.allocate_itt();
+                    state.pending.insert(
+                        itt,
+                        Pending {
+                            reply,
+                            lun: lun_field,
+                            data_in: Vec::with_capacity(read_length as usize),
+                            read_length,
+                            write_data: write_data.clone(),
+                        },
+                    );
+                    let (immediate, unsolicited_end) = self.unsolicited_plan(write_length);
+                    let command = ScsiCommand {
+                        immediate: false,
+                        final_bit: unsolicited_end == immediate,
+                        read: read_length > 0,
+                        write: write_length > 0,
+                        attribute: 1,
+                        lun: lun_field,
+                        itt,
+                        expected_data_transfer_length: write_length.max(read_length),
+                        cmd_sn,
+                        exp_stat_sn: state.exp_stat_sn,
+                        cdb: cdb.to_vec(),
+                        data: write_data
+                            .as_ref()
+                            .map(|d| d[..immediate as usize].to_vec())
+                            .unwrap_or_default(),
+                    };
+                    if self.outgoing.send(command.to_pdu()).is_err() {
+                        state.pending.remove(&itt);
+                        return Err(InitiatorError::Protocol("the connection is closed".into()));
+                    }
+                    if let Some(data) = &write_data {
+                        send_data_out(
+                            &self.outgoing,
+                            &self.params,
+                            DataOutBurst {
+                                lun: lun_field,
+                                itt,
+                                ttt: RESERVED_TAG,
+                                exp_stat_sn: state.exp_stat_sn,
+                                from: immediate,
+                                to: unsolicited_end,
+                            },
+                            data,
+                        );
+                    }
+                    break (cmd_sn, itt);
                 }
             }
             tokio::time::timeout(self.timeout, notified)
                 .await
                 .map_err(|_| InitiatorError::Timeout("the target's command window to open"))?;
-        }
+        };
+        Ok(Task {
+            itt,
+            cmd_sn,
+            lun,
+            outcome,
+            state: Arc::clone(&self.state),
+            timeout: self.timeout,
+        })
     }
 
-    /// Runs one SCSI command.
-    pub async fn execute(
-        &self,
-        lun: u64,
-        cdb: &[u8],
-        direction: DataDirection,
-    ) -> Result<ScsiOutcome, InitiatorError> {
+    /// NOP-Out with a reply wanted (RFC 7143 11.18): proves the target and the connection are alive.
+    pub async fn ping(&self) -> Result<(), InitiatorError> {
         let (reply, outcome) = oneshot::channel();
-        let lun_field = encode_lun(lun);
-        let (read_length, write_data) = match direction {
-            DataDirection::None => (0, None),
-            DataDirection::Read(length) => (length, None),
-            DataDirection::Write(data) => (0, Some(Arc::new(data))),
-        };
-        let write_length = write_data.as_ref().map_or(0, |d| d.len() as u32);
-        let cmd_sn = self.next_cmd_sn().await?;
-        let (itt, exp_stat_sn) = {
-            let mut state = lock(&self.state);
-            let itt = state.allocate_itt();
-            state.pending.insert(
-                itt,
-                Pending {
-                    reply,
-                    lun: lun_field,
-                    data_in: Vec::with_capacity(read_length as usize),
-                    write_data: write_data.clone(),
-                },
-            );
-            (itt, state.exp_stat_sn)
-        };
-        let (immediate, unsolicited_end) = self.unsolicited_plan(write_length);
-        let command = ScsiCommand {
-            immediate: false,
-            final_bit: unsolicited_end == immediate,
-            read: read_length > 0,
-            write: write_length > 0,
-            attribute: 1,
-            lun: lun_field,
+        let (itt, cmd_sn, exp_stat_sn) = self.immediate_request(|state, itt| {
+            state.pending.insert(itt, Pending::for_reply(reply));
+        });
+        let request = NopOut {
+            immediate: true,
+            lun: [0; 8],
             itt,
-            expected_data_transfer_length: if write_length > 0 {
-                write_length
-            } else {
-                read_length
-            },
+            ttt: RESERVED_TAG,
             cmd_sn,
             exp_stat_sn,
-            cdb: cdb.to_vec(),
-            data: write_data
-                .as_ref()
-                .map(|d| d[..immediate as usize].to_vec())
-                .unwrap_or_default(),
+            data: Vec::new(),
         };
-        self.send(command.to_pdu())?;
-        if let Some(data) = &write_data {
-            send_data_out(
-                &self.outgoing,
-                &self.params,
-                lun_field,
-                itt,
-                RESERVED_TAG,
-                data,
-                immediate,
-                unsolicited_end,
-            );
-        }
-        match tokio::time::timeout(self.timeout, outcome).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(InitiatorError::Protocol(self.closed_reason())),
-            Err(_) => {
-                lock(&self.state).pending.remove(&itt);
-                Err(InitiatorError::Timeout("the SCSI response"))
-            }
-        }
+        self.send(request.to_pdu())?;
+        self.await_reply(outcome, "the NOP-In").await??;
+        Ok(())
     }
 
     /// How much write data goes with the command (immediate) and unsolicited (RFC 7143 13.10, 13.11, 13.14).
@@ -489,13 +607,7 @@ impl Session {
     pub async fn text(&self, pairs: TextPairs) -> Result<TextPairs, InitiatorError> {
         let (reply, outcome) = oneshot::channel();
         let (itt, cmd_sn, exp_stat_sn) = self.immediate_request(|state, itt| {
-            let pending = Pending {
-                reply,
-                lun: [0; 8],
-                data_in: Vec::new(),
-                write_data: None,
-            };
-            state.pending.insert(itt, pending);
+            state.pending.insert(itt, Pending::for_reply(reply));
         });
         let request = TextRequest {
             immediate: true,
@@ -560,57 +672,9 @@ impl Session {
     }
 }
 
-/// Our operational key proposal (RFC 7143 13).
-fn operational_proposal(options: &LoginOptions) -> TextPairs {
-    let digest = |on: bool| if on { "CRC32C,None" } else { "None" };
-    let mut pairs = TextPairs::new();
-    pairs.push("HeaderDigest", digest(options.header_digest));
-    pairs.push("DataDigest", digest(options.data_digest));
-    pairs.push(
-        "MaxRecvDataSegmentLength",
-        OUR_MAX_RECV_DATA_SEGMENT_LENGTH.to_string(),
-    );
-    pairs.push("MaxBurstLength", "1048576");
-    pairs.push("FirstBurstLength", "262144");
-    pairs.push("ImmediateData", "Yes");
-    pairs.push("InitialR2T", "No");
-    pairs.push("MaxOutstandingR2T", "8");
-    pairs.push("ErrorRecoveryLevel", "0");
-    pairs.push("MaxConnections", "1");
-    pairs.push("DataPDUInOrder", "Yes");
-    pairs.push("DataSequenceInOrder", "Yes");
-    pairs.push("DefaultTime2Wait", "2");
-    pairs.push("DefaultTime2Retain", "0");
-    pairs
-}
-
-/// Folds the target's answers into the session parameters, with each key's result function (RFC 7143 13).
-fn apply_answers(params: &mut SessionParams, answers: &TextPairs) -> Result<(), InitiatorError> {
-    let number = |value: &str| -> Result<u32, InitiatorError> {
-        value
-            .parse()
-            .map_err(|_| InitiatorError::Protocol(format!("bad numeric answer {value:?}")))
-    };
-    for (key, value) in answers.iter() {
-        match key {
-            "HeaderDigest" => params.header_digest = value == "CRC32C",
-            "DataDigest" => params.data_digest = value == "CRC32C",
-            "MaxRecvDataSegmentLength" => params.max_xmit_data_segment_length = number(value)?,
-            "MaxBurstLength" => params.max_burst_length = number(value)?.min(1_048_576),
-            "FirstBurstLength" => params.first_burst_length = number(value)?.min(262_144),
-            "ImmediateData" => params.immediate_data = value == "Yes",
-            "InitialR2T" => params.initial_r2t = value == "Yes",
-            "MaxOutstandingR2T" => params.max_outstanding_r2t = number(value)?,
-            "ErrorRecoveryLevel" => params.error_recovery_level = number(value)? as u8,
-            _ => {}
-        }
-    }
-    params.first_burst_length = params.first_burst_length.min(params.max_burst_length);
-    Ok(())
-}
-
-async fn read_pdu(
-    reader: &mut OwnedReadHalf,
+/// Reads one whole PDU, keeping any bytes after it in `buffer` for the next call.
+pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
+    reader: &mut R,
     buffer: &mut Vec<u8>,
     digests: Digests,
 ) -> Result<Pdu, InitiatorError> {
@@ -632,68 +696,9 @@ async fn read_pdu(
     }
 }
 
-/// The login phase: operational stage straight to full feature phase (the security stage is skipped since no
-/// authentication is offered, RFC 7143 6.3).
-async fn login_exchange(
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
-    buffer: &mut Vec<u8>,
-    options: &LoginOptions,
-    pairs: TextPairs,
-) -> Result<(LoginResponse, SessionParams), InitiatorError> {
-    let mut params = SessionParams {
-        max_recv_data_segment_length: OUR_MAX_RECV_DATA_SEGMENT_LENGTH,
-        ..SessionParams::default()
-    };
-    let mut request = LoginRequest {
-        transit: true,
-        continue_bit: false,
-        current_stage: 1,
-        next_stage: 3,
-        version_max: 0,
-        version_min: 0,
-        isid: options.isid,
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 1,
-        exp_stat_sn: 0,
-        data: pairs.encode(),
-    };
-    for _ in 0..8 {
-        writer
-            .write_all(&request.to_pdu().to_bytes(Digests::default()))
-            .await?;
-        let pdu = read_pdu(reader, buffer, Digests::default()).await?;
-        if pdu.opcode() != Some(Opcode::LoginResponse) {
-            return Err(InitiatorError::Protocol(format!(
-                "expected a login response, got {:?}",
-                pdu.opcode()
-            )));
-        }
-        let response = LoginResponse::from_pdu(&pdu);
-        if response.status_class != 0 {
-            return Err(InitiatorError::LoginRejected {
-                class: response.status_class,
-                detail: response.status_detail,
-            });
-        }
-        let answers = TextPairs::parse(&response.data)
-            .map_err(|e| InitiatorError::Protocol(e.to_string()))?;
-        apply_answers(&mut params, &answers)?;
-        if response.transit && response.next_stage == 3 {
-            return Ok((response, params));
-        }
-        request.exp_stat_sn = response.sequence.stat_sn.wrapping_add(1);
-        request.data.clear();
-    }
-    Err(InitiatorError::Protocol(
-        "the target never completed the login".into(),
-    ))
-}
-
-async fn write_loop(
-    mut writer: OwnedWriteHalf,
+/// The writer task: sends queued PDUs in order, coalescing what is queued into one write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut queue: mpsc::UnboundedReceiver<Pdu>,
     digests: Digests,
     state: Arc<Mutex<SessionState>>,
@@ -718,8 +723,9 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(
-    mut reader: OwnedReadHalf,
+/// The reader task: dispatches every PDU from the target; on any failure fails every waiting request.
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
     mut buffer: Vec<u8>,
     params: SessionParams,
     state: Arc<Mutex<SessionState>>,
@@ -764,8 +770,15 @@ fn handle_incoming(
             let Some(pending) = state.pending.get_mut(&data_in.itt) else {
                 return Ok(());
             };
+            // Reassemble by buffer offset (RFC 7143 11.7.4), never past the expected transfer length.
             let offset = data_in.buffer_offset as usize;
             let end = offset + data_in.data.len();
+            if end > pending.read_length as usize {
+                return Err(format!(
+                    "Data-In for ITT {:#x} ends at byte {end}, past the expected length {}",
+                    data_in.itt, pending.read_length
+                ));
+            }
             if pending.data_in.len() < end {
                 pending.data_in.resize(end, 0);
             }
@@ -813,22 +826,31 @@ fn handle_incoming(
             let Some(end) = end else {
                 return Err("R2T beyond the command's data".into());
             };
-            let lun = pending.lun;
-            send_data_out(
-                outgoing,
-                params,
-                lun,
-                r2t.itt,
-                r2t.ttt,
-                &data,
-                r2t.buffer_offset,
-                end,
-            );
+            let burst = DataOutBurst {
+                lun: pending.lun,
+                itt: r2t.itt,
+                ttt: r2t.ttt,
+                exp_stat_sn: state.exp_stat_sn,
+                from: r2t.buffer_offset,
+                to: end,
+            };
+            send_data_out(outgoing, params, burst, &data);
         }
         Some(Opcode::NopIn) => {
             let nop = NopIn::from_pdu(&pdu);
             let is_ping = nop.itt == RESERVED_TAG;
             state.update(&nop.sequence, !is_ping);
+            if let Some(pending) = state.pending.remove(&nop.itt) {
+                // The answer to our own NOP-Out (`Session::ping`).
+                let outcome = ScsiOutcome {
+                    status: 0,
+                    sense: Vec::new(),
+                    data_in: nop.data,
+                    residual: Residual::None,
+                };
+                let _ = pending.reply.send(Ok(outcome));
+                return Ok(());
+            }
             if nop.ttt != RESERVED_TAG {
                 // A target ping: answer with the same TTT (RFC 7143 11.18).
                 let answer = NopOut {
@@ -888,29 +910,53 @@ fn handle_incoming(
     Ok(())
 }
 
-/// Sends `data[from..to]` as Data-Out PDUs of at most the target's MaxRecvDataSegmentLength (RFC 7143 11.7).
-#[allow(clippy::too_many_arguments)]
-fn send_data_out(
-    outgoing: &mpsc::UnboundedSender<Pdu>,
-    params: &SessionParams,
+/// Groups a SendTargets answer (RFC 7143 Appendix C): each TargetName is followed by its TargetAddress keys.
+fn send_targets(answer: &TextPairs) -> Vec<(String, Vec<String>)> {
+    let mut targets: Vec<(String, Vec<String>)> = Vec::new();
+    for (key, value) in answer.iter() {
+        match key {
+            "TargetName" => targets.push((value.to_string(), Vec::new())),
+            "TargetAddress" => {
+                if let Some(last) = targets.last_mut() {
+                    last.1.push(value.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    targets
+}
+
+/// One sequence of Data-Out PDUs: the unsolicited data of a command (TTT 0xffffffff), or the answer to one R2T.
+struct DataOutBurst {
     lun: [u8; 8],
     itt: u32,
     ttt: u32,
-    data: &[u8],
+    exp_stat_sn: u32,
+    /// Buffer offsets: bytes `from..to` of the command's data.
     from: u32,
     to: u32,
+}
+
+/// Sends a burst as Data-Out PDUs of at most the target's MaxRecvDataSegmentLength, DataSN counting from 0 in
+/// each sequence and F set on the last (RFC 7143 11.7).
+fn send_data_out(
+    outgoing: &mpsc::UnboundedSender<Pdu>,
+    params: &SessionParams,
+    burst: DataOutBurst,
+    data: &[u8],
 ) {
     let segment = params.max_xmit_data_segment_length.max(512);
-    let mut offset = from;
+    let mut offset = burst.from;
     let mut data_sn = 0;
-    while offset < to {
-        let end = (offset + segment).min(to);
+    while offset < burst.to {
+        let end = offset.saturating_add(segment).min(burst.to);
         let pdu = DataOut {
-            final_bit: end == to,
-            lun,
-            itt,
-            ttt,
-            exp_stat_sn: 0,
+            final_bit: end == burst.to,
+            lun: burst.lun,
+            itt: burst.itt,
+            ttt: burst.ttt,
+            exp_stat_sn: burst.exp_stat_sn,
             data_sn,
             buffer_offset: offset,
             data: data[offset as usize..end as usize].to_vec(),
@@ -951,20 +997,25 @@ mod tests {
     }
 
     #[test]
-    fn answers_fold_into_parameters() {
-        let mut params = SessionParams::default();
-        let mut answers = TextPairs::new();
-        answers.push("MaxRecvDataSegmentLength", "65536");
-        answers.push("FirstBurstLength", "4096");
-        answers.push("InitialR2T", "Yes");
-        answers.push("HeaderDigest", "CRC32C");
-        apply_answers(&mut params, &answers).unwrap();
-        assert_eq!(params.max_xmit_data_segment_length, 65536);
-        assert_eq!(params.first_burst_length, 4096);
-        assert!(params.initial_r2t && params.header_digest && !params.data_digest);
-        let mut bad = TextPairs::new();
-        bad.push("MaxBurstLength", "lots");
-        assert!(apply_answers(&mut params, &bad).is_err());
+    fn send_targets_groups_addresses_under_their_target() {
+        let mut answer = TextPairs::new();
+        answer.push("TargetName", "iqn.x:a");
+        answer.push("TargetAddress", "10.0.0.1:3260,1");
+        answer.push("TargetAddress", "[fe80::1]:3260,2");
+        answer.push("TargetName", "iqn.x:b");
+        assert_eq!(
+            send_targets(&answer),
+            vec![
+                (
+                    "iqn.x:a".to_string(),
+                    vec![
+                        "10.0.0.1:3260,1".to_string(),
+                        "[fe80::1]:3260,2".to_string()
+                    ]
+                ),
+                ("iqn.x:b".to_string(), Vec::new()),
+            ]
+        );
     }
 
     #[test]

@@ -699,11 +699,7 @@ impl TargetSession {
             }
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
                 // Tasks this session holds for the LU are aborted; the runtime acts on the LU (SAM-5 7.3, 7.4, 7.6).
-                self.writes.retain(|_, write| write.lun != lun);
-                self.reorder.retain(|_, pdu| {
-                    pdu.opcode() != Some(Opcode::ScsiCommand)
-                        || message::decode_lun(pdu.lun_field()) != Some(lun)
-                });
+                self.abort_tasks_of_lun(lun);
                 self.events.push_back(self.tmf_event(&request, lun));
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
@@ -753,6 +749,25 @@ impl TargetSession {
             return tmf::FUNCTION_COMPLETE;
         }
         tmf::TASK_DOES_NOT_EXIST
+    }
+
+    /// Aborts every task this session holds for `lun` (awaiting Data-Out, or waiting for its CmdSN turn), without
+    /// responses, as ABORT TASK SET does and as PREEMPT AND ABORT asks for a preempted nexus (SPC-4 5.13.11.5,
+    /// SAM-5 7.3). A queued command's CmdSN is still consumed, so later commands are not held back.
+    pub fn abort_tasks_of_lun(&mut self, lun: u64) {
+        self.writes.retain(|_, write| write.lun != lun);
+        let queued: Vec<u32> = self
+            .reorder
+            .iter()
+            .filter(|(_, pdu)| {
+                pdu.opcode() == Some(Opcode::ScsiCommand)
+                    && message::decode_lun(pdu.lun_field()) == Some(lun)
+            })
+            .map(|(&cmd_sn, _)| cmd_sn)
+            .collect();
+        for cmd_sn in queued {
+            self.consume_cmd_sn(cmd_sn);
+        }
     }
 
     /// Marks a CmdSN as received without a command (its command was aborted or lost), so later commands are not
@@ -1206,6 +1221,47 @@ mod tests {
             .handle_pdu(command(8, 3, false, 0, vec![], true))
             .unwrap();
         assert_eq!(executed(&mut session).len(), 1);
+    }
+
+    #[test]
+    fn aborting_a_luns_tasks_keeps_the_command_window_moving() {
+        let p = SessionParams {
+            initial_r2t: true,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        session
+            .handle_pdu(command(1, 1, false, 0, vec![], true))
+            .unwrap(); // early: waits for CmdSN 0
+        session
+            .handle_pdu(command(2, 3, true, 1024, vec![], true))
+            .unwrap(); // early too
+        session.abort_tasks_of_lun(0);
+        session
+            .handle_pdu(command(3, 0, false, 0, vec![], true))
+            .unwrap();
+        session
+            .handle_pdu(command(4, 2, false, 0, vec![], true))
+            .unwrap();
+        let order: Vec<u32> = executed(&mut session).iter().map(|e| e.1).collect();
+        assert_eq!(
+            order,
+            vec![3, 4],
+            "aborted commands never run, later ones are not held back"
+        );
+        session
+            .handle_pdu(command(5, 4, false, 0, vec![], true))
+            .unwrap();
+        assert_eq!(
+            executed(&mut session)
+                .iter()
+                .map(|e| e.1)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert!(drain(&mut session)
+            .iter()
+            .all(|pdu| pdu.opcode() != Some(Opcode::ReadyToTransfer)));
     }
 
     #[test]

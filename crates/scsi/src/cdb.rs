@@ -4,6 +4,7 @@
 //! CDB alone is checked here, with field pointers, so executors only see well-formed commands. Checks that need the
 //! logical unit's state (capacity, limits, read-only) happen in the executors.
 
+use crate::pr::wire::PrOutCdb;
 use crate::pr::PrIn;
 use crate::sense::{Condition, Sense};
 
@@ -209,6 +210,12 @@ pub enum Command {
         blocks: BlockCount,
     },
     PersistentReserveIn(PrIn),
+    PersistentReserveOut(PrOutCdb),
+    /// RESERVE(6)/(10) (SPC-2 7.21): a whole-LU reservation for the sending nexus; third-party and extent
+    /// reservations are not supported.
+    Reserve,
+    /// RELEASE(6)/(10) (SPC-2 7.13).
+    Release,
 }
 
 fn be16(cdb: &[u8], at: usize) -> u32 {
@@ -240,9 +247,10 @@ pub fn cdb_length(opcode: u8) -> Option<usize> {
 /// The service action of a CDB whose opcode carries one, for error reporting and REPORT SUPPORTED OPCODES.
 pub fn service_action(cdb: &[u8]) -> Option<u16> {
     match cdb.first()? {
-        &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN | &op::PERSISTENT_RESERVE_IN => {
-            cdb.get(1).map(|b| (b & 0x1F) as u16)
-        }
+        &op::SERVICE_ACTION_IN_16
+        | &op::MAINTENANCE_IN
+        | &op::PERSISTENT_RESERVE_IN
+        | &op::PERSISTENT_RESERVE_OUT => cdb.get(1).map(|b| (b & 0x1F) as u16),
         _ => None,
     }
 }
@@ -499,6 +507,19 @@ impl Command {
                 Command::PreFetch { lba, blocks }
             }
             op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn(PrIn::parse(cdb)?),
+            op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut(PrOutCdb::parse(cdb)?),
+            // SPC-2 7.21.2 / 7.13.2: 3RDPTY (bit 4) and LONGID (bit 1) and the obsolete extent bit (bit 0) select
+            // forms lunlock does not support.
+            op::RESERVE_6 | op::RELEASE_6 | op::RESERVE_10 | op::RELEASE_10 => {
+                if cdb[1] & 0x13 != 0 {
+                    return Err(invalid(1, Some(4)));
+                }
+                if matches!(opcode, op::RESERVE_6 | op::RESERVE_10) {
+                    Command::Reserve
+                } else {
+                    Command::Release
+                }
+            }
             _ => return Err(Sense::new(Condition::InvalidCommandOperationCode)),
         };
         check_control(cdb)?;
@@ -567,6 +588,7 @@ impl Command {
                 parameter_list_length,
                 ..
             } => *parameter_list_length as u64,
+            Command::PersistentReserveOut(cdb) => cdb.parameter_list_length as u64,
             _ => 0,
         }
     }
@@ -642,11 +664,6 @@ mod tests {
     #[test]
     fn unsupported_opcodes_are_invalid_operation_codes() {
         for opcode in [
-            op::PERSISTENT_RESERVE_OUT,
-            op::RESERVE_6,
-            op::RELEASE_6,
-            op::RESERVE_10,
-            op::RELEASE_10,
             op::COMPARE_AND_WRITE,
             op::EXTENDED_COPY,
             op::RECEIVE_COPY_RESULTS,

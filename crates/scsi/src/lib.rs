@@ -3,7 +3,8 @@
 //! The target runtime hands each command to [`Dispatcher::execute`] as a [`ScsiCommand`] and gets a
 //! [`ScsiResponse`] back. A [`Dispatcher`] owns one target's logical units and answers what belongs to the target as
 //! a whole (REPORT LUNS, commands to LUNs that do not exist). A `LogicalUnit` decodes the CDB into a typed command,
-//! checks unit attentions, and executes it over a `lunlock_store::BlockStore`.
+//! checks unit attentions and reservations ([`pr`]: SCSI-3 persistent reservations, SCSI-2 RESERVE/RELEASE,
+//! APTPL persistence through [`PrPersistence`]), and executes it over a `lunlock_store::BlockStore`.
 //!
 //! Types below are the contract with the `target` and `sim` crates; keep them stable.
 
@@ -24,6 +25,7 @@ pub mod ua;
 
 pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
 pub use lu::{LogicalUnit, LogicalUnitConfig};
+pub use pr::{decode_pr_state, encode_pr_state, PrPersistence, PrStateError};
 
 use std::sync::Arc;
 

@@ -5,12 +5,16 @@
 //! 1. unit attention (except INQUIRY, REPORT LUNS, REQUEST SENSE, which neither report nor clear one);
 //! 2. CDB decode ([`Command::parse`]): opcode, reserved/unsupported fields, control byte;
 //! 3. Data-Out length agrees with the CDB (else 0E/03, nothing written; RFC 7143 11.4.5.1 allows this answer);
-//! 4. the command's own checks (range, limits, write protection) and execution.
+//! 4. reservations ([`crate::pr`], SPC-4 5.13.1, SPC-2 5.5.1): RESERVATION CONFLICT; a single atomic load when no
+//!    reservation of any kind exists;
+//! 5. the command's own checks (range, limits, write protection) and execution.
 //!
 //! Shared state is small and behind fine-grained locks or atomics; none is held across store I/O, and READ/WRITE
 //! touch only the unit-attention shard of their own nexus.
 
 use crate::cdb::Command;
+use crate::pr::unit::{PrPersistence, Refusal, Reservations};
+use crate::pr::{decode_pr_state, PrState, PrStateError};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
@@ -69,6 +73,8 @@ pub struct LogicalUnit {
     pub(crate) prevent_removal: Mutex<HashSet<ItNexus>>,
     /// Serialises MODE SELECT so concurrent selects of different pages never interleave their validation.
     pub(crate) mode_select: Mutex<()>,
+    /// Persistent and SCSI-2 reservations.
+    pub(crate) reservations: Reservations,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -101,7 +107,35 @@ impl LogicalUnit {
             },
             prevent_removal: Mutex::new(HashSet::new()),
             mode_select: Mutex::new(()),
+            reservations: Reservations::default(),
         }
+    }
+
+    /// Installs APTPL persistence and restores a previously saved state (`restored`: bytes a [`PrPersistence`]
+    /// saved, or None when nothing was saved yet). With persistence installed REPORT CAPABILITIES reports PTPL_C
+    /// and APTPL is accepted; without it APTPL=1 is INVALID FIELD IN PARAMETER LIST. Restored registrations get no
+    /// unit attention of their own: every nexus sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED first anyway.
+    pub fn with_persistence(
+        mut self,
+        persistence: Arc<dyn PrPersistence>,
+        restored: Option<&[u8]>,
+    ) -> Result<LogicalUnit, PrStateError> {
+        let state = restored.map(decode_pr_state).transpose()?;
+        self.reservations.install(persistence, state);
+        Ok(self)
+    }
+
+    /// The nexuses whose tasks PREEMPT AND ABORT asked to abort since the last call (SPC-4 5.13.11.5), each once.
+    /// The runtime aborts every task of these I_T nexuses on this logical unit (except the PREEMPT AND ABORT
+    /// itself, which has completed by then), as an ABORT TASK SET would; it should call this after every PERSISTENT
+    /// RESERVE OUT completes. The PR state already excludes those nexuses, so their later commands conflict.
+    pub fn take_abort_requests(&self) -> Vec<ItNexus> {
+        self.reservations.take_abort_requests()
+    }
+
+    /// A copy of the persistent reservation state (diagnostics and tests).
+    pub fn pr_state(&self) -> PrState {
+        self.reservations.snapshot()
     }
 
     pub fn config(&self) -> &LogicalUnitConfig {
@@ -208,7 +242,25 @@ impl LogicalUnit {
             );
         };
         let cmd = &ScsiCommand { data_out, ..*cmd };
-        match self.run(&command, cmd) {
+        if let Err(refusal) = self.reservations.check(cmd.nexus, &command) {
+            return self.refused(refusal, data_out_wanted);
+        }
+        let result = match command {
+            Command::PersistentReserveOut(prout) => self
+                .reservations
+                .persistent_reserve_out(cmd.nexus, prout, cmd.data_out, &self.unit_attentions)
+                .map(|()| Completed::Good(Vec::new())),
+            Command::Reserve => self
+                .reservations
+                .reserve_scsi2(cmd.nexus)
+                .map(|()| Completed::Good(Vec::new())),
+            Command::Release => self
+                .reservations
+                .release_scsi2(cmd.nexus)
+                .map(|()| Completed::Good(Vec::new())),
+            _ => self.run(&command, cmd).map_err(Refusal::Check),
+        };
+        match result {
             Ok(Completed::Good(data_in)) => ScsiResponse {
                 status: ScsiStatus::Good,
                 sense: Vec::new(),
@@ -221,7 +273,19 @@ impl LogicalUnit {
                 data_in: Vec::new(),
                 data_out_wanted,
             },
-            Err(sense) => self.check_condition(sense, data_out_wanted),
+            Err(refusal) => self.refused(refusal, data_out_wanted),
+        }
+    }
+
+    fn refused(&self, refusal: Refusal, data_out_wanted: Option<u32>) -> ScsiResponse {
+        match refusal {
+            Refusal::Check(sense) => self.check_condition(sense, data_out_wanted),
+            Refusal::Conflict => ScsiResponse {
+                status: ScsiStatus::ReservationConflict,
+                sense: Vec::new(),
+                data_in: Vec::new(),
+                data_out_wanted,
+            },
         }
     }
 
@@ -341,7 +405,13 @@ impl LogicalUnit {
             } => self.get_lba_status(lba, allocation_length),
             Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
             Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks),
-            Command::PersistentReserveIn(command) => Ok(Completed::Good(command.execute())),
+            Command::PersistentReserveIn(command) => Ok(Completed::Good(
+                self.reservations.persistent_reserve_in(command),
+            )),
+            // Executed by `execute`, which alone can answer RESERVATION CONFLICT.
+            Command::PersistentReserveOut(_) | Command::Reserve | Command::Release => {
+                Ok(Completed::Good(Vec::new()))
+            }
         }
     }
 
@@ -404,6 +474,7 @@ impl LogicalUnit {
 
     /// Task management reaching this logical unit (SAM-5 6.3, 7).
     pub fn reset(&self, nexus: &ItNexus, kind: ResetKind) {
+        self.reservations.reset(nexus, kind);
         match kind {
             // SAM-5 6.3.3: a logical unit reset clears prevention and establishes 29/03 for every I_T nexus.
             ResetKind::LogicalUnitReset => {

@@ -32,6 +32,55 @@ const fn sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> Supported 
 
 const PR_READ_KEYS: u16 = crate::pr::service_action::READ_KEYS as u16;
 const PR_READ_RESERVATION: u16 = crate::pr::service_action::READ_RESERVATION as u16;
+const PR_REPORT_CAPABILITIES: u16 = crate::pr::service_action::REPORT_CAPABILITIES as u16;
+const PR_READ_FULL_STATUS: u16 = crate::pr::service_action::READ_FULL_STATUS as u16;
+
+/// PERSISTENT RESERVE IN usage data: service action, allocation length.
+const fn prin(service_action: u16) -> Supported {
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        service_action,
+        match service_action {
+            0 => &[op::PERSISTENT_RESERVE_IN, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],
+            1 => &[op::PERSISTENT_RESERVE_IN, 1, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],
+            2 => &[op::PERSISTENT_RESERVE_IN, 2, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],
+            _ => &[op::PERSISTENT_RESERVE_IN, 3, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],
+        },
+    )
+}
+
+/// PERSISTENT RESERVE OUT usage data: service action, scope/type, parameter list length.
+const fn prout(service_action: u16) -> Supported {
+    const fn usage(sa: u8) -> [u8; 10] {
+        [
+            op::PERSISTENT_RESERVE_OUT,
+            sa,
+            0xFF,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            C,
+        ]
+    }
+    const U: [[u8; 10]; 8] = [
+        usage(0),
+        usage(1),
+        usage(2),
+        usage(3),
+        usage(4),
+        usage(5),
+        usage(6),
+        usage(7),
+    ];
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        service_action,
+        &U[service_action as usize],
+    )
+}
 
 /// Control byte usage: NACA (bit 2) and LINK (bit 0) are examined (and refused when set).
 const C: u8 = 0x05;
@@ -155,38 +204,22 @@ pub(crate) const SUPPORTED: &[Supported] = &[
         op::MODE_SENSE_10,
         &[op::MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C],
     ),
-    sa(
-        op::PERSISTENT_RESERVE_IN,
-        PR_READ_KEYS,
-        &[
-            op::PERSISTENT_RESERVE_IN,
-            0x00,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0xFF,
-            0xFF,
-            C,
-        ],
-    ),
-    sa(
-        op::PERSISTENT_RESERVE_IN,
-        PR_READ_RESERVATION,
-        &[
-            op::PERSISTENT_RESERVE_IN,
-            0x01,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0xFF,
-            0xFF,
-            C,
-        ],
-    ),
+    prin(PR_READ_KEYS),
+    prin(PR_READ_RESERVATION),
+    prin(PR_REPORT_CAPABILITIES),
+    prin(PR_READ_FULL_STATUS),
+    prout(0),
+    prout(1),
+    prout(2),
+    prout(3),
+    prout(4),
+    prout(5),
+    prout(6),
+    prout(7),
+    cmd(op::RESERVE_6, &[op::RESERVE_6, 0, 0, 0, 0, C]),
+    cmd(op::RELEASE_6, &[op::RELEASE_6, 0, 0, 0, 0, C]),
+    cmd(op::RESERVE_10, &[op::RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),
+    cmd(op::RELEASE_10, &[op::RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),
     cmd(
         op::READ_16,
         &[
@@ -645,6 +678,9 @@ mod tests {
             if let Some(sa) = command.service_action {
                 cdb[1] = sa as u8;
                 assert_eq!(command.usage[1] & 0x1F, sa as u8);
+            }
+            if command.opcode == op::PERSISTENT_RESERVE_OUT {
+                cdb[2] = 1; // a valid TYPE for the service actions that use it
             }
             // MODE SENSE page 0 is not a page, but the CDB itself decodes.
             assert!(

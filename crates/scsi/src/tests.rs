@@ -399,16 +399,28 @@ fn illegal_request_table_with_field_pointers() {
             None,
         ),
         (
-            "PERSISTENT RESERVE OUT",
-            vec![op::PERSISTENT_RESERVE_OUT, 0, 0, 0, 0, 0, 0, 0, 0x18, 0],
-            (5, 0x20, 0),
-            None,
+            "PERSISTENT RESERVE OUT service action 8",
+            vec![op::PERSISTENT_RESERVE_OUT, 8, 0, 0, 0, 0, 0, 0, 0x18, 0],
+            (5, 0x24, 0),
+            Some((true, 1, Some(4))),
         ),
         (
-            "RESERVE (6)",
-            vec![op::RESERVE_6, 0, 0, 0, 0, 0],
-            (5, 0x20, 0),
-            None,
+            "PERSISTENT RESERVE OUT RESERVE type 2",
+            vec![op::PERSISTENT_RESERVE_OUT, 1, 2, 0, 0, 0, 0, 0, 0x18, 0],
+            (5, 0x24, 0),
+            Some((true, 2, Some(3))),
+        ),
+        (
+            "PERSISTENT RESERVE OUT RESERVE scope 1",
+            vec![op::PERSISTENT_RESERVE_OUT, 1, 0x11, 0, 0, 0, 0, 0, 0x18, 0],
+            (5, 0x24, 0),
+            Some((true, 2, Some(7))),
+        ),
+        (
+            "RESERVE (6) third party",
+            vec![op::RESERVE_6, 0x10, 0, 0, 0, 0],
+            (5, 0x24, 0),
+            Some((true, 1, Some(4))),
         ),
         (
             "COMPARE AND WRITE",
@@ -488,8 +500,8 @@ fn illegal_request_table_with_field_pointers() {
             Some((true, 1, Some(4))),
         ),
         (
-            "PERSISTENT RESERVE IN REPORT CAPABILITIES",
-            vec![op::PERSISTENT_RESERVE_IN, 0x02, 0, 0, 0, 0, 0, 0x10, 0, 0],
+            "PERSISTENT RESERVE IN service action 4",
+            vec![op::PERSISTENT_RESERVE_IN, 0x04, 0, 0, 0, 0, 0, 0x10, 0, 0],
             (5, 0x24, 0),
             Some((true, 1, Some(4))),
         ),
@@ -1035,8 +1047,8 @@ fn persistent_reserve_in_with_no_registrations() {
             assert_eq!(response.data_in.len(), length as usize);
         }
     }
-    // REPORT CAPABILITIES, READ FULL STATUS and reserved service actions are not supported yet.
-    for service_action in [0x02, 0x03, 0x04, 0x1F] {
+    // Reserved service actions.
+    for service_action in [0x04, 0x05, 0x1F] {
         let response = f.run(&prin(service_action, 8192), &[]);
         assert_eq!(
             sense_code(&response),
@@ -1054,7 +1066,7 @@ fn persistent_reserve_in_with_no_registrations() {
 #[test]
 fn report_supported_opcodes_lists_the_persistent_reserve_in_service_actions() {
     let f = Fixture::new();
-    for (service_action, supported) in [(0u16, 0x03), (1, 0x03), (2, 0x01)] {
+    for (service_action, supported) in [(0u16, 0x03), (1, 0x03), (2, 0x03), (3, 0x03), (4, 0x01)] {
         let mut cdb = vec![
             op::MAINTENANCE_IN,
             0x0C,

@@ -135,6 +135,21 @@ impl UnitAttentions {
 }
 
 impl UnitAttentions {
+    /// Establish `condition` for every known nexus for which `matches` holds (e.g. every I_T nexus of a
+    /// registration made with ALL_TG_PT).
+    pub fn establish_where(&self, condition: Condition, matches: impl Fn(&ItNexus) -> bool) {
+        for shard in &self.shards {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (nexus, queue) in shard.nexuses.iter_mut() {
+                if matches(nexus) {
+                    insert(queue, condition);
+                }
+            }
+        }
+    }
+
     /// A shared parameter changed from state `before` to `after` (opaque encodings of the parameters): establish
     /// `condition` for every known nexus except `except`, or withdraw it from a nexus whose pending condition was
     /// established while the parameters were `after` (see the module header).

@@ -10,7 +10,7 @@
 //! closes this connection only; a data digest error rejects that PDU and keeps the connection.
 
 use crate::log;
-use crate::server::{isid_text, nexus_lost, Shared};
+use crate::server::{isid_text, lock, nexus_lost, SessionSignals, Shared};
 use lunlock_iscsi::login::{self, LoginOutcome, LoginSettings, SessionKind, TargetLogin};
 use lunlock_iscsi::message::{reject, tmf, LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{self, Digests, FrameError, Opcode, Pdu};
@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// PERSISTENT RESERVE OUT's operation code (SPC-4 6.14).
+const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
 /// A login must finish within this time.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// An idle full-feature connection is pinged this often (NOP-In)...
@@ -194,10 +196,10 @@ pub async fn serve(
         local,
         close_all_after_flush: false,
     };
-    let close = (result.kind == SessionKind::Normal)
+    let signals = (result.kind == SessionKind::Normal)
         .then(|| shared.register_session(&connection.nexus, tsih));
     let reason = connection
-        .run(&mut wire, close.as_deref(), &mut shutdown)
+        .run(&mut wire, signals.as_deref(), &mut shutdown)
         .await;
     log::event(format_args!("{peer}: connection closed: {reason}"));
     if result.kind == SessionKind::Normal {
@@ -282,7 +284,7 @@ impl FullFeature {
     async fn run(
         &mut self,
         wire: &mut Wire,
-        close: Option<&tokio::sync::Notify>,
+        signals: Option<&SessionSignals>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Closed {
         let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
@@ -291,14 +293,26 @@ impl FullFeature {
         let mut missed_pings = 0;
         loop {
             let closed_by_other = async {
-                match close {
-                    Some(close) => close.notified().await,
+                match signals {
+                    Some(signals) => signals.close.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let abort_requested = async {
+                match signals {
+                    Some(signals) => signals.abort.notified().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = shutdown.changed() => return "target shutting down".into(),
                 _ = closed_by_other => return "session reinstated or reset".into(),
+                _ = abort_requested => {
+                    let luns = signals.map(|s| std::mem::take(&mut *lock(&s.abort_luns))).unwrap_or_default();
+                    for lun in luns {
+                        self.session.abort_tasks_of_lun(lun);
+                    }
+                }
                 _ = keepalive.tick() => {
                     if active_since_tick {
                         active_since_tick = false;
@@ -436,11 +450,26 @@ impl FullFeature {
         } else {
             target.dispatcher.execute(&command)
         };
+        if cdb.first() == Some(&PERSISTENT_RESERVE_OUT) {
+            self.forward_abort_requests(target, lun);
+        }
         CommandOutcome {
             status: response.status as u8,
             sense: response.sense,
             data_in: response.data_in,
             data_out_wanted: response.data_out_wanted,
+        }
+    }
+
+    /// PREEMPT AND ABORT (SPC-4 5.13.11.5) aborts the preempted nexuses' tasks: each one's session drops what it
+    /// holds for this LUN. Commands already executing finish first (they run to completion on their connection's
+    /// task); everything they send afterwards meets the new reservation.
+    fn forward_abort_requests(&self, target: &crate::server::ServedTarget, lun: u64) {
+        let Some(unit) = target.dispatcher.logical_unit(lun) else {
+            return;
+        };
+        for nexus in unit.take_abort_requests() {
+            self.shared.request_abort(&nexus, lun);
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod config;
 mod connection;
 mod log;
+mod pr_state;
 pub mod server;
 
 pub use config::{parse_size, ServeError, ServeOptions, TargetConfig};

@@ -8,6 +8,7 @@
 use crate::config::{LunConfig, ServeError, ServeOptions, TargetConfig, TargetDefinition};
 use crate::connection;
 use crate::log;
+use crate::pr_state::PrStateFile;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
 use lunlock_store::file::FileStore;
@@ -47,8 +48,18 @@ pub type SessionKey = ItNexus;
 /// A live session, as other connections see it (for reinstatement and resets).
 pub struct SessionHandle {
     pub tsih: u16,
-    /// Notified to make the session's connection close.
-    pub close: Arc<Notify>,
+    /// Signals to the session's connection task.
+    pub signals: Arc<SessionSignals>,
+}
+
+/// What other connections ask of a session's connection task.
+#[derive(Default)]
+pub struct SessionSignals {
+    /// Close the connection (session reinstatement, TARGET COLD RESET).
+    pub close: Notify,
+    /// LUNs whose tasks from this session must be aborted (PREEMPT AND ABORT, SPC-4 5.13.11.5).
+    pub abort_luns: Mutex<Vec<u64>>,
+    pub abort: Notify,
 }
 
 /// State shared by every portal and connection.
@@ -75,16 +86,14 @@ impl Shared {
     }
 
     /// Registers a new session for `key`, closing a previous session of the same nexus (session reinstatement,
-    /// RFC 7143 6.3.5). Returns the handle's close signal.
-    pub fn register_session(&self, key: &SessionKey, tsih: u16) -> Arc<Notify> {
-        let close = Arc::new(Notify::new());
-        let previous = lock(&self.sessions).insert(
-            key.clone(),
-            SessionHandle {
-                tsih,
-                close: Arc::clone(&close),
-            },
-        );
+    /// RFC 7143 6.3.5). Returns the signals the connection task must watch.
+    pub fn register_session(&self, key: &SessionKey, tsih: u16) -> Arc<SessionSignals> {
+        let signals = Arc::new(SessionSignals::default());
+        let handle = SessionHandle {
+            tsih,
+            signals: Arc::clone(&signals),
+        };
+        let previous = lock(&self.sessions).insert(key.clone(), handle);
         if let Some(previous) = previous {
             log::event(format_args!(
                 "session reinstatement: {} isid {} replaces tsih {}",
@@ -92,9 +101,17 @@ impl Shared {
                 isid_text(&key.isid),
                 previous.tsih
             ));
-            previous.close.notify_one();
+            previous.signals.close.notify_one();
         }
-        close
+        signals
+    }
+
+    /// Asks the session of `nexus` (if it is logged in) to abort its tasks for `lun`.
+    pub fn request_abort(&self, nexus: &ItNexus, lun: u64) {
+        if let Some(handle) = lock(&self.sessions).get(nexus) {
+            lock(&handle.signals.abort_luns).push(lun);
+            handle.signals.abort.notify_one();
+        }
     }
 
     /// Forgets a session when its connection ends, unless a reinstated session already took its place.
@@ -109,7 +126,7 @@ impl Shared {
     pub fn close_target_sessions(&self, target_name: &str) {
         for (key, handle) in lock(&self.sessions).iter() {
             if key.target_name == target_name {
-                handle.close.notify_one();
+                handle.signals.close.notify_one();
             }
         }
     }
@@ -215,10 +232,31 @@ fn open_lun(
         read_only: lun.read_only,
         thin_provisioned: true,
     };
-    Ok((
-        Arc::new(LogicalUnit::new(config, Arc::clone(&store))),
-        store,
-    ))
+    let unit = LogicalUnit::new(config, Arc::clone(&store));
+    Ok((Arc::new(restore_reservations(target, lun, unit)?), store))
+}
+
+/// Installs the LU's APTPL state file and restores what it holds (SPC-4 5.13.5). A state file that cannot be read
+/// or decoded stops the daemon with a message naming it: reservations must never silently disappear.
+fn restore_reservations(
+    target: &TargetDefinition,
+    lun: &LunConfig,
+    unit: LogicalUnit,
+) -> Result<LogicalUnit, ServeError> {
+    let file = PrStateFile::new(&target.identity_dir, lun.id);
+    let path = file.path();
+    let refuse = |why: String| {
+        ServeError::Storage(format!(
+            "target {} LUN {}: persistent reservation state {}: {why}; refusing to serve the LUN without its \
+             reservations (repair or remove the file)",
+            target.name,
+            lun.id,
+            path.display()
+        ))
+    };
+    let saved = file.load().map_err(|e| refuse(e.to_string()))?;
+    unit.with_persistence(Arc::new(file), saved.as_deref())
+        .map_err(|e| refuse(e.to_string()))
 }
 
 fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {
