@@ -75,6 +75,9 @@ pub struct LogicalUnit {
     pub(crate) mode_select: Mutex<()>,
     /// Persistent and SCSI-2 reservations.
     pub(crate) reservations: Reservations,
+    /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
+    /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
+    pub(crate) offline: Option<String>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -108,6 +111,7 @@ impl LogicalUnit {
             prevent_removal: Mutex::new(HashSet::new()),
             mode_select: Mutex::new(()),
             reservations: Reservations::default(),
+            offline: None,
         }
     }
 
@@ -205,9 +209,34 @@ impl LogicalUnit {
         }
     }
 
+    /// Takes the LU offline: state it must not run without (its APTPL reservations) could not be restored. It
+    /// still identifies itself (INQUIRY, REPORT LUNS) so an operator can see which LU it is; every other command
+    /// gets NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED (SPC-4 4.5.6, 04/03) rather than
+    /// running as if it had no reservations.
+    pub fn offline(mut self, reason: String) -> LogicalUnit {
+        self.offline = Some(reason);
+        self
+    }
+
+    /// Why the LU is offline, if it is.
+    pub fn offline_reason(&self) -> Option<&str> {
+        self.offline.as_deref()
+    }
+
     /// Execute one command addressed to this logical unit.
     pub fn execute(&self, cmd: &ScsiCommand) -> ScsiResponse {
         let opcode = cmd.cdb.first().copied().unwrap_or(0xFF);
+        if self.offline.is_some()
+            && !matches!(
+                opcode,
+                crate::cdb::op::INQUIRY | crate::cdb::op::REPORT_LUNS
+            )
+        {
+            return self.check_condition(
+                Sense::new(Condition::LogicalUnitNotReadyManualInterventionRequired),
+                None,
+            );
+        }
         let parsed = Command::parse(cmd.cdb);
         let data_out_wanted = parsed
             .as_ref()

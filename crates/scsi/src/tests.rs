@@ -1163,3 +1163,45 @@ fn parameter_list_and_provisioning_errors() {
     // An empty UNMAP parameter list is not an error (SBC-4 5.32.1).
     good(&f.run(&unmap_cdb(0), &[]));
 }
+
+#[test]
+fn an_offline_unit_identifies_itself_and_refuses_everything_else() {
+    let f = Fixture::new();
+    let lu = LogicalUnit::new(config(), f.store.clone()).offline("state file corrupt".into());
+    assert_eq!(lu.offline_reason(), Some("state file corrupt"));
+    let nexus = f.nexus.clone();
+    let run = |cdb: &[u8], data_out: &[u8]| {
+        lu.execute(&ScsiCommand {
+            nexus: &nexus,
+            lun: 0,
+            cdb,
+            data_out,
+            expected_transfer_length: 512,
+            task_tag: 1,
+            attribute: TaskAttribute::Simple,
+        })
+    };
+    assert_eq!(
+        run(&[op::INQUIRY, 0, 0, 0, 96, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    for cdb in [
+        vec![0u8; 6],
+        block_cdb(10, op::READ_10, 0, 1),
+        block_cdb(10, op::WRITE_10, 0, 1),
+    ] {
+        let data_out = if cdb[0] == op::WRITE_10 {
+            vec![1u8; BLOCK as usize]
+        } else {
+            Vec::new()
+        };
+        let response = run(&cdb, &data_out);
+        assert_eq!(
+            sense_code(&response),
+            (0x02, 0x04, 0x03),
+            "opcode {:#04x}",
+            cdb[0]
+        );
+    }
+    assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

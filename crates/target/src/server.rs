@@ -232,31 +232,38 @@ fn open_lun(
         read_only: lun.read_only,
         thin_provisioned: true,
     };
-    let unit = LogicalUnit::new(config, Arc::clone(&store));
-    Ok((Arc::new(restore_reservations(target, lun, unit)?), store))
+    let unit = unit_with_reservations(target, lun, config, Arc::clone(&store));
+    Ok((Arc::new(unit), store))
 }
 
-/// Installs the LU's APTPL state file and restores what it holds (SPC-4 5.13.5). A state file that cannot be read
-/// or decoded stops the daemon with a message naming it: reservations must never silently disappear.
-fn restore_reservations(
+/// Builds the LU with its APTPL state file installed and what the file holds restored (SPC-4 5.13.5). A state
+/// file that cannot be read or decoded takes that LU offline (NOT READY, MANUAL INTERVENTION REQUIRED) with a
+/// message naming the file: its reservations must never silently disappear, and the other LUNs keep working.
+fn unit_with_reservations(
     target: &TargetDefinition,
     lun: &LunConfig,
-    unit: LogicalUnit,
-) -> Result<LogicalUnit, ServeError> {
+    config: LogicalUnitConfig,
+    store: Arc<dyn BlockStore>,
+) -> LogicalUnit {
     let file = PrStateFile::new(&target.identity_dir, lun.id);
     let path = file.path();
-    let refuse = |why: String| {
-        ServeError::Storage(format!(
-            "target {} LUN {}: persistent reservation state {}: {why}; refusing to serve the LUN without its \
-             reservations (repair or remove the file)",
-            target.name,
-            lun.id,
-            path.display()
-        ))
+    let unit = || LogicalUnit::new(config.clone(), Arc::clone(&store));
+    let failure = match file.load() {
+        Ok(saved) => match unit().with_persistence(Arc::new(file), saved.as_deref()) {
+            Ok(restored) => return restored,
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
     };
-    let saved = file.load().map_err(|e| refuse(e.to_string()))?;
-    unit.with_persistence(Arc::new(file), saved.as_deref())
-        .map_err(|e| refuse(e.to_string()))
+    let reason = format!(
+        "target {} LUN {} is OFFLINE: its persistent reservation state {} cannot be restored ({failure}); \
+         repair or remove the file and restart",
+        target.name,
+        lun.id,
+        path.display()
+    );
+    log::event(format_args!("{reason}"));
+    unit().offline(reason)
 }
 
 fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {

@@ -504,3 +504,43 @@ async fn port_in_use_is_one_clear_error() {
     );
     target.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_reservation_state_keeps_only_that_lun_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join(lunlock_target::config::sanitized(TARGET));
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(
+        state_dir.join("lun-0.pr"),
+        b"LUNLOCK\0 this is not a reservation state",
+    )
+    .unwrap();
+    let target = start(dir.path()).await;
+    let mut raw = Raw::connect(target.local_addrs()[0]).await;
+    raw.login_normal("iqn.2026-11.test:offline", [0x80, 0, 0, 0, 0, 8], false)
+        .await;
+    // It still says who it is...
+    let (inquiry, data) = raw.command(&[0x12, 0, 0, 0, 96, 0], 96, Vec::new()).await;
+    assert_eq!(inquiry.status, 0);
+    assert_eq!(&data[8..15], b"LUNLOCK");
+    // ...and refuses to run as if it had no reservations: NOT READY, MANUAL INTERVENTION REQUIRED.
+    for cdb in [vec![0u8; 6], read10(0, 1)] {
+        let (response, _) = raw
+            .command(&cdb, if cdb[0] == 0 { 0 } else { 512 }, Vec::new())
+            .await;
+        assert_eq!(response.status, 2);
+        assert_eq!(
+            (
+                response.sense[2] & 0x0F,
+                response.sense[12],
+                response.sense[13]
+            ),
+            (0x02, 0x04, 0x03)
+        );
+    }
+    // The file is left as found for the operator.
+    assert!(std::fs::read(state_dir.join("lun-0.pr"))
+        .unwrap()
+        .starts_with(b"LUNLOCK\0 this"));
+    target.shutdown().await;
+}
