@@ -34,6 +34,13 @@ use std::fmt;
 pub const MAX_TASK_DATA_BYTES: u32 = 64 << 20;
 /// Tasks held awaiting Data-Out at once.
 pub const MAX_TASKS_AWAITING_DATA: usize = 1024;
+/// Bytes of write buffers one session may hold while their Data-Out arrives. Immediate commands are outside the
+/// CmdSN window, so without this bound an initiator could make the target allocate MAX_TASKS_AWAITING_DATA times
+/// MAX_TASK_DATA_BYTES.
+pub const MAX_PENDING_WRITE_BYTES: u64 = 256 << 20;
+
+/// SAM-5 TASK SET FULL status.
+const TASK_SET_FULL: u8 = 0x28;
 
 /// Identifies a command handed to the runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -368,10 +375,19 @@ impl TargetSession {
             self.execute(command, lun, Vec::new(), 0);
             return Ok(());
         }
-        if edtl > MAX_TASK_DATA_BYTES || self.writes.len() >= MAX_TASKS_AWAITING_DATA {
+        if edtl > MAX_TASK_DATA_BYTES {
             return fatal(format!(
                 "write of {edtl} bytes exceeds this target's per-task limit"
             ));
+        }
+        let held: u64 = self.writes.values().map(|w| w.buffer.len() as u64).sum();
+        if self.writes.len() >= MAX_TASKS_AWAITING_DATA
+            || held + edtl as u64 > MAX_PENDING_WRITE_BYTES
+        {
+            // SAM-5 5.3: TASK SET FULL when the target lacks the resources to take the task now; the initiator
+            // retries later. Its Data-Out, if any follows, is discarded as data for an unknown task.
+            self.respond_without_executing(command.itt, TASK_SET_FULL);
+            return Ok(());
         }
         if self.writes.contains_key(&command.itt) {
             self.reject(reject::TASK_IN_PROGRESS, &pdu);
@@ -510,6 +526,20 @@ impl TargetSession {
         }
         self.finish_write_if_complete(itt);
         Ok(())
+    }
+
+    /// Answers a command with a status and no data, without handing it to the runtime.
+    fn respond_without_executing(&mut self, itt: u32, status: u8) {
+        let response = ScsiResponse {
+            response: 0,
+            status,
+            residual: Residual::None,
+            itt,
+            sequence: self.status_sequence(),
+            exp_data_sn: 0,
+            sense: Vec::new(),
+        };
+        self.transmit.push_back(response.to_pdu());
     }
 
     /// Ends a write whose data phase went wrong: the task is dropped (later Data-Out for it is discarded) and
@@ -1262,6 +1292,30 @@ mod tests {
         assert!(drain(&mut session)
             .iter()
             .all(|pdu| pdu.opcode() != Some(Opcode::ReadyToTransfer)));
+    }
+
+    #[test]
+    fn writes_beyond_the_held_bytes_bound_get_task_set_full() {
+        let p = SessionParams {
+            initial_r2t: true,
+            immediate_data: false,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        let big = MAX_TASK_DATA_BYTES;
+        let fits = (MAX_PENDING_WRITE_BYTES / big as u64) as u32;
+        for itt in 0..fits {
+            let mut pdu = command(itt, 0, true, big, vec![], true);
+            pdu.set_immediate(true);
+            session.handle_pdu(pdu).unwrap();
+        }
+        drain(&mut session);
+        let mut one_more = command(99, 0, true, big, vec![], true);
+        one_more.set_immediate(true);
+        session.handle_pdu(one_more).unwrap();
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!((response.itt, response.status), (99, 0x28));
+        assert_eq!(session.pending_tasks(), fits as usize);
     }
 
     #[test]
