@@ -1,6 +1,7 @@
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
 mod client;
+mod fault;
 mod persist;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +16,29 @@ use std::process::ExitCode;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: TopLevel,
+}
+
+/// The commands: those `client::run` serves, plus target administration.
+#[derive(Subcommand)]
+enum TopLevel {
+    #[command(flatten)]
+    Standard(Command),
+    /// Add, list or clear a running target's injected faults (docs/fault-injection.md).
+    Fault {
+        /// iscsi://host[:port]/target-iqn/lun
+        url: String,
+        /// Rules to add: [lun=N:]OPCODE:ACTION[:PROBABILITY%], e.g. caw:drop-response:5%.
+        specs: Vec<String>,
+        /// Remove every rule (before adding SPECs, if any).
+        #[arg(long)]
+        clear: bool,
+        /// Print the rules with their counters (the default with no SPEC and no --clear).
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
 }
 
 /// Options shared by the client commands.
@@ -54,6 +77,12 @@ enum Command {
         /// Permit non-loopback portals for targets without an initiator allow-list.
         #[arg(long)]
         allow_any_initiator: bool,
+        /// Inject a fault into the default target (repeatable; docs/fault-injection.md), e.g. caw:busy:5%.
+        #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
+        faults: Vec<lunlock_target::fault::FaultRule>,
+        /// Accept `lunlock fault` commands even with no --fault given.
+        #[arg(long)]
+        enable_fault_injection: bool,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -107,6 +136,10 @@ enum Command {
     },
 }
 
+fn parse_fault(text: &str) -> Result<lunlock_target::fault::FaultRule, String> {
+    lunlock_target::fault::FaultRule::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
     lunlock_target::parse_size(text)
 }
@@ -114,14 +147,23 @@ fn parse_size(text: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
+        TopLevel::Fault {
+            url,
+            specs,
+            clear,
+            list,
+            client,
+        } => fault::run(&url, &client, &fault::FaultRequest { specs, clear, list }),
+        TopLevel::Standard(Command::Serve {
             listen,
             data_dir,
             lun_size,
             target_name,
             config,
             allow_any_initiator,
-        } => {
+            faults,
+            enable_fault_injection,
+        }) => {
             let defaults = lunlock_target::ServeOptions::default();
             let options = lunlock_target::ServeOptions {
                 listen: if listen.is_empty() {
@@ -134,11 +176,13 @@ fn main() -> ExitCode {
                 target_name: target_name.unwrap_or(defaults.target_name),
                 config,
                 allow_any_initiator,
+                faults,
+                enable_fault_injection,
             };
             lunlock_target::run_blocking(options).map_err(|e| e.to_string())
         }
-        Command::Persist { args } => return persist::main(&args),
-        client_command => client::run(client_command),
+        TopLevel::Standard(Command::Persist { args }) => return persist::main(&args),
+        TopLevel::Standard(client_command) => client::run(client_command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

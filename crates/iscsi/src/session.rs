@@ -603,6 +603,12 @@ impl TargetSession {
         });
     }
 
+    /// Ends an executed command without answering it (fault injection: the lost reply). The task leaves the
+    /// command window like any completed one; StatSN does not advance, so no gap shows in later responses.
+    pub fn complete_command_silently(&mut self, task: TaskId) {
+        self.executing.remove(&task);
+    }
+
     /// Builds the response PDUs of a finished command (RFC 7143 11.4, 11.7).
     pub fn complete_command(&mut self, task: TaskId, outcome: CommandOutcome) {
         let Some(executing) = self.executing.remove(&task) else {

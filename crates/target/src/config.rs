@@ -3,6 +3,7 @@
 //!
 //! Every error names where it comes from: for a file, the path, line and key; for flags, the flag.
 
+use crate::fault::FaultRule;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,6 +29,10 @@ pub struct ServeOptions {
     pub target_name: String,
     pub config: Option<PathBuf>,
     pub allow_any_initiator: bool,
+    /// `--fault SPEC` rules for the default target.
+    pub faults: Vec<FaultRule>,
+    /// `--enable-fault-injection`: accept LUNLOCK FAULT CONTROL with no rule configured.
+    pub enable_fault_injection: bool,
 }
 
 impl Default for ServeOptions {
@@ -39,6 +44,8 @@ impl Default for ServeOptions {
             target_name: DEFAULT_TARGET_NAME.to_string(),
             config: None,
             allow_any_initiator: false,
+            faults: Vec::new(),
+            enable_fault_injection: false,
         }
     }
 }
@@ -64,6 +71,10 @@ pub struct TargetDefinition {
     pub luns: Vec<LunConfig>,
     /// Where LUN identities (NAA, serial) are kept.
     pub identity_dir: PathBuf,
+    /// Fault rules in force at start (docs/fault-injection.md).
+    pub faults: Vec<FaultRule>,
+    /// Accept LUNLOCK FAULT CONTROL (also implied by any configured rule).
+    pub fault_injection: bool,
 }
 
 /// A complete, validated configuration.
@@ -143,6 +154,13 @@ impl TargetConfig {
     /// with the flags applied.
     pub fn from_options(options: &ServeOptions) -> Result<TargetConfig, ServeError> {
         let config = match &options.config {
+            Some(_) if !options.faults.is_empty() || options.enable_fault_injection => {
+                return Err(ServeError::Invalid(
+                    "--fault and --enable-fault-injection apply to the default target; with --config use \
+                     [[target.fault]] or fault_injection = true in the file"
+                        .into(),
+                ));
+            }
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ServeError::Invalid(format!("cannot read config file {}: {e}", path.display()))
@@ -188,6 +206,8 @@ impl TargetConfig {
                     block_size: DEFAULT_BLOCK_SIZE,
                 }],
                 identity_dir: options.data_dir.join(sanitized(&options.target_name)),
+                faults: options.faults.clone(),
+                fault_injection: options.enable_fault_injection,
             }],
         })
     }
@@ -262,6 +282,17 @@ struct FileTarget {
     allowed_initiators: Option<Vec<String>>,
     #[serde(default, rename = "lun")]
     luns: Vec<Spanned<FileLun>>,
+    #[serde(default)]
+    fault_injection: bool,
+    #[serde(default, rename = "fault")]
+    faults: Vec<FileFault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFault {
+    spec: Spanned<String>,
+    lun: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -434,13 +465,56 @@ fn parse_target(
             block_size,
         });
     }
+    let faults = parse_faults(source, target, &luns)?;
     Ok(TargetDefinition {
         name,
         alias: target.alias.clone(),
         allowed_initiators: target.allowed_initiators.clone(),
         luns,
         identity_dir,
+        faults,
+        fault_injection: target.fault_injection,
     })
+}
+
+/// `[[target.fault]]` entries: `spec` as on the command line, `lun` narrowing it to one configured LUN.
+fn parse_faults(
+    source: &SourceFile,
+    target: &FileTarget,
+    luns: &[LunConfig],
+) -> Result<Vec<FaultRule>, ServeError> {
+    if target.faults.len() > crate::fault::MAX_FAULT_RULES {
+        return Err(source.error(
+            target.name.span().start,
+            format!(
+                "more than {} [[target.fault]] entries",
+                crate::fault::MAX_FAULT_RULES
+            ),
+        ));
+    }
+    let mut rules = Vec::new();
+    for fault in &target.faults {
+        let mut rule = FaultRule::parse(fault.spec.get_ref())
+            .map_err(|e| source.error(fault.spec.span().start, format!("key `spec`: {e}")))?;
+        if let Some(lun) = &fault.lun {
+            let id = *lun.get_ref();
+            if !luns.iter().any(|l| l.id == id) {
+                return Err(source.error(
+                    lun.span().start,
+                    format!("key `lun`: target has no LUN {id}"),
+                ));
+            }
+            if rule.lun.is_some_and(|l| l != id) {
+                return Err(source.error(
+                    lun.span().start,
+                    format!("key `lun`: {id} contradicts the spec's lun="),
+                ));
+            }
+            rule.lun = Some(id);
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
@@ -528,6 +602,53 @@ read_only = true
         .to_string();
         assert!(
             err.starts_with("/etc/lunlock.toml:8:") && err.contains("twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fault_entries_parse_and_errors_name_line_and_key() {
+        let head = "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n";
+        let config = parse(&format!(
+            "{head}[[target.fault]]\nspec = \"caw:drop-response:5%\"\nlun = 0\n[[target.fault]]\nspec = \"read:delay=3\"\n"
+        ))
+        .unwrap();
+        let target = &config.targets[0];
+        assert_eq!(target.faults.len(), 2);
+        assert_eq!(target.faults[0].to_string(), "lun=0:caw:drop-response:5%");
+        assert_eq!(target.faults[1].lun, None);
+        assert!(!target.fault_injection);
+
+        let config =
+            parse(&head.replace("[[target.lun]]", "fault_injection = true\n[[target.lun]]"))
+                .unwrap();
+        assert!(config.targets[0].fault_injection && config.targets[0].faults.is_empty());
+
+        let err = parse(&format!("{head}[[target.fault]]\nspec = \"caw:explode\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:8:")
+                && err.contains("key `spec`")
+                && err.contains("caw:explode"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{head}[[target.fault]]\nspec = \"caw:busy\"\nlun = 4\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:9:") && err.contains("no LUN 4"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{head}[[target.fault]]\nspec = \"caw:busy\"\nprobability = 4\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:9:") && err.contains("probability"),
             "{err}"
         );
     }

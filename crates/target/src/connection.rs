@@ -9,6 +9,7 @@
 //! Failure handling (RFC 7143 7): a header digest error, an oversized data segment or a fatal session error
 //! closes this connection only; a data digest error rejects that PDU and keeps the connection.
 
+use crate::fault::{self, Decision, FaultTable, Injected, FAULT_CONTROL_OPCODE};
 use crate::log;
 use crate::server::{isid_text, lock, nexus_lost, SessionSignals, Shared};
 use lunlock_iscsi::login::{self, LoginOutcome, LoginSettings, SessionKind, TargetLogin};
@@ -195,6 +196,7 @@ pub async fn serve(
         shared: Arc::clone(&shared),
         local,
         close_all_after_flush: false,
+        reset_requested: false,
     };
     let signals = (result.kind == SessionKind::Normal)
         .then(|| shared.register_session(&connection.nexus, tsih));
@@ -278,6 +280,8 @@ struct FullFeature {
     local: Option<SocketAddr>,
     /// Set by TARGET COLD RESET: after the response is sent, every session of the target closes.
     close_all_after_flush: bool,
+    /// A reset-after fault fired: close once the responses are sent.
+    reset_requested: bool,
 }
 
 impl FullFeature {
@@ -363,9 +367,13 @@ impl FullFeature {
                         .reject_pdu(reject::DATA_DIGEST_ERROR, &rejected);
                 }
             }
-            self.handle_events();
+            self.handle_events().await;
         }
-        self.transmit(wire).await
+        self.transmit(wire).await?;
+        if self.reset_requested {
+            return Err("fault injection: reset-after".into());
+        }
+        Ok(())
     }
 
     async fn transmit(&mut self, wire: &mut Wire) -> Result<(), Closed> {
@@ -375,7 +383,7 @@ impl FullFeature {
         wire.flush().await
     }
 
-    fn handle_events(&mut self) {
+    async fn handle_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::Execute {
@@ -388,6 +396,19 @@ impl FullFeature {
                     itt,
                     ..
                 } => {
+                    if let Some(outcome) = self.fault_control(&cdb, &data_out) {
+                        self.session.complete_command(task, outcome);
+                        continue;
+                    }
+                    let decision = self.consult_faults(lun, &cdb, itt);
+                    if !decision.delay.is_zero() {
+                        tokio::time::sleep(decision.delay).await;
+                    }
+                    self.reset_requested |= decision.reset_after;
+                    if let Some(outcome) = decision.outcome.and_then(injected_outcome) {
+                        self.session.complete_command(task, outcome);
+                        continue;
+                    }
                     let outcome = self.execute(
                         lun,
                         &cdb,
@@ -396,7 +417,11 @@ impl FullFeature {
                         attribute,
                         itt,
                     );
-                    self.session.complete_command(task, outcome);
+                    if decision.outcome == Some(Injected::DropResponse) {
+                        self.session.complete_command_silently(task);
+                    } else {
+                        self.session.complete_command(task, outcome);
+                    }
                 }
                 SessionEvent::TaskManagement {
                     itt, function, lun, ..
@@ -409,6 +434,60 @@ impl FullFeature {
                     self.session.answer_text(itt, answer);
                 }
                 SessionEvent::Logout { .. } => {}
+            }
+        }
+    }
+
+    /// The fault table of this session's target (none for discovery sessions).
+    fn faults(&self) -> Option<&FaultTable> {
+        if self.kind != SessionKind::Normal {
+            return None;
+        }
+        self.shared
+            .target(&self.nexus.target_name)
+            .map(|t| &t.faults)
+    }
+
+    fn consult_faults(&self, lun: u64, cdb: &[u8], itt: u32) -> Decision {
+        match (self.faults(), cdb.first()) {
+            (Some(faults), Some(&opcode)) => faults.consult(lun, opcode, itt),
+            _ => Decision::default(),
+        }
+    }
+
+    /// LUNLOCK FAULT CONTROL (docs/fault-injection.md), a target-level control answered before the dispatcher
+    /// and never itself subject to faults. None: not this command, or fault injection is off for the target, so
+    /// the dispatcher rejects the opcode like any unknown one.
+    fn fault_control(&self, cdb: &[u8], data_out: &[u8]) -> Option<CommandOutcome> {
+        if cdb.first() != Some(&FAULT_CONTROL_OPCODE) {
+            return None;
+        }
+        let faults = self.faults().filter(|f| f.enabled())?;
+        if data_out.is_empty() {
+            return Some(CommandOutcome {
+                data_in: faults.listing().into_bytes(),
+                ..CommandOutcome::default()
+            });
+        }
+        let text = String::from_utf8_lossy(data_out);
+        match fault::control(faults, &text) {
+            Ok(done) => {
+                log::event(format_args!(
+                    "fault control from {}: {done}",
+                    self.nexus.initiator_name
+                ));
+                Some(CommandOutcome::default())
+            }
+            Err(reason) => {
+                log::event(format_args!(
+                    "fault control from {} refused: {reason}",
+                    self.nexus.initiator_name
+                ));
+                Some(CommandOutcome {
+                    status: ScsiStatus::CheckCondition as u8,
+                    sense: Sense::new(Condition::InvalidFieldInParameterList).to_fixed(),
+                    ..CommandOutcome::default()
+                })
             }
         }
     }
@@ -538,6 +617,26 @@ impl FullFeature {
             }
         }
         answer.encode()
+    }
+}
+
+/// The response an injected fault gives instead of executing; None for drop-response, which executes.
+fn injected_outcome(injected: Injected) -> Option<CommandOutcome> {
+    let status = |status: ScsiStatus| CommandOutcome {
+        status: status as u8,
+        ..CommandOutcome::default()
+    };
+    match injected {
+        Injected::DropResponse => None,
+        Injected::Busy => Some(status(ScsiStatus::Busy)),
+        Injected::TaskSetFull => Some(status(ScsiStatus::TaskSetFull)),
+        // What a buggy array reports: a miscompare at offset 0 without having compared (SBC-4 5.3).
+        Injected::Miscompare => Some(CommandOutcome {
+            sense: Sense::new(Condition::Miscompare)
+                .with_information(0)
+                .to_fixed(),
+            ..status(ScsiStatus::CheckCondition)
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod connection;
+pub mod fault;
 mod log;
 mod pr_state;
 pub mod server;

@@ -7,6 +7,7 @@
 
 use crate::config::{LunConfig, ServeError, ServeOptions, TargetConfig, TargetDefinition};
 use crate::connection;
+use crate::fault::FaultTable;
 use crate::log;
 use crate::pr_state::PrStateFile;
 use lunlock_iscsi::login::PortalTarget;
@@ -30,6 +31,8 @@ pub struct ServedTarget {
     pub definition: TargetDefinition,
     pub dispatcher: Arc<Dispatcher>,
     pub stores: Vec<Arc<dyn BlockStore>>,
+    /// Fault injection rules (docs/fault-injection.md), shared by every connection to this target.
+    pub faults: FaultTable,
 }
 
 impl ServedTarget {
@@ -287,6 +290,7 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
             definition: definition.clone(),
             dispatcher,
             stores,
+            faults: FaultTable::new(definition.fault_injection, &definition.faults, None),
         });
     }
     Ok(served)

@@ -1,0 +1,244 @@
+//! Fault injection end to end (docs/fault-injection.md): the target in-process on an ephemeral port, driven by
+//! lunlock's initiator over real TCP.
+
+use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session};
+use lunlock_target::fault::{fault_control_cdb, FaultRule};
+use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const TARGET: &str = "iqn.2026-11.io.lunlock:default";
+const INITIATOR: &str = "iqn.2026-11.io.lunlock:fault-test";
+const BLOCK: usize = 512;
+const BUSY: u8 = 0x08;
+const CHECK_CONDITION: u8 = 0x02;
+
+async fn start(dir: &Path, faults: &[&str], enable: bool) -> RunningTarget {
+    let options = ServeOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        data_dir: dir.to_path_buf(),
+        lun_size_bytes: 1 << 20,
+        faults: faults
+            .iter()
+            .map(|s| FaultRule::parse(s).unwrap())
+            .collect(),
+        enable_fault_injection: enable,
+        ..ServeOptions::default()
+    };
+    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Logs in and consumes the POWER ON unit attention with TEST UNIT READY (faults do not match opcode 0x00 here).
+async fn login(target: &RunningTarget) -> Session {
+    let session = Session::login(
+        target.local_addrs()[0],
+        &LoginOptions::new(INITIATOR, TARGET),
+    )
+    .await
+    .unwrap();
+    let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
+    session
+}
+
+fn write10(lba: u32) -> [u8; 10] {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2A;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[8] = 1;
+    cdb
+}
+
+fn read10(lba: u32) -> [u8; 10] {
+    let mut cdb = write10(lba);
+    cdb[0] = 0x28;
+    cdb
+}
+
+async fn read_block(session: &Session, lba: u32) -> Vec<u8> {
+    session
+        .execute_checked(0, &read10(lba), DataDirection::Read(BLOCK as u32))
+        .await
+        .unwrap()
+        .data_in
+}
+
+async fn control(session: &Session, text: &str) -> lunlock_initiator::ScsiOutcome {
+    let data = text.as_bytes().to_vec();
+    session
+        .execute(
+            0,
+            &fault_control_cdb(data.len() as u32),
+            DataDirection::Write(data),
+        )
+        .await
+        .unwrap()
+}
+
+async fn listing(session: &Session) -> String {
+    let outcome = session
+        .execute_checked(0, &fault_control_cdb(4096), DataDirection::Read(4096))
+        .await
+        .unwrap();
+    String::from_utf8(outcome.data_in).unwrap()
+}
+
+#[tokio::test]
+async fn busy_answers_busy_and_does_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["write:busy"], false).await;
+    let session = login(&target).await;
+    let outcome = session
+        .execute(0, &write10(3), DataDirection::Write(vec![0xAB; BLOCK]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BUSY);
+    assert_eq!(read_block(&session, 3).await, vec![0u8; BLOCK]);
+    assert!(listing(&session)
+        .await
+        .contains("write:busy:100% matched=1 hits=1"));
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn miscompare_and_task_set_full_do_not_execute() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["lun=0:0x2a:miscompare"], true).await;
+    let session = login(&target).await;
+    let outcome = session
+        .execute(0, &write10(1), DataDirection::Write(vec![0x11; BLOCK]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, CHECK_CONDITION);
+    let sense = outcome.sense_summary().unwrap();
+    assert_eq!((sense.key, sense.asc, sense.ascq), (0x0E, 0x1D, 0x00));
+    assert_eq!(outcome.sense[0] & 0x80, 0x80, "VALID: INFORMATION is set");
+    assert_eq!(&outcome.sense[3..7], &[0, 0, 0, 0]);
+    assert!(control(&session, "clear").await.is_good());
+    assert!(control(&session, "add read:task-set-full").await.is_good());
+    let outcome = session
+        .execute(0, &read10(1), DataDirection::Read(BLOCK as u32))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, 0x28);
+    assert!(outcome.data_in.is_empty());
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_response_executes_but_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["write:drop-response:100%"], false).await;
+    let mut lossy = login(&target).await;
+    lossy.set_timeout(Duration::from_millis(1500));
+    let result = lossy
+        .execute(0, &write10(7), DataDirection::Write(vec![0x5A; BLOCK]))
+        .await;
+    assert!(
+        matches!(result, Err(InitiatorError::Timeout(_))),
+        "{result:?}"
+    );
+    // The dropped task left the command window: the same session keeps working, with no StatSN gap.
+    for _ in 0..3 {
+        assert_eq!(read_block(&lossy, 7).await, vec![0x5A; BLOCK]);
+    }
+    let observer = login(&target).await;
+    assert_eq!(
+        read_block(&observer, 7).await,
+        vec![0x5A; BLOCK],
+        "the write landed"
+    );
+    assert!(listing(&observer).await.contains("hits=1"));
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn delay_adds_at_least_the_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["read:delay=300"], false).await;
+    let session = login(&target).await;
+    let started = Instant::now();
+    read_block(&session, 0).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    let started = Instant::now();
+    session
+        .execute_checked(0, &write10(0), DataDirection::Write(vec![1; BLOCK]))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "writes are not delayed"
+    );
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn reset_after_closes_the_connection_after_n_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["read:reset-after=2"], false).await;
+    let mut session = login(&target).await;
+    session.set_timeout(Duration::from_secs(3));
+    read_block(&session, 0).await;
+    read_block(&session, 0).await;
+    let third = session
+        .execute(0, &read10(0), DataDirection::Read(BLOCK as u32))
+        .await;
+    assert!(third.is_err(), "the connection is closed: {third:?}");
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_command_adds_lists_and_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &[], true).await;
+    let session = login(&target).await;
+    assert_eq!(listing(&session).await, "no fault rules\n");
+    assert!(
+        control(&session, "add write:busy lun=0:caw:drop-response:5%")
+            .await
+            .is_good()
+    );
+    let outcome = session
+        .execute(0, &write10(2), DataDirection::Write(vec![9; BLOCK]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BUSY);
+    let table = listing(&session).await;
+    assert!(
+        table.contains("1 write:busy:100% matched=1 hits=1"),
+        "{table}"
+    );
+    assert!(
+        table.contains("2 lun=0:caw:drop-response:5% matched=0 hits=0"),
+        "{table}"
+    );
+    let refused = control(&session, "add write:explode").await;
+    assert_eq!(refused.status, CHECK_CONDITION);
+    assert_eq!(refused.sense_summary().unwrap().asc, 0x26);
+    assert!(control(&session, "clear").await.is_good());
+    assert_eq!(listing(&session).await, "no fault rules\n");
+    session
+        .execute_checked(0, &write10(2), DataDirection::Write(vec![9; BLOCK]))
+        .await
+        .unwrap();
+    assert_eq!(read_block(&session, 2).await, vec![9; BLOCK]);
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_command_is_refused_when_fault_injection_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &[], false).await;
+    let session = login(&target).await;
+    let outcome = control(&session, "add write:busy").await;
+    assert_eq!(outcome.status, CHECK_CONDITION);
+    let sense = outcome.sense_summary().unwrap();
+    assert_eq!((sense.key, sense.asc, sense.ascq), (0x05, 0x20, 0x00));
+    session
+        .execute_checked(0, &write10(4), DataDirection::Write(vec![4; BLOCK]))
+        .await
+        .unwrap();
+    target.shutdown().await;
+}
