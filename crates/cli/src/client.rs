@@ -43,6 +43,13 @@ pub fn run(command: Command) -> Result<(), String> {
 }
 
 async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
+    let (session, lun) = login(url, client).await?;
+    clear_unit_attentions(&session, lun).await?;
+    Ok((session, lun))
+}
+
+/// Logs in to the device a URL names, with the client options (initiator name, digests).
+pub(crate) async fn login(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
     let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
     let (target, lun) = url.device().map_err(|e| e.to_string())?;
     let address = url.address().map_err(|e| e.to_string())?;
@@ -52,7 +59,6 @@ async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), St
     let session = Session::login(address, &options)
         .await
         .map_err(|e| format!("{address}: {e}"))?;
-    clear_unit_attentions(&session, lun).await?;
     Ok((session, lun))
 }
 

@@ -2,7 +2,7 @@
 //! LUNLOCK FAULT CONTROL (vendor-specific opcode 0xC5, docs/fault-injection.md).
 
 use crate::ClientOptions;
-use lunlock_initiator::{DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
+use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
 use lunlock_target::fault::{fault_control_cdb, FaultRule};
 
 /// Largest fault table listing read back (64 rules of well under 128 bytes each).
@@ -28,15 +28,7 @@ pub fn run(url: &str, client: &ClientOptions, request: &FaultRequest) -> Result<
 }
 
 async fn apply(url: &str, client: &ClientOptions, request: &FaultRequest) -> Result<(), String> {
-    let parsed = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
-    let (target, lun) = parsed.device().map_err(|e| e.to_string())?;
-    let address = parsed.address().map_err(|e| e.to_string())?;
-    let mut options = LoginOptions::new(&client.initiator_name, target);
-    options.header_digest = client.header_digest;
-    options.data_digest = client.data_digest;
-    let session = Session::login(address, &options)
-        .await
-        .map_err(|e| format!("{address}: {e}"))?;
+    let (session, lun) = crate::client::login(url, client).await?;
     // A fresh nexus has a pending unit attention; consume it so a refusal is reported as what it is.
     let _ = session.test_unit_ready(lun).await;
     if request.clear {
