@@ -184,6 +184,12 @@ pub enum Command {
         blocks: BlockCount,
         fua: bool,
     },
+    /// COMPARE AND WRITE (SBC-4 5.3): `blocks` of verify data then `blocks` of write data.
+    CompareAndWrite {
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+    },
     /// `blocks == 0` means "to the end of the medium" (SBC-4 5.50, WSNZ=0).
     WriteSame {
         lba: Lba,
@@ -450,6 +456,26 @@ impl Command {
                     _ => Command::Write { lba, blocks, fua },
                 }
             }
+            op::COMPARE_AND_WRITE => {
+                // SBC-4 5.3: byte 1 WRPROTECT/DPO/FUA (bit 0 obsolete), 2..10 LBA, 10..13 reserved,
+                // 13 NUMBER OF LOGICAL BLOCKS, 14 group number.
+                check_protect(cdb)?;
+                if cdb[1] & 0x07 != 0 {
+                    return Err(invalid(1, Some(2)));
+                }
+                if cdb[10..13].iter().any(|&b| b != 0) {
+                    return Err(invalid(10, None));
+                }
+                // SBC-4 5.3: above MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h) is INVALID FIELD IN CDB.
+                if cdb[13] > crate::sbc::limits::MAX_COMPARE_AND_WRITE_BLOCKS {
+                    return Err(invalid(13, None));
+                }
+                Command::CompareAndWrite {
+                    lba: Lba(be64(cdb, 2)),
+                    blocks: BlockCount(cdb[13] as u64),
+                    fua: cdb[1] & 0x08 != 0,
+                }
+            }
             op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
                 check_protect(cdb)?;
                 if cdb[1] & 0x04 != 0 {
@@ -563,6 +589,7 @@ impl Command {
             Command::Write { blocks, .. }
             | Command::OrWrite { blocks, .. }
             | Command::WriteAndVerify { blocks, .. } => bytes(*blocks),
+            Command::CompareAndWrite { blocks, .. } => bytes(*blocks).saturating_mul(2),
             Command::Verify {
                 blocks,
                 byte_check: ByteCheck::Full,
@@ -600,6 +627,7 @@ impl Command {
             Command::Write { .. }
                 | Command::OrWrite { .. }
                 | Command::WriteAndVerify { .. }
+                | Command::CompareAndWrite { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
         )
@@ -664,7 +692,6 @@ mod tests {
     #[test]
     fn unsupported_opcodes_are_invalid_operation_codes() {
         for opcode in [
-            op::COMPARE_AND_WRITE,
             op::EXTENDED_COPY,
             op::RECEIVE_COPY_RESULTS,
             op::WRITE_ATOMIC_16,

@@ -138,7 +138,7 @@ impl LogicalUnit {
         let mut body = vec![0u8; 0x3C];
         // body index = page byte - 4.
         body[0] = 0x00; // WSNZ 0: WRITE SAME with 0 blocks means "to the end"
-        body[1] = 0x00; // MAXIMUM COMPARE AND WRITE LENGTH (not supported yet)
+        body[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS; // exactly what COMPARE AND WRITE accepts
         let granularity = (limits::PHYSICAL_BLOCK_BYTES / self.block_size).max(1) as u16;
         body[2..4].copy_from_slice(&granularity.to_be_bytes());
         body[4..8].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());

@@ -15,6 +15,7 @@ mod lu;
 mod mode;
 mod opcodes;
 pub mod pr;
+mod range_lock;
 pub mod sbc;
 pub mod sense;
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub struct LogicalUnit {
     pub(crate) mode_select: Mutex<()>,
     /// Persistent and SCSI-2 reservations.
     pub(crate) reservations: Reservations,
+    /// LBA range locks: COMPARE AND WRITE atomicity (see `range_lock`).
+    pub(crate) range_locks: crate::range_lock::RangeLocks,
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
     /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
     pub(crate) offline: Option<String>,
@@ -111,6 +113,7 @@ impl LogicalUnit {
             prevent_removal: Mutex::new(HashSet::new()),
             mode_select: Mutex::new(()),
             reservations: Reservations::default(),
+            range_locks: crate::range_lock::RangeLocks::default(),
             offline: None,
         }
     }
@@ -262,6 +265,13 @@ impl LogicalUnit {
             Ok(command) => command,
             Err(sense) => return self.check_condition(sense, data_out_wanted),
         };
+        // SBC-4 5.3: COMPARE AND WRITE carries exactly twice NUMBER OF LOGICAL BLOCKS of data; a different amount
+        // means the field does not describe the data, and an atomic compare cannot run on part of it.
+        if matches!(command, Command::CompareAndWrite { .. })
+            && cmd.data_out.len() as u64 != data_out_wanted.unwrap_or(0) as u64
+        {
+            return self.check_condition(Sense::invalid_cdb_field(13, None), data_out_wanted);
+        }
         let Some((command, data_out)) =
             self.fit_data_out(command, cmd.data_out, data_out_wanted.unwrap_or(0))
         else {
@@ -318,12 +328,40 @@ impl LogicalUnit {
         }
     }
 
+    /// Takes the LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads
+    /// share their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its
+    /// parameter list) holds the whole medium. Commands that touch no blocks take nothing.
+    fn lock_range(&self, command: &Command) -> Option<crate::range_lock::RangeGuard<'_>> {
+        use crate::range_lock::Access;
+        let (range, access) = match *command {
+            Command::Read { lba, blocks, .. } | Command::Verify { lba, blocks, .. } => {
+                (Some((lba, blocks)), Access::Shared)
+            }
+            Command::Write { lba, blocks, .. }
+            | Command::WriteAndVerify { lba, blocks, .. }
+            | Command::OrWrite { lba, blocks, .. }
+            | Command::CompareAndWrite { lba, blocks, .. } => {
+                (Some((lba, blocks)), Access::Exclusive)
+            }
+            Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
+                (Some((lba, blocks)), Access::Exclusive)
+            }
+            Command::WriteSame { .. } | Command::Unmap { .. } => (None, Access::Exclusive),
+            _ => return None,
+        };
+        Some(self.range_locks.lock(range, access))
+    }
+
     fn run(&self, command: &Command, cmd: &ScsiCommand) -> Outcome {
         if command.writes_medium() && self.write_protected() {
             // SBC-4 4.11: write protection is DATA PROTECT / WRITE PROTECTED, checked before the range.
             return Err(Sense::new(Condition::WriteProtected));
         }
+        let _range = self.lock_range(command);
         match *command {
+            Command::CompareAndWrite { lba, blocks, fua } => {
+                self.compare_and_write(lba, blocks, fua, cmd.data_out)
+            }
             Command::TestUnitReady => Ok(Completed::Good(Vec::new())),
             Command::RequestSense {
                 descriptor,

@@ -263,6 +263,27 @@ pub(crate) const SUPPORTED: &[Supported] = &[
         ],
     ),
     cmd(
+        op::COMPARE_AND_WRITE,
+        &[
+            op::COMPARE_AND_WRITE,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0,
+            0,
+            0xFF,
+            0,
+            C,
+        ],
+    ),
+    cmd(
         op::ORWRITE_16,
         &[
             op::ORWRITE_16,

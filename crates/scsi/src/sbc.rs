@@ -23,6 +23,9 @@ pub mod limits {
     /// this limit allows 65536 blocks, prepares them with one 65536-block WRITE (16), which MAXIMUM TRANSFER LENGTH
     /// (16384 blocks of 512 bytes) rightly refuses.
     pub const MAX_WRITE_SAME_BLOCKS: u64 = 0x8000;
+    /// MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h byte 5), in blocks. ATS users compare one block; a small bound
+    /// keeps the range a COMPARE AND WRITE locks short.
+    pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
     /// MAXIMUM UNMAP LBA COUNT, blocks per UNMAP command.
     pub const MAX_UNMAP_BLOCKS: u64 = 1024 * 1024;
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
@@ -174,6 +177,37 @@ impl LogicalUnit {
             *byte |= new;
         }
         self.store.write_at(&data, offset).map_err(write_error)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
+    /// COMPARE AND WRITE (SBC-4 5.3): compares the medium with the first `blocks` of the Data-Out and, only if every
+    /// byte matches, writes the second `blocks`. The caller holds the range exclusively (`crate::range_lock`), so no
+    /// overlapping command can see or change the blocks between the compare and the write. A miscompare is
+    /// MISCOMPARE DURING VERIFY OPERATION with INFORMATION = offset of the first differing byte (SBC-4 5.3.2).
+    pub(crate) fn compare_and_write(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        fua: bool,
+        data_out: &[u8],
+    ) -> Outcome {
+        self.check_range(lba, blocks)?;
+        if blocks.0 == 0 {
+            return Ok(Completed::Good(Vec::new()));
+        }
+        let (verify, write) = data_out.split_at(data_out.len() / 2);
+        let offset = self.offset(lba);
+        let mut current = vec![0u8; verify.len()];
+        self.store
+            .read_at(&mut current, offset)
+            .map_err(read_error)?;
+        if let Some(first_difference) = current.iter().zip(verify).position(|(a, b)| a != b) {
+            return Err(Sense::new(Condition::Miscompare).with_information(first_difference as u64));
+        }
+        self.store.write_at(write, offset).map_err(write_error)?;
         if fua {
             self.flush()?;
         }

@@ -423,10 +423,24 @@ fn illegal_request_table_with_field_pointers() {
             Some((true, 1, Some(4))),
         ),
         (
-            "COMPARE AND WRITE",
-            block_cdb(16, op::COMPARE_AND_WRITE, 0, 0),
-            (5, 0x20, 0),
-            None,
+            "COMPARE AND WRITE with WRPROTECT",
+            {
+                let mut cdb = block_cdb(16, op::COMPARE_AND_WRITE, 0, 0);
+                cdb[1] = 0x20;
+                cdb
+            },
+            (5, 0x24, 0),
+            Some((true, 1, Some(7))),
+        ),
+        (
+            "COMPARE AND WRITE beyond MAXIMUM COMPARE AND WRITE LENGTH",
+            {
+                let mut cdb = block_cdb(16, op::COMPARE_AND_WRITE, 0, 0);
+                cdb[13] = crate::sbc::limits::MAX_COMPARE_AND_WRITE_BLOCKS + 1;
+                cdb
+            },
+            (5, 0x24, 0),
+            Some((true, 13, None)),
         ),
         (
             "NACA",
@@ -1204,4 +1218,112 @@ fn an_offline_unit_identifies_itself_and_refuses_everything_else() {
         );
     }
     assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// COMPARE AND WRITE CDB (SBC-4 5.3) for `blocks` blocks at `lba`.
+fn caw_cdb(lba: u64, blocks: u8, fua: bool) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = op::COMPARE_AND_WRITE;
+    cdb[1] = if fua { 0x08 } else { 0 };
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = blocks;
+    cdb
+}
+
+#[test]
+fn compare_and_write_writes_only_when_the_medium_matches() {
+    let f = Fixture::new();
+    good(&f.run(&block_cdb(10, op::WRITE_10, 4, 2), &pattern(2, 7)));
+    // Match: the second half lands.
+    let mut data = pattern(2, 7);
+    data.extend(pattern(2, 9));
+    good(&f.run(&caw_cdb(4, 2, false), &data));
+    assert_eq!(f.medium(4, 2), pattern(2, 9));
+    // Miscompare at several offsets: nothing written, INFORMATION = first differing byte.
+    for offset in [0usize, 1, 511, 512, 1023] {
+        let mut data = pattern(2, 9);
+        data[offset] ^= 0xFF;
+        data.extend(vec![0xAB; 2 * BLOCK as usize]);
+        let response = f.run(&caw_cdb(4, 2, false), &data);
+        assert_eq!(sense_code(&response), (0x0E, 0x1D, 0x00), "offset {offset}");
+        assert_eq!(response.sense[0] & 0x80, 0x80, "VALID");
+        assert_eq!(
+            u32::from_be_bytes(response.sense[3..7].try_into().unwrap()) as usize,
+            offset
+        );
+        assert_eq!(f.medium(4, 2), pattern(2, 9), "a miscompare writes nothing");
+    }
+    // FUA flushes; zero blocks does nothing; beyond the end is LBA OUT OF RANGE; a wrong data length is 0E/03.
+    let flushes = f.store.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    let mut data = pattern(1, 9);
+    data.extend(pattern(1, 3));
+    good(&f.run(&caw_cdb(4, 1, true), &data));
+    assert_eq!(
+        f.store.flushes.load(std::sync::atomic::Ordering::SeqCst),
+        flushes + 1
+    );
+    good(&f.run(&caw_cdb(4, 0, false), &[]));
+    assert_eq!(
+        sense_code(&f.run(&caw_cdb(BLOCKS, 1, false), &vec![0; 2 * BLOCK as usize])),
+        (0x05, 0x21, 0x00)
+    );
+    for wrong in [BLOCK as usize, 3 * BLOCK as usize] {
+        let response = f.run(&caw_cdb(4, 1, false), &vec![0; wrong]);
+        assert_eq!(sense_code(&response), (0x05, 0x24, 0x00));
+    }
+    // NUMBER OF LOGICAL BLOCKS 0 with data (an initiator's 256 wrapped to 0) is the same error, not a no-op.
+    let response = f.run(&caw_cdb(4, 0, false), &vec![0; 2 * BLOCK as usize]);
+    assert_eq!(sense_code(&response), (0x05, 0x24, 0x00));
+}
+
+/// Eight threads increment a counter in one block with read + COMPARE AND WRITE while two threads read it: every
+/// read sees a whole image (the counter repeated in every word), and the final counter equals the GOOD CAWs.
+#[test]
+fn compare_and_write_is_atomic_against_concurrent_readers_and_writers() {
+    let f = std::sync::Arc::new(Fixture::new());
+    let image =
+        |counter: u64| -> Vec<u8> { (0..BLOCK / 8).flat_map(|_| counter.to_be_bytes()).collect() };
+    good(&f.run(&block_cdb(10, op::WRITE_10, 9, 1), &image(0)));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (f, done) = (f.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let response = f.run(&block_cdb(10, op::READ_10, 9, 1), &[]);
+                    let words: Vec<&[u8]> = response.data_in.chunks(8).collect();
+                    assert!(words.iter().all(|w| *w == words[0]), "torn read");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut good_caws = 0u64;
+                for _ in 0..200 {
+                    let current = f.run(&block_cdb(10, op::READ_10, 9, 1), &[]).data_in;
+                    let counter = u64::from_be_bytes(current[..8].try_into().unwrap());
+                    let mut data = current.clone();
+                    data.extend(image(counter + 1));
+                    let response = f.run(&caw_cdb(9, 1, false), &data);
+                    match response.status {
+                        ScsiStatus::Good => good_caws += 1,
+                        _ => assert_eq!(sense_code(&response), (0x0E, 0x1D, 0x00)),
+                    }
+                }
+                good_caws
+            })
+        })
+        .collect();
+    let total: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    let last = f.run(&block_cdb(10, op::READ_10, 9, 1), &[]).data_in;
+    assert_eq!(u64::from_be_bytes(last[..8].try_into().unwrap()), total);
+    assert!(total > 0 && reads > 0);
 }

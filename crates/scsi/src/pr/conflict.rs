@@ -77,6 +77,7 @@ pub fn class(command: &Command) -> CommandClass {
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
         | Command::OrWrite { .. }
+        | Command::CompareAndWrite { .. }
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
