@@ -281,6 +281,10 @@ impl LogicalUnit {
             );
         };
         let cmd = &ScsiCommand { data_out, ..*cmd };
+        // The range lock is taken before the reservation check and held through execution, and reservation
+        // changes hold the whole medium: a reservation cannot change between a command's check and its I/O (a
+        // COMPARE AND WRITE's compare and write included), and PREEMPT AND ABORT waits for commands in flight.
+        let _range = self.lock_range(&command);
         if let Err(refusal) = self.reservations.check(cmd.nexus, &command) {
             return self.refused(refusal, data_out_wanted);
         }
@@ -330,7 +334,8 @@ impl LogicalUnit {
 
     /// Takes the LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads
     /// share their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its
-    /// parameter list) holds the whole medium. Commands that touch no blocks take nothing.
+    /// parameter list) holds the whole medium, and so do reservation changes (PERSISTENT RESERVE OUT, RESERVE,
+    /// RELEASE), which must not interleave with any command's check-then-execute. Other commands take nothing.
     fn lock_range(&self, command: &Command) -> Option<crate::range_lock::RangeGuard<'_>> {
         use crate::range_lock::Access;
         let (range, access) = match *command {
@@ -346,7 +351,11 @@ impl LogicalUnit {
             Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
                 (Some((lba, blocks)), Access::Exclusive)
             }
-            Command::WriteSame { .. } | Command::Unmap { .. } => (None, Access::Exclusive),
+            Command::WriteSame { .. }
+            | Command::Unmap { .. }
+            | Command::PersistentReserveOut(_)
+            | Command::Reserve
+            | Command::Release => (None, Access::Exclusive),
             _ => return None,
         };
         Some(self.range_locks.lock(range, access))
@@ -357,7 +366,6 @@ impl LogicalUnit {
             // SBC-4 4.11: write protection is DATA PROTECT / WRITE PROTECTED, checked before the range.
             return Err(Sense::new(Condition::WriteProtected));
         }
-        let _range = self.lock_range(command);
         match *command {
             Command::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(lba, blocks, fua, cmd.data_out)
