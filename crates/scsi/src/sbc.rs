@@ -37,6 +37,15 @@ pub mod limits {
     pub const PHYSICAL_BLOCK_BYTES: u64 = 4096;
 }
 
+/// MISCOMPARE DURING VERIFY OPERATION with INFORMATION = offset of the first byte of `medium` that differs from
+/// `expected` (SBC-4 5.3.2, 5.33), the rule VERIFY, WRITE AND VERIFY and COMPARE AND WRITE share.
+fn compare<'a>(medium: &[u8], expected: impl Iterator<Item = &'a u8>) -> Result<(), Sense> {
+    match medium.iter().zip(expected).position(|(a, b)| a != b) {
+        Some(offset) => Err(Sense::new(Condition::Miscompare).with_information(offset as u64)),
+        None => Ok(()),
+    }
+}
+
 fn read_error(_error: io::Error) -> Sense {
     Sense::new(Condition::UnrecoveredReadError)
 }
@@ -86,6 +95,26 @@ impl LogicalUnit {
         self.store.flush().map_err(write_error)
     }
 
+    /// The bytes of `len` blocks at `lba`, as the medium holds them.
+    fn read_blocks(&self, lba: Lba, len: usize) -> Result<Vec<u8>, Sense> {
+        let mut data = vec![0u8; len];
+        self.store
+            .read_at(&mut data, self.offset(lba))
+            .map_err(read_error)?;
+        Ok(data)
+    }
+
+    /// Writes `data` at `lba`; with FUA it is durable before GOOD (SBC-4 4.15).
+    fn write_blocks(&self, lba: Lba, data: &[u8], fua: bool) -> Outcome {
+        self.store
+            .write_at(data, self.offset(lba))
+            .map_err(write_error)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(Completed::Good(Vec::new()))
+    }
+
     /// READ (6/10/12/16), SBC-4 5.14..5.17.
     pub(crate) fn read(&self, lba: Lba, blocks: BlockCount, fua: bool) -> Outcome {
         self.check_transfer(lba, blocks)?;
@@ -96,10 +125,7 @@ impl LogicalUnit {
         if fua {
             self.store.flush().map_err(read_error)?;
         }
-        let mut data = vec![0u8; (blocks.0 * self.block_size) as usize];
-        self.store
-            .read_at(&mut data, self.offset(lba))
-            .map_err(read_error)?;
+        let data = self.read_blocks(lba, (blocks.0 * self.block_size) as usize)?;
         Ok(Completed::Good(data))
     }
 
@@ -116,13 +142,7 @@ impl LogicalUnit {
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
         }
-        self.store
-            .write_at(data_out, self.offset(lba))
-            .map_err(write_error)?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(Completed::Good(Vec::new()))
+        self.write_blocks(lba, data_out, fua)
     }
 
     /// VERIFY (10/12/16), SBC-4 5.33..5.35. BYTCHK 00b checks only that the blocks are readable; 01b compares with
@@ -139,22 +159,13 @@ impl LogicalUnit {
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
         }
-        let mut medium = vec![0u8; (blocks.0 * self.block_size) as usize];
-        self.store
-            .read_at(&mut medium, self.offset(lba))
-            .map_err(read_error)?;
-        let first_difference = match byte_check {
-            ByteCheck::None => None,
-            ByteCheck::Full => medium.iter().zip(data_out).position(|(a, b)| a != b),
-            ByteCheck::SingleBlock => medium
-                .iter()
-                .zip(data_out.iter().cycle())
-                .position(|(a, b)| a != b),
-        };
-        match first_difference {
-            Some(offset) => Err(Sense::new(Condition::Miscompare).with_information(offset as u64)),
-            None => Ok(Completed::Good(Vec::new())),
-        }
+        let medium = self.read_blocks(lba, (blocks.0 * self.block_size) as usize)?;
+        match byte_check {
+            ByteCheck::None => Ok(()),
+            ByteCheck::Full => compare(&medium, data_out.iter()),
+            ByteCheck::SingleBlock => compare(&medium, data_out.iter().cycle()),
+        }?;
+        Ok(Completed::Good(Vec::new()))
     }
 
     /// ORWRITE (16), SBC-4 5.12: with ORPROTECT 0 and no BMOP, the new data is the bitwise OR of the medium and
@@ -170,17 +181,11 @@ impl LogicalUnit {
         if blocks.0 == 0 {
             return Ok(Completed::Good(Vec::new()));
         }
-        let mut data = vec![0u8; data_out.len()];
-        let offset = self.offset(lba);
-        self.store.read_at(&mut data, offset).map_err(read_error)?;
+        let mut data = self.read_blocks(lba, data_out.len())?;
         for (byte, new) in data.iter_mut().zip(data_out) {
             *byte |= new;
         }
-        self.store.write_at(&data, offset).map_err(write_error)?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(Completed::Good(Vec::new()))
+        self.write_blocks(lba, &data, fua)
     }
 
     /// COMPARE AND WRITE (SBC-4 5.3): compares the medium with the first `blocks` of the Data-Out and, only if every
@@ -199,19 +204,8 @@ impl LogicalUnit {
             return Ok(Completed::Good(Vec::new()));
         }
         let (verify, write) = data_out.split_at(data_out.len() / 2);
-        let offset = self.offset(lba);
-        let mut current = vec![0u8; verify.len()];
-        self.store
-            .read_at(&mut current, offset)
-            .map_err(read_error)?;
-        if let Some(first_difference) = current.iter().zip(verify).position(|(a, b)| a != b) {
-            return Err(Sense::new(Condition::Miscompare).with_information(first_difference as u64));
-        }
-        self.store.write_at(write, offset).map_err(write_error)?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(Completed::Good(Vec::new()))
+        compare(&self.read_blocks(lba, verify.len())?, verify.iter())?;
+        self.write_blocks(lba, write, fua)
     }
 
     /// WRITE SAME (10/16), SBC-4 5.50, 5.51.
