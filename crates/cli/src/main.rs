@@ -2,6 +2,7 @@
 
 mod client;
 mod fault;
+mod lock;
 mod persist;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,13 @@ enum TopLevel {
         list: bool,
         #[command(flatten)]
         client: ClientOptions,
+    },
+    /// The ATS lock manager: lockspace format, heartbeats, locks, status, demo (docs/lockspace-format.md).
+    Lock {
+        #[command(subcommand)]
+        command: lock::LockCommand,
+        #[command(flatten)]
+        globals: lock::LockGlobals,
     },
 }
 
@@ -154,6 +162,7 @@ fn main() -> ExitCode {
             list,
             client,
         } => fault::run(&url, &client, &fault::FaultRequest { specs, clear, list }),
+        TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
         TopLevel::Standard(Command::Serve {
             listen,
             data_dir,

@@ -1,0 +1,208 @@
+//! `lunlock lock ...` as a user runs it: the real binary against a target started in-process.
+
+use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use std::path::Path;
+use std::process::Command;
+
+const TARGET: &str = "iqn.2026-11.io.lunlock:default";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, String) {
+    let options = ServeOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        data_dir: dir.to_path_buf(),
+        lun_size_bytes: 64 << 20,
+        enable_fault_injection: true,
+        ..ServeOptions::default()
+    };
+    let target = runtime
+        .block_on(lunlock_target::start(
+            TargetConfig::from_options(&options).unwrap(),
+        ))
+        .unwrap();
+    let url = format!("iscsi://{}/{TARGET}/0", target.local_addrs()[0]);
+    (target, url)
+}
+
+fn lunlock(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lunlock"))
+        .args(args)
+        .output()
+        .expect("run lunlock")
+}
+
+fn ok(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "lunlock failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn failed(output: std::process::Output) -> String {
+    assert!(
+        !output.status.success(),
+        "lunlock succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn format_acquire_release_and_status() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, url) = start(&runtime, dir.path());
+    let a = ["--initiator-name", "iqn.2026-11.test:host-a"];
+    let b = ["--initiator-name", "iqn.2026-11.test:host-b"];
+
+    let out = ok(lunlock(&[
+        "lock",
+        "format",
+        &url,
+        "--slots",
+        "4",
+        "--locks",
+        "8",
+        "--heartbeat-ms",
+        "200",
+        "--dead-after-ms",
+        "1600",
+    ]));
+    assert!(out.contains("4 slots, 8 locks"), "{out}");
+    let refused = failed(lunlock(&["lock", "format", &url]));
+    assert!(
+        refused.contains("already exists") && refused.contains("--force"),
+        "{refused}"
+    );
+
+    let out = ok(lunlock(
+        &[&["lock", "acquire", &url, "vm-1.vmdk"][..], &a[..]].concat(),
+    ));
+    assert!(
+        out.starts_with("acquired vm-1.vmdk exclusive token 1"),
+        "{out}"
+    );
+    // Another host is refused while a's slot is not yet judged dead by it.
+    let busy = failed(lunlock(
+        &[&["lock", "acquire", &url, "vm-1.vmdk"][..], &b[..]].concat(),
+    ));
+    assert!(
+        busy.contains("vm-1.vmdk is held by iqn.2026-11.test:host-a"),
+        "{busy}"
+    );
+
+    let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "400"]));
+    assert!(status.contains("vm-1.vmdk"), "{status}");
+    assert!(status.contains("exclusive"), "{status}");
+    assert!(status.contains("iqn.2026-11.test:host-a"), "{status}");
+
+    let not_ours = failed(lunlock(
+        &[&["lock", "release", &url, "vm-1.vmdk"][..], &b[..]].concat(),
+    ));
+    assert!(not_ours.contains("does not hold vm-1.vmdk"), "{not_ours}");
+    let out = ok(lunlock(
+        &[&["lock", "release", &url, "vm-1.vmdk"][..], &a[..]].concat(),
+    ));
+    assert!(out.contains("released vm-1.vmdk token 1"), "{out}");
+    let out = ok(lunlock(
+        &[
+            &["lock", "acquire", &url, "vm-1.vmdk", "--shared"][..],
+            &b[..],
+        ]
+        .concat(),
+    ));
+    assert!(
+        out.starts_with("acquired vm-1.vmdk shared token 2"),
+        "{out}"
+    );
+
+    let garbage = failed(lunlock(&["lock", "status", &url, "--lba", "100"]));
+    assert!(
+        garbage.contains("LBA 100") && garbage.contains("lunlock lock format"),
+        "{garbage}"
+    );
+    runtime.block_on(target.shutdown());
+}
+
+/// The acceptance command, shortened: the demo formats a lockspace, sets the lost-reply fault through the target's
+/// fault injection, runs the hosts, and prints the documented last line.
+#[test]
+fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, url) = start(&runtime, dir.path());
+    let events = dir.path().join("events.jsonl");
+    let out = ok(lunlock(&[
+        "lock",
+        "demo",
+        &url,
+        "--hosts",
+        "8",
+        "--seconds",
+        "8",
+        "--faults",
+        "caw:drop-response:5%",
+        "--event-log",
+        events.to_str().unwrap(),
+    ]));
+    let last = out.lines().last().unwrap();
+    let fields: std::collections::HashMap<&str, u64> = last
+        .strip_prefix("demo ")
+        .unwrap_or_else(|| panic!("last line: {last}"))
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    let keys: Vec<&str> = last
+        .split(' ')
+        .skip(1)
+        .map(|kv| kv.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "hosts",
+            "heartbeats",
+            "acquisitions",
+            "false_miscompares_resolved",
+            "real_conflicts",
+            "violations"
+        ]
+    );
+    assert_eq!(fields["hosts"], 8);
+    assert_eq!(fields["violations"], 0, "{out}");
+    assert!(fields["false_miscompares_resolved"] > 0, "{out}");
+    assert!(
+        fields["acquisitions"] > 50 && fields["heartbeats"] > 50,
+        "{out}"
+    );
+    // Every resolved lost reply is in the event log with its verdict and the digests that justify it.
+    let log = std::fs::read_to_string(&events).unwrap();
+    let resolved: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["verdict"] == "own_write_landed")
+        .collect();
+    assert_eq!(resolved.len() as u64, fields["false_miscompares_resolved"]);
+    for event in &resolved {
+        assert_eq!(event["found_digest"], event["written_digest"]);
+        assert_ne!(event["expected_digest"], event["written_digest"]);
+        assert!(event["outcome"].as_str().unwrap().starts_with("unknown"));
+    }
+    // The demo cleared the faults it set.
+    let listing = ok(lunlock(&["fault", &url, "--list"]));
+    assert!(!listing.contains("drop-response"), "{listing}");
+    runtime.block_on(target.shutdown());
+}

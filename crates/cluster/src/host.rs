@@ -1,0 +1,518 @@
+//! One host of a lockspace: its heartbeat slot, and what it has observed of the other hosts.
+//!
+//! Liveness is judged only on the observer's own monotonic clock: a host is dead when its slot's (generation,
+//! sequence) has not changed for `dead_after_ms` since this observer last saw it change. Host clocks are never
+//! compared, and a slot this observer has not watched for that long is never judged dead.
+
+use crate::disk::{Clock, Disk, DiskError};
+use crate::events::{EventLog, NoteEvent};
+use crate::format::{
+    fit_name, FormatError, LockRecord, Slot, SlotState, Superblock, Uuid, RECORD_BYTES,
+};
+use crate::resolver::{AtsPolicy, AtsRequest, AtsResult};
+use crate::ClusterError;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Who this host is and how patient it is.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Shown in slots, status and the event log.
+    pub name: String,
+    /// Identifies the host across restarts: a restarted host reclaims its own slot.
+    pub host_id: Uuid,
+    /// The host's registered PR key, if it takes part in SCSI-3 PR fencing.
+    pub pr_key: Option<u64>,
+    /// The LBA at which the lockspace starts.
+    pub lockspace_lba: u64,
+    /// Seed of the host's jitter and nonces (the simulator replays it).
+    pub seed: u64,
+    /// Timeout and bound of lock operations.
+    pub io_policy: AtsPolicy,
+    /// Timeout and bound of heartbeat and lock renewal writes: a long timeout rather than a quick retry, because a
+    /// retry races the first attempt.
+    pub renew_policy: AtsPolicy,
+}
+
+impl HostConfig {
+    /// Defaults scaled to the lockspace's heartbeat timing.
+    pub fn new(name: &str, host_id: Uuid, superblock: &Superblock) -> HostConfig {
+        let interval = Duration::from_millis(u64::from(superblock.heartbeat_interval_ms));
+        let dead_after = Duration::from_millis(u64::from(superblock.dead_after_ms));
+        HostConfig {
+            name: fit_name(name).to_string(),
+            host_id,
+            pr_key: None,
+            lockspace_lba: 0,
+            seed: rand::random(),
+            io_policy: AtsPolicy {
+                timeout: (interval * 2).max(Duration::from_secs(1)),
+                max_attempts: 5,
+                backoff: interval / 8,
+            },
+            // A heartbeat must resolve well within dead_after, or observers declare this host dead while it waits.
+            renew_policy: AtsPolicy {
+                timeout: (dead_after / 4).max(interval),
+                max_attempts: 3,
+                backoff: interval / 8,
+            },
+        }
+    }
+}
+
+/// The slot this host holds.
+#[derive(Clone, Debug)]
+pub(crate) struct OwnSlot {
+    pub slot: Slot,
+    pub image: Vec<u8>,
+}
+
+/// What an observer knows of one slot.
+#[derive(Clone, Debug)]
+pub struct SlotObservation {
+    pub slot: Slot,
+    /// When (on the observer's clock) the slot's generation or sequence was last seen to change, or first seen.
+    pub changed_at: Duration,
+    /// When the slot was first observed: a slot is judged dead only after being watched for dead_after.
+    pub first_seen: Duration,
+}
+
+/// A host's liveness judgement of a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Free,
+    Alive,
+    /// Not advanced for at least dead_after on this observer's clock.
+    Dead,
+}
+
+/// One host of a lockspace.
+pub struct Host<D, C> {
+    pub(crate) disk: D,
+    pub(crate) clock: C,
+    pub(crate) log: Arc<EventLog>,
+    pub(crate) config: HostConfig,
+    pub(crate) superblock: Superblock,
+    rng: Mutex<StdRng>,
+    own: Mutex<Option<OwnSlot>>,
+    observed: Mutex<HashMap<u32, SlotObservation>>,
+    /// When (on this host's clock) the last heartbeat that landed was sent: observers saw the slot advance no
+    /// earlier than that, so none of them can judge this host dead before `sent + dead_after`.
+    last_landed_send: Mutex<Option<Duration>>,
+}
+
+impl<D: Disk, C: Clock> Host<D, C> {
+    /// Reads and checks the superblock at `lockspace_lba`.
+    pub async fn read_superblock(
+        disk: &D,
+        lockspace_lba: u64,
+        timeout: Duration,
+    ) -> Result<Superblock, ClusterError> {
+        let block = disk.read(lockspace_lba, 1, timeout).await?;
+        let superblock = Superblock::decode(&block).map_err(|e| ClusterError::Format {
+            lba: lockspace_lba,
+            error: e,
+        })?;
+        if superblock.block_size != disk.block_size() {
+            return Err(ClusterError::Format {
+                lba: lockspace_lba,
+                error: FormatError::BadField("block size (differs from the LUN's)"),
+            });
+        }
+        Ok(superblock)
+    }
+
+    pub fn new(
+        disk: D,
+        clock: C,
+        log: Arc<EventLog>,
+        superblock: Superblock,
+        config: HostConfig,
+    ) -> Self {
+        Host {
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            disk,
+            clock,
+            log,
+            config,
+            superblock,
+            own: Mutex::new(None),
+            observed: Mutex::new(HashMap::new()),
+            last_landed_send: Mutex::new(None),
+        }
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.superblock.heartbeat_interval_ms))
+    }
+
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_millis(u64::from(self.superblock.dead_after_ms))
+    }
+
+    /// The slot index and generation this host holds, once joined.
+    pub fn own_slot(&self) -> Option<(u32, u64)> {
+        lock(&self.own)
+            .as_ref()
+            .map(|o| (o.slot.index, o.slot.generation))
+    }
+
+    /// Claims a slot: this host's own (by host UUID) if one is there, else a free one, else one whose host this
+    /// observer has watched stay dead for dead_after. Claiming advances the slot's generation, so locks held by a
+    /// previous incarnation of this host are recognisably stale.
+    pub async fn join(&self) -> Result<u32, ClusterError> {
+        let deadline = self.clock.now() + self.dead_after() * 3;
+        loop {
+            let slots = self.observe_slots().await?;
+            let choice = slots
+                .iter()
+                .find(|s| s.state == SlotState::Live && s.host_id == self.config.host_id)
+                .or_else(|| slots.iter().find(|s| s.host_id == self.config.host_id))
+                .or_else(|| slots.iter().find(|s| s.state == SlotState::Free))
+                .or_else(|| {
+                    slots
+                        .iter()
+                        .find(|s| self.liveness(s.index) == Liveness::Dead)
+                })
+                .cloned();
+            if let Some(current) = choice {
+                if self.claim(current).await? {
+                    return Ok(self.own_slot().expect("claimed").0);
+                }
+                continue;
+            }
+            if self.clock.now() >= deadline {
+                return Err(ClusterError::NoFreeSlot {
+                    slots: self.superblock.slot_count,
+                });
+            }
+            self.clock.sleep(self.heartbeat_interval()).await;
+        }
+    }
+
+    /// Uses this host's live slot without writing it (another process of the same host is heartbeating in it), or
+    /// claims one when there is none.
+    pub async fn attach(&self) -> Result<u32, ClusterError> {
+        let slots = self.observe_slots().await?;
+        if let Some(slot) = slots
+            .into_iter()
+            .find(|s| s.state == SlotState::Live && s.host_id == self.config.host_id)
+        {
+            let index = slot.index;
+            let image = crate::format::to_block(slot.encode(), self.superblock.block_size);
+            *lock(&self.own) = Some(OwnSlot { slot, image });
+            return Ok(index);
+        }
+        self.join().await
+    }
+
+    async fn claim(&self, current: Slot) -> Result<bool, ClusterError> {
+        let mut next = current.clone();
+        next.state = SlotState::Live;
+        next.host_id = self.config.host_id;
+        next.host_name = self.config.name.clone();
+        next.generation = current.generation + 1;
+        next.sequence = current.sequence + 1;
+        next.pr_key = self.config.pr_key.unwrap_or(0);
+        next.nonce = self.nonce();
+        let expected = self.block_of(current.encode());
+        let new = self.block_of(next.encode());
+        let sent = self.clock.now();
+        let request = AtsRequest {
+            op: "claim_slot",
+            target: format!("slot {}", current.index),
+            lba: self.superblock.slot_block(current.index),
+            expected: &expected,
+            new: &new,
+            policy: self.config.renew_policy,
+        };
+        match self.resolved_ats(request).await? {
+            AtsResult::Landed { .. } => {
+                self.note(
+                    "slot_claimed",
+                    format!("slot {} generation {}", next.index, next.generation),
+                );
+                *lock(&self.own) = Some(OwnSlot {
+                    slot: next,
+                    image: new,
+                });
+                *lock(&self.last_landed_send) = Some(sent);
+                Ok(true)
+            }
+            AtsResult::Conflict { .. } => Ok(false),
+        }
+    }
+
+    /// Advances this host's heartbeat once. A real conflict means another host took the slot (it judged this one
+    /// dead): this host has lost everything it held.
+    pub async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let own = lock(&self.own).clone().ok_or(ClusterError::NotJoined)?;
+        let mut next = own.slot.clone();
+        next.sequence += 1;
+        next.nonce = self.nonce();
+        let new = self.block_of(next.encode());
+        let sent = self.clock.now();
+        let request = AtsRequest {
+            op: "heartbeat",
+            target: format!("slot {}", own.slot.index),
+            lba: self.superblock.slot_block(own.slot.index),
+            expected: &own.image,
+            new: &new,
+            policy: self.config.renew_policy,
+        };
+        match self.resolved_ats(request).await? {
+            AtsResult::Landed { .. } => {
+                crate::events::Counters::bump(&self.log.counters.heartbeats);
+                *lock(&self.own) = Some(OwnSlot {
+                    slot: next,
+                    image: new,
+                });
+                *lock(&self.last_landed_send) = Some(sent);
+                Ok(())
+            }
+            AtsResult::Conflict { found } => {
+                *lock(&self.own) = None;
+                let now = Slot::decode(&found, own.slot.index)
+                    .map(|s| format!("{} ({})", s.host_name, s.host_id))
+                    .unwrap_or_else(|e| format!("an unreadable record: {e}"));
+                self.note(
+                    "slot_lost",
+                    format!("slot {} now held by {now}", own.slot.index),
+                );
+                Err(ClusterError::SlotLost {
+                    slot: own.slot.index,
+                    now,
+                })
+            }
+        }
+    }
+
+    /// Whether this host may still act on its locks: no observer can have judged it dead yet, with one heartbeat
+    /// interval to spare. A holder that finds its lease expired must stop using what it holds (it may be broken).
+    pub fn lease_valid(&self) -> bool {
+        let Some(sent) = *lock(&self.last_landed_send) else {
+            return false;
+        };
+        self.own_slot().is_some()
+            && self.clock.now() < sent + self.dead_after().saturating_sub(self.heartbeat_interval())
+    }
+
+    /// Gives the slot up (clean shutdown): observers then see it free at once instead of waiting for dead_after.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let Some(own) = lock(&self.own).clone() else {
+            return Ok(());
+        };
+        let mut next = own.slot.clone();
+        next.state = SlotState::Free;
+        next.sequence += 1;
+        next.nonce = self.nonce();
+        let new = self.block_of(next.encode());
+        let request = AtsRequest {
+            op: "leave",
+            target: format!("slot {}", own.slot.index),
+            lba: self.superblock.slot_block(own.slot.index),
+            expected: &own.image,
+            new: &new,
+            policy: self.config.io_policy,
+        };
+        self.resolved_ats(request).await?;
+        *lock(&self.own) = None;
+        Ok(())
+    }
+
+    /// Reads every slot in one command and updates this host's observations.
+    pub async fn observe_slots(&self) -> Result<Vec<Slot>, ClusterError> {
+        let count = self.superblock.slot_count;
+        let data = self
+            .read_retrying(self.superblock.slot_block(0), count)
+            .await?;
+        let block_size = self.superblock.block_size as usize;
+        let now = self.clock.now();
+        let mut slots = Vec::with_capacity(count as usize);
+        let mut observed = lock(&self.observed);
+        for index in 0..count {
+            let block = &data[index as usize * block_size..][..block_size];
+            let slot = Slot::decode(block, index).map_err(|error| ClusterError::Format {
+                lba: self.absolute_lba(self.superblock.slot_block(index)),
+                error,
+            })?;
+            match observed.get_mut(&index) {
+                Some(seen) => {
+                    if (seen.slot.generation, seen.slot.sequence, seen.slot.state)
+                        != (slot.generation, slot.sequence, slot.state)
+                    {
+                        seen.changed_at = now;
+                    }
+                    seen.slot = slot.clone();
+                }
+                None => {
+                    observed.insert(
+                        index,
+                        SlotObservation {
+                            slot: slot.clone(),
+                            changed_at: now,
+                            first_seen: now,
+                        },
+                    );
+                }
+            }
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// This host's judgement of a slot, from its last observation.
+    pub fn liveness(&self, slot: u32) -> Liveness {
+        let observed = lock(&self.observed);
+        let Some(seen) = observed.get(&slot) else {
+            return Liveness::Alive;
+        };
+        if seen.slot.state == SlotState::Free {
+            return Liveness::Free;
+        }
+        if self.clock.now().saturating_sub(seen.changed_at) >= self.dead_after() {
+            Liveness::Dead
+        } else {
+            Liveness::Alive
+        }
+    }
+
+    /// The last observation of every slot.
+    pub fn observations(&self) -> Vec<SlotObservation> {
+        let mut all: Vec<_> = lock(&self.observed).values().cloned().collect();
+        all.sort_by_key(|o| o.slot.index);
+        all
+    }
+
+    /// The observed slot record, if any.
+    pub fn observed_slot(&self, slot: u32) -> Option<Slot> {
+        lock(&self.observed).get(&slot).map(|o| o.slot.clone())
+    }
+
+    /// Reads blocks (relative to the lockspace start), retrying timeouts and other transient failures within
+    /// the I/O policy: a slow fsync on the target must not end a host.
+    pub async fn read_retrying(&self, lba: u64, count: u32) -> Result<Vec<u8>, ClusterError> {
+        let policy = self.config.io_policy;
+        let mut last_error = String::new();
+        for _ in 0..policy.max_attempts.max(1) {
+            match self.read_blocks(lba, count, policy.timeout).await {
+                Ok(data) => return Ok(data),
+                Err(DiskError::Transient(why)) => last_error = why,
+                Err(other) => return Err(other.into()),
+            }
+            self.clock.sleep(self.jitter(policy.backoff)).await;
+        }
+        Err(ClusterError::Disk(format!(
+            "reading {count} blocks at LBA {} failed {} times: {last_error}",
+            self.absolute_lba(lba),
+            policy.max_attempts
+        )))
+    }
+
+    pub(crate) async fn read_blocks(
+        &self,
+        lba: u64,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, DiskError> {
+        let data = self
+            .disk
+            .read(self.absolute_lba(lba), count, timeout)
+            .await?;
+        let expected = count as usize * self.superblock.block_size as usize;
+        if data.len() != expected {
+            return Err(DiskError::Failed(format!(
+                "read of {count} blocks returned {} bytes",
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+
+    pub(crate) fn absolute_lba(&self, relative: u64) -> u64 {
+        self.config.lockspace_lba + relative
+    }
+
+    pub(crate) fn block_of(&self, record: Vec<u8>) -> Vec<u8> {
+        crate::format::to_block(record, self.superblock.block_size)
+    }
+
+    pub(crate) fn nonce(&self) -> u64 {
+        self.with_rng(|rng| rng.gen())
+    }
+
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut lock(&self.rng))
+    }
+
+    pub(crate) fn note(&self, event: &'static str, detail: String) {
+        self.log.note(&NoteEvent {
+            host: self.config.name.clone(),
+            lockspace: self.superblock.lockspace_id.to_string(),
+            event,
+            detail,
+        });
+    }
+
+    /// Who owns a lockspace block, for the log: a slot's host, or a lock's owner, and the generation.
+    pub(crate) fn describe_image(
+        &self,
+        relative_lba: u64,
+        image: &[u8],
+    ) -> (Option<String>, Option<u64>) {
+        let sb = &self.superblock;
+        if relative_lba >= 1 && relative_lba < sb.lock_block(0) {
+            let index = (relative_lba - 1) as u32;
+            return match Slot::decode(image, index) {
+                Ok(slot) => (
+                    Some(format!("{} ({})", slot.host_name, slot.host_id)),
+                    Some(slot.generation),
+                ),
+                Err(e) => (Some(format!("unreadable: {e}")), None),
+            };
+        }
+        if relative_lba >= sb.lock_block(0) && relative_lba < sb.total_blocks() {
+            let index = (relative_lba - sb.lock_block(0)) as u32;
+            return match LockRecord::decode(image, index) {
+                Ok(record) => (
+                    Some(format!(
+                        "{} {} by slot {} ({})",
+                        record.name, record.mode, record.owner.slot, record.owner_id
+                    )),
+                    Some(record.lock_generation),
+                ),
+                Err(e) => (Some(format!("unreadable: {e}")), None),
+            };
+        }
+        (None, None)
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const _: () = assert!(RECORD_BYTES == 512);

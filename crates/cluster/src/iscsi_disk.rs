@@ -1,0 +1,401 @@
+//! [`Disk`] over an iSCSI session: READ(16), WRITE(16) with FUA, COMPARE AND WRITE with FUA, and PERSISTENT
+//! RESERVE OUT. Every answer is sorted into "definite" and "unknown" as the resolver needs: only GOOD,
+//! MISCOMPARE, RESERVATION CONFLICT and definite CHECK CONDITIONs are definite.
+
+use crate::disk::{CawOutcome, Disk, DiskError};
+use lunlock_initiator::pr::{prout_cdb, PrOutAction, PrType, ProutParameters, ReservationKey};
+use lunlock_initiator::{commands::rw16_cdb, DataDirection, InitiatorError, ScsiOutcome, Session};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+const STATUS_GOOD: u8 = 0x00;
+const STATUS_CHECK_CONDITION: u8 = 0x02;
+const STATUS_RESERVATION_CONFLICT: u8 = 0x18;
+const COMPARE_AND_WRITE: u8 = 0x89;
+const TMF_ABORT_TASK: u8 = 1;
+/// Sense keys that say nothing was done and nothing will be: ILLEGAL REQUEST, MEDIUM ERROR, HARDWARE ERROR,
+/// DATA PROTECT (SPC-4 Table 47). Others (UNIT ATTENTION, NOT READY, ABORTED COMMAND) leave the outcome open.
+const DEFINITE_SENSE_KEYS: [u8; 4] = [0x05, 0x03, 0x04, 0x07];
+
+/// One LUN through one session.
+#[derive(Clone)]
+pub struct IscsiDisk {
+    session: Arc<Session>,
+    lun: u64,
+    block_size: u32,
+}
+
+impl IscsiDisk {
+    pub fn new(session: Arc<Session>, lun: u64, block_size: u32) -> IscsiDisk {
+        IscsiDisk {
+            session,
+            lun,
+            block_size,
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn lun(&self) -> u64 {
+        self.lun
+    }
+
+    /// Runs a command with its own timeout. On timeout the task is aborted (ABORT TASK, RFC 7143 11.5.1), as ESXi
+    /// does with a slow ATS, and the outcome stays unknown.
+    async fn run(
+        &self,
+        cdb: &[u8],
+        direction: DataDirection,
+        timeout: Duration,
+    ) -> Result<ScsiOutcome, String> {
+        let task = self
+            .session
+            .submit(self.lun, cdb, direction)
+            .await
+            .map_err(|e| describe(&e))?;
+        let (itt, cmd_sn) = (task.itt, task.cmd_sn);
+        match tokio::time::timeout(timeout, task.wait()).await {
+            Ok(result) => result.map_err(|e| describe(&e)),
+            Err(_) => {
+                let abort =
+                    self.session
+                        .task_management(TMF_ABORT_TASK, self.lun, Some((itt, cmd_sn)));
+                let answer = match tokio::time::timeout(timeout, abort).await {
+                    Ok(Ok(code)) => format!(
+                        "ABORT TASK answered {:?}",
+                        lunlock_initiator::TmfResponse::from_code(code)
+                    ),
+                    Ok(Err(e)) => format!("ABORT TASK failed: {e}"),
+                    Err(_) => "ABORT TASK timed out".to_string(),
+                };
+                Err(format!(
+                    "timeout after {} ms ({answer})",
+                    timeout.as_millis()
+                ))
+            }
+        }
+    }
+
+    async fn run_checked(
+        &self,
+        cdb: &[u8],
+        direction: DataDirection,
+        timeout: Duration,
+    ) -> Result<ScsiOutcome, DiskError> {
+        let outcome = self
+            .run(cdb, direction, timeout)
+            .await
+            .map_err(DiskError::Transient)?;
+        match classify(&outcome) {
+            Class::Good => Ok(outcome),
+            Class::Fenced => Err(DiskError::Fenced),
+            Class::Definite(why) => Err(DiskError::Failed(format!("{}: {why}", command_name(cdb)))),
+            Class::Open(why) | Class::Miscompare(_, why) => Err(DiskError::Transient(format!(
+                "{}: {why}",
+                command_name(cdb)
+            ))),
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT with the basic parameter list.
+    pub async fn prout(
+        &self,
+        action: PrOutAction,
+        pr_type: PrType,
+        key: u64,
+        service_action_key: u64,
+        timeout: Duration,
+    ) -> Result<(), DiskError> {
+        let parameters = ProutParameters {
+            reservation_key: ReservationKey(key),
+            service_action_key: ReservationKey(service_action_key),
+            ..ProutParameters::default()
+        }
+        .encode();
+        let cdb = prout_cdb(action, pr_type, parameters.len() as u32);
+        self.run_checked(&cdb, DataDirection::Write(parameters), timeout)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Where and as whom to log in.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub address: std::net::SocketAddr,
+    pub target_name: String,
+    pub lun: u64,
+}
+
+/// Logs in as `initiator_name`, reports pending unit attentions away (a new I_T nexus has one) and learns the
+/// block size with READ CAPACITY.
+pub async fn connect(endpoint: &Endpoint, initiator_name: &str) -> Result<IscsiDisk, DiskError> {
+    let options = lunlock_initiator::LoginOptions::new(initiator_name, &endpoint.target_name);
+    let session = Session::login(endpoint.address, &options)
+        .await
+        .map_err(|e| {
+            DiskError::Failed(format!(
+                "login to {} as {initiator_name}: {e}",
+                endpoint.address
+            ))
+        })?;
+    // SAM-5 5.14: each TEST UNIT READY reports one pending unit attention; a handful clears them all.
+    for _ in 0..4 {
+        if session.test_unit_ready(endpoint.lun).await.is_ok() {
+            break;
+        }
+    }
+    let capacity = session
+        .read_capacity(endpoint.lun)
+        .await
+        .map_err(|e| DiskError::Failed(format!("READ CAPACITY: {e}")))?;
+    Ok(IscsiDisk::new(
+        Arc::new(session),
+        endpoint.lun,
+        capacity.block_size,
+    ))
+}
+
+impl IscsiDisk {
+    /// Registers `key` for this I_T nexus whatever was registered before (REGISTER AND IGNORE EXISTING KEY), and
+    /// takes the WRITE EXCLUSIVE - REGISTRANTS ONLY reservation if no one holds one: then only registered hosts can
+    /// write, and preempting a host's key fences it (the fence_scsi model).
+    pub async fn join_fencing(&self, key: u64, timeout: Duration) -> Result<(), DiskError> {
+        self.prout(
+            PrOutAction::RegisterAndIgnoreExistingKey,
+            PrType(0),
+            0,
+            key,
+            timeout,
+        )
+        .await?;
+        match self
+            .prout(
+                PrOutAction::Reserve,
+                PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+                key,
+                0,
+                timeout,
+            )
+            .await
+        {
+            // Another registrant holds the reservation already: every registrant may write under it.
+            Ok(()) | Err(DiskError::Fenced) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Removes every registration and the reservation (PERSISTENT RESERVE OUT CLEAR, SPC-4 5.12.11.5), after
+    /// registering `key` to be allowed to.
+    pub async fn clear_fencing(&self, key: u64, timeout: Duration) -> Result<(), DiskError> {
+        self.prout(
+            PrOutAction::RegisterAndIgnoreExistingKey,
+            PrType(0),
+            0,
+            key,
+            timeout,
+        )
+        .await?;
+        self.prout(PrOutAction::Clear, PrType(0), key, 0, timeout)
+            .await
+    }
+}
+
+fn describe(e: &InitiatorError) -> String {
+    e.to_string()
+}
+
+fn command_name(cdb: &[u8]) -> &'static str {
+    lunlock_initiator::status::command_name(cdb.first().copied().unwrap_or(0))
+}
+
+enum Class {
+    Good,
+    Fenced,
+    Miscompare(Option<u64>, String),
+    Definite(String),
+    Open(String),
+}
+
+/// Sorts a SCSI outcome for the resolver (SAM-5 5.3 status codes, SPC-4 4.5 sense data).
+fn classify(outcome: &ScsiOutcome) -> Class {
+    match outcome.status {
+        STATUS_GOOD => Class::Good,
+        STATUS_RESERVATION_CONFLICT => Class::Fenced,
+        STATUS_CHECK_CONDITION => {
+            let Some(sense) = outcome.sense_summary() else {
+                return Class::Open("CHECK CONDITION without sense data".into());
+            };
+            let text = format!(
+                "{} ({:02x}/{:02x}/{:02x})",
+                lunlock_initiator::status::additional_sense_text(sense.asc, sense.ascq),
+                sense.key,
+                sense.asc,
+                sense.ascq
+            );
+            if sense.key == 0x0E && sense.asc == 0x1D {
+                Class::Miscompare(information_field(&outcome.sense), text)
+            } else if DEFINITE_SENSE_KEYS.contains(&sense.key) {
+                Class::Definite(text)
+            } else {
+                Class::Open(text)
+            }
+        }
+        // BUSY, TASK SET FULL, ACA ACTIVE, TASK ABORTED: the command may or may not have run (the issue asks the
+        // resolver to read back on BUSY too, since a target's BUSY after a lost reply says nothing of the first try).
+        other => Class::Open(lunlock_initiator::status::status_name(other).to_string()),
+    }
+}
+
+/// The INFORMATION field of fixed-format sense data when VALID is set (SPC-4 4.5.3); descriptor format carries it
+/// in an information descriptor (type 0, SPC-4 4.5.2.2).
+fn information_field(sense: &[u8]) -> Option<u64> {
+    match sense.first()? & 0x7F {
+        0x70 | 0x71 if sense.len() >= 7 && sense[0] & 0x80 != 0 => {
+            Some(u64::from(u32::from_be_bytes(sense[3..7].try_into().ok()?)))
+        }
+        0x72 | 0x73 => {
+            let mut at = 8;
+            while at + 12 <= sense.len() {
+                if sense[at] == 0x00 && sense[at + 2] & 0x80 != 0 {
+                    return Some(u64::from_be_bytes(sense[at + 4..at + 12].try_into().ok()?));
+                }
+                at += 2 + usize::from(sense[at + 1]);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The COMPARE AND WRITE CDB (SBC-4 5.3, Table 35) for one block, with FUA so the write is durable before GOOD.
+pub fn compare_and_write_cdb(lba: u64) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = COMPARE_AND_WRITE;
+    cdb[1] = 0x08;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = 1;
+    cdb
+}
+
+impl Disk for IscsiDisk {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    async fn read(&self, lba: u64, count: u32, timeout: Duration) -> Result<Vec<u8>, DiskError> {
+        let cdb = rw16_cdb(0x88, lba, count, false);
+        let length = count * self.block_size;
+        let outcome = self
+            .run_checked(&cdb, DataDirection::Read(length), timeout)
+            .await?;
+        Ok(outcome.data_in)
+    }
+
+    async fn write(&self, lba: u64, data: Vec<u8>, timeout: Duration) -> Result<(), DiskError> {
+        let blocks = (data.len() / self.block_size as usize) as u32;
+        let cdb = rw16_cdb(0x8A, lba, blocks, true);
+        self.run_checked(&cdb, DataDirection::Write(data), timeout)
+            .await
+            .map(|_| ())
+    }
+
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        expected: &[u8],
+        new: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = CawOutcome> + Send {
+        let mut data = Vec::with_capacity(expected.len() + new.len());
+        data.extend_from_slice(expected);
+        data.extend_from_slice(new);
+        async move {
+            let cdb = compare_and_write_cdb(lba);
+            match self.run(&cdb, DataDirection::Write(data), timeout).await {
+                Err(why) => CawOutcome::Unknown(why),
+                Ok(outcome) => match classify(&outcome) {
+                    Class::Good => CawOutcome::Written,
+                    Class::Fenced => CawOutcome::Fenced,
+                    Class::Miscompare(offset, _) => CawOutcome::Miscompare { offset },
+                    Class::Definite(why) => CawOutcome::Failed(why),
+                    Class::Open(why) => CawOutcome::Unknown(why),
+                },
+            }
+        }
+    }
+
+    fn preempt_and_abort(
+        &self,
+        own_key: u64,
+        victim_key: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send {
+        self.prout(
+            PrOutAction::PreemptAndAbort,
+            PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+            own_key,
+            victim_key,
+            timeout,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caw_cdb_names_one_block_with_fua() {
+        let cdb = compare_and_write_cdb(0x1234);
+        assert_eq!((cdb[0], cdb[1], cdb[13]), (0x89, 0x08, 1));
+        assert_eq!(u64::from_be_bytes(cdb[2..10].try_into().unwrap()), 0x1234);
+    }
+
+    #[test]
+    fn information_is_read_only_when_valid() {
+        let mut fixed = vec![0u8; 18];
+        fixed[0] = 0xF0;
+        fixed[3..7].copy_from_slice(&77u32.to_be_bytes());
+        assert_eq!(information_field(&fixed), Some(77));
+        fixed[0] = 0x70;
+        assert_eq!(information_field(&fixed), None);
+        let mut descriptor = vec![0x72, 0x0E, 0x1D, 0x00, 0, 0, 0, 12];
+        descriptor.extend_from_slice(&[0x00, 0x0A, 0x80, 0]);
+        descriptor.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(information_field(&descriptor), Some(9));
+    }
+
+    fn outcome(status: u8, key: u8, asc: u8) -> ScsiOutcome {
+        let mut sense = vec![0u8; 18];
+        sense[0] = 0x70;
+        sense[2] = key;
+        sense[12] = asc;
+        ScsiOutcome {
+            status,
+            sense,
+            data_in: Vec::new(),
+            residual: Default::default(),
+        }
+    }
+
+    #[test]
+    fn outcomes_are_sorted_into_definite_and_open() {
+        assert!(matches!(classify(&outcome(0, 0, 0)), Class::Good));
+        assert!(matches!(classify(&outcome(0x18, 0, 0)), Class::Fenced));
+        assert!(matches!(
+            classify(&outcome(2, 0x0E, 0x1D)),
+            Class::Miscompare(..)
+        ));
+        assert!(matches!(
+            classify(&outcome(2, 0x05, 0x24)),
+            Class::Definite(_)
+        ));
+        assert!(matches!(classify(&outcome(2, 0x06, 0x29)), Class::Open(_)));
+        assert!(matches!(classify(&outcome(0x08, 0, 0)), Class::Open(_)));
+        assert!(matches!(classify(&outcome(0x28, 0, 0)), Class::Open(_)));
+    }
+}
