@@ -14,8 +14,9 @@
 //!   are checked (TTT, DataSN, buffer offset, length); with ErrorRecoveryLevel 0 a sequence error is fatal.
 //! - Builds responses: Data-In segmented by the initiator's MaxRecvDataSegmentLength, status in the final Data-In
 //!   when there is no sense data (11.7.4), residual overflow/underflow (11.4.5), StatSN numbering (4.2.2.2).
-//! - NOP-Out/NOP-In both ways (11.18, 11.19), ABORT TASK for held and completed tasks (11.5.1), Logout (11.14),
-//!   Reject of PDUs it cannot accept (11.17).
+//! - NOP-Out/NOP-In both ways (11.18, 11.19), ABORT TASK for held and completed tasks (11.5.1) and for executed
+//!   tasks whose response never reached the initiator (see [`TargetSession::abort_task`]), Logout (11.14), Reject
+//!   of PDUs it cannot accept (11.17).
 //!
 //! Invariants: every task held is bounded in size (EDTL <= MAX_TASK_DATA_BYTES), the reorder buffer holds at most
 //! the command window, and no PDU from the initiator can make this code panic.
@@ -38,6 +39,10 @@ pub const MAX_TASKS_AWAITING_DATA: usize = 1024;
 /// CmdSN window, so without this bound an initiator could make the target allocate MAX_TASKS_AWAITING_DATA times
 /// MAX_TASK_DATA_BYTES.
 pub const MAX_PENDING_WRITE_BYTES: u64 = 256 << 20;
+
+/// Executed tasks whose response was dropped that ABORT TASK still recognises; older ones are forgotten (and
+/// answered TASK DOES NOT EXIST like any completed task).
+pub const MAX_UNDELIVERED_RESPONSES: usize = 64;
 
 /// SAM-5 TASK SET FULL status.
 const TASK_SET_FULL: u8 = 0x28;
@@ -163,11 +168,38 @@ struct PendingWrite {
 /// What the session remembers of a task handed to the runtime, to build its response.
 #[derive(Debug)]
 struct Executing {
-    itt: u32,
+    reference: TaskReference,
     lun: [u8; 8],
     expected_transfer_length: u32,
     read: bool,
     r2ts_sent: u32,
+}
+
+/// How an ABORT TASK names a task: Referenced Task Tag and RefCmdSN (RFC 7143 11.5.4, 11.5.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TaskReference {
+    itt: u32,
+    cmd_sn: u32,
+    immediate: bool,
+}
+
+impl TaskReference {
+    fn of(command: &ScsiCommand) -> TaskReference {
+        TaskReference {
+            itt: command.itt,
+            cmd_sn: command.cmd_sn,
+            immediate: command.immediate,
+        }
+    }
+
+    /// Whether `request` names this task. RFC 7143 11.5.5: RefCmdSN is the CmdSN of the referenced task; for a task
+    /// created by an immediate command it MUST be the TMF's own CmdSN (an immediate command carries the next CmdSN
+    /// without consuming it, so its own CmdSN field is accepted too).
+    fn named_by(&self, request: &TaskManagementRequest) -> bool {
+        self.itt == request.referenced_task_tag
+            && (request.ref_cmd_sn == self.cmd_sn
+                || (self.immediate && request.ref_cmd_sn == request.cmd_sn))
+    }
 }
 
 pub struct TargetSession {
@@ -179,6 +211,12 @@ pub struct TargetSession {
     reorder: HashMap<u32, Pdu>,
     writes: HashMap<u32, PendingWrite>,
     executing: HashMap<TaskId, Executing>,
+    /// Executed tasks whose response the runtime dropped (fault injection), oldest first, at most
+    /// MAX_UNDELIVERED_RESPONSES.
+    dropped_responses: VecDeque<TaskReference>,
+    /// Executed tasks whose response is built and waits in `transmit`, by ITT; removed when `poll_transmit` hands
+    /// the PDU carrying the status to the runtime.
+    queued_responses: HashMap<u32, TaskReference>,
     next_task: u64,
     next_ttt: u32,
     outstanding_ping: Option<u32>,
@@ -202,6 +240,8 @@ impl TargetSession {
             reorder: HashMap::new(),
             writes: HashMap::new(),
             executing: HashMap::new(),
+            dropped_responses: VecDeque::new(),
+            queued_responses: HashMap::new(),
             next_task: 1,
             next_ttt: 1,
             outstanding_ping: None,
@@ -219,8 +259,14 @@ impl TargetSession {
         self.events.pop_front()
     }
 
+    /// The next PDU to send. Once handed over, a command's response counts as delivered: an ABORT TASK for it is
+    /// answered TASK DOES NOT EXIST (see [`TargetSession::abort_task`]).
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        self.transmit.pop_front()
+        let pdu = self.transmit.pop_front()?;
+        if !self.queued_responses.is_empty() && carries_command_status(&pdu) {
+            self.queued_responses.remove(&pdu.itt());
+        }
+        Some(pdu)
     }
 
     pub fn is_logged_out(&self) -> bool {
@@ -361,6 +407,11 @@ impl TargetSession {
                 return Ok(());
             }
         };
+        if !self.dropped_responses.is_empty() {
+            // The initiator reuses the tag: it has given up on the old task (an Initiator Task Tag is unique among
+            // the initiator's outstanding tasks, RFC 7143 11.2.1), so an ABORT TASK naming the tag means the new one.
+            self.dropped_responses.retain(|t| t.itt != command.itt);
+        }
         let lun = message::decode_lun(command.lun).unwrap_or(u64::MAX);
         let edtl = command.expected_data_transfer_length;
         let immediate_len = command.data.len() as u32;
@@ -583,7 +634,7 @@ impl TargetSession {
         self.executing.insert(
             task,
             Executing {
-                itt: command.itt,
+                reference: TaskReference::of(&command),
                 lun: command.lun,
                 expected_transfer_length: command.expected_data_transfer_length,
                 read: command.read,
@@ -603,10 +654,18 @@ impl TargetSession {
         });
     }
 
-    /// Ends an executed command without answering it (fault injection: the lost reply). The task leaves the
-    /// command window like any completed one; StatSN does not advance, so no gap shows in later responses.
+    /// Ends an executed command without answering it: the runtime tells the session that the response for this
+    /// task was dropped (fault injection: the lost reply). The task leaves the command window like any completed
+    /// one; StatSN does not advance, so no gap shows in later responses. The session remembers the task (the last
+    /// MAX_UNDELIVERED_RESPONSES of them) so that an ABORT TASK naming it answers FUNCTION COMPLETE.
     pub fn complete_command_silently(&mut self, task: TaskId) {
-        self.executing.remove(&task);
+        let Some(executing) = self.executing.remove(&task) else {
+            return;
+        };
+        if self.dropped_responses.len() >= MAX_UNDELIVERED_RESPONSES {
+            self.dropped_responses.pop_front();
+        }
+        self.dropped_responses.push_back(executing.reference);
     }
 
     /// Builds the response PDUs of a finished command (RFC 7143 11.4, 11.7).
@@ -650,7 +709,7 @@ impl TargetSession {
                     Residual::None
                 },
                 lun: executing.lun,
-                itt: executing.itt,
+                itt: executing.reference.itt,
                 ttt: RESERVED_TAG,
                 sequence,
                 data_sn: data_sn as u32,
@@ -660,6 +719,8 @@ impl TargetSession {
             self.transmit.push_back(data_in_pdu.to_pdu());
             offset = end;
         }
+        self.queued_responses
+            .insert(executing.reference.itt, executing.reference);
         if status_in_data {
             return;
         }
@@ -667,7 +728,7 @@ impl TargetSession {
             response: 0,
             status: outcome.status,
             residual,
-            itt: executing.itt,
+            itt: executing.reference.itt,
             sequence: self.status_sequence(),
             exp_data_sn: if pieces > 0 {
                 pieces as u32
@@ -760,9 +821,20 @@ impl TargetSession {
     }
 
     /// ABORT TASK (RFC 7143 11.5.1): a task held here (awaiting data or reordering) is aborted: FUNCTION COMPLETE.
+    ///
+    /// An executed task whose SCSI Response has not reached the initiator — dropped by the runtime
+    /// ([`TargetSession::complete_command_silently`]) or still waiting in the transmit queue — is also answered
+    /// FUNCTION COMPLETE when Referenced Task Tag and RefCmdSN name it (11.5.4, 11.5.5). From the target's view the
+    /// task is complete, but the initiator learns its outcome only from the response, which it never got; the
+    /// abort leaves the outcome unknown to the initiator, which is what FUNCTION COMPLETE for ABORT TASK permits
+    /// (11.5.1 a, 11.6.1). A queued response is withdrawn, so the initiator never sees a status for a task it was
+    /// told is aborted. This is what ESXi needs when it aborts a slow ATS heartbeat: TASK DOES NOT EXIST there
+    /// reads as a failing target and escalates to LUN reset.
+    ///
     /// A task not found is either one whose command never arrived — RefCmdSN inside the CmdSN window and below the
-    /// TMF's own CmdSN: the target must consider that CmdSN received and answer FUNCTION COMPLETE — or one that
-    /// already completed or never existed: TASK DOES NOT EXIST.
+    /// TMF's own CmdSN: the target must consider that CmdSN received and answer FUNCTION COMPLETE (11.5.1 b) — or
+    /// one that already completed with its response delivered, or never existed: TASK DOES NOT EXIST (11.5.1 c;
+    /// libiscsi's iSCSITMF.AbortTaskSimpleAsync checks this for a write it saw complete).
     fn abort_task(&mut self, request: &TaskManagementRequest) -> u8 {
         let tag = request.referenced_task_tag;
         if self.writes.remove(&tag).is_some() {
@@ -777,6 +849,23 @@ impl TargetSession {
             self.consume_cmd_sn(cmd_sn);
             return tmf::FUNCTION_COMPLETE;
         }
+        if let Some(index) = self
+            .dropped_responses
+            .iter()
+            .position(|t| t.named_by(request))
+        {
+            // Answered once: a later ABORT TASK for it finds no task (the abort ended it).
+            self.dropped_responses.remove(index);
+            return tmf::FUNCTION_COMPLETE;
+        }
+        if self
+            .queued_responses
+            .get(&tag)
+            .is_some_and(|t| t.named_by(request))
+        {
+            self.withdraw_response(tag);
+            return tmf::FUNCTION_COMPLETE;
+        }
         let ref_cmd_sn = SerialNumber(request.ref_cmd_sn);
         let in_window = ref_cmd_sn.in_window(self.exp_cmd_sn, self.max_cmd_sn());
         let before_request = request.immediate || ref_cmd_sn.lt(SerialNumber(request.cmd_sn));
@@ -785,6 +874,33 @@ impl TargetSession {
             return tmf::FUNCTION_COMPLETE;
         }
         tmf::TASK_DOES_NOT_EXIST
+    }
+
+    /// Removes the queued Data-In and SCSI Response PDUs of the task `itt`, whose response has not been handed to
+    /// the runtime, and gives back the StatSN its status took: every later PDU's StatSN moves down by one, so the
+    /// initiator sees no gap (RFC 7143 4.2.2.2: StatSN counts the status the initiator receives).
+    fn withdraw_response(&mut self, itt: u32) {
+        self.queued_responses.remove(&itt);
+        let Some(status_sn) = self
+            .transmit
+            .iter()
+            .find(|pdu| pdu.itt() == itt && carries_command_status(pdu))
+            .map(|pdu| pdu.u32_at(24))
+        else {
+            return;
+        };
+        self.transmit.retain(|pdu| {
+            pdu.itt() != itt || !matches!(pdu.opcode(), Some(Opcode::DataIn | Opcode::ScsiResponse))
+        });
+        // Every PDU a target sends carries StatSN at bytes 24-27 (RFC 7143 section 11 PDU formats); in PDUs without
+        // status it is the next StatSN, which moves down as well.
+        for pdu in self.transmit.iter_mut() {
+            let stat_sn = pdu.u32_at(24);
+            if SerialNumber(stat_sn).gt(SerialNumber(status_sn)) {
+                pdu.set_u32_at(24, stat_sn.wrapping_sub(1));
+            }
+        }
+        self.stat_sn = self.stat_sn.wrapping_sub(1);
     }
 
     /// Aborts every task this session holds for `lun` (awaiting Data-Out, or waiting for its CmdSN turn), without
@@ -884,6 +1000,15 @@ impl TargetSession {
                 reason: request.reason,
             });
         }
+    }
+}
+
+/// A SCSI Response, or a Data-In carrying status (S bit, RFC 7143 11.7.1): the PDU that ends a command.
+fn carries_command_status(pdu: &Pdu) -> bool {
+    match pdu.opcode() {
+        Some(Opcode::ScsiResponse) => true,
+        Some(Opcode::DataIn) => pdu.bhs[1] & 0x01 != 0,
+        _ => false,
     }
 }
 
@@ -1257,6 +1382,202 @@ mod tests {
             .handle_pdu(command(8, 3, false, 0, vec![], true))
             .unwrap();
         assert_eq!(executed(&mut session).len(), 1);
+    }
+
+    fn abort_request(tag: u32, ref_cmd_sn: u32, cmd_sn: u32) -> Pdu {
+        TaskManagementRequest {
+            immediate: true,
+            function: tmf::ABORT_TASK,
+            itt: 1000 + tag,
+            referenced_task_tag: tag,
+            cmd_sn,
+            ref_cmd_sn,
+            ..Default::default()
+        }
+        .to_pdu()
+    }
+
+    /// Sends one ABORT TASK and returns the TMF Response (the only PDU it produces here).
+    fn abort_answer(
+        session: &mut TargetSession,
+        tag: u32,
+        ref_cmd_sn: u32,
+    ) -> TaskManagementResponse {
+        let cmd_sn = session.exp_cmd_sn.0;
+        session
+            .handle_pdu(abort_request(tag, ref_cmd_sn, cmd_sn))
+            .unwrap();
+        let pdus = drain(session);
+        assert_eq!(pdus.len(), 1, "one TMF response");
+        TaskManagementResponse::from_pdu(&pdus[0])
+    }
+
+    #[test]
+    fn abort_task_for_a_dropped_response_is_function_complete_once() {
+        let mut session = TargetSession::new(params(), 0, 50, 16);
+        // CmdSN 0: executed, response dropped by the runtime. CmdSN 1: executed and answered.
+        session
+            .handle_pdu(command(1, 0, true, 512, vec![3; 512], true))
+            .unwrap();
+        let (dropped, ..) = executed(&mut session).remove(0);
+        session.complete_command_silently(dropped);
+        assert!(drain(&mut session).is_empty(), "nothing sent for it");
+        session
+            .handle_pdu(command(2, 1, true, 512, vec![4; 512], true))
+            .unwrap();
+        let (answered, ..) = executed(&mut session).remove(0);
+        session.complete_command(answered, CommandOutcome::default());
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!((response.itt, response.sequence.stat_sn), (2, 50));
+        assert_eq!(session.pending_tasks(), 0);
+
+        // The right tag with the wrong RefCmdSN (RFC 7143 11.5.5) names no task.
+        assert_eq!(
+            abort_answer(&mut session, 1, 1).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        // The response the initiator received: TASK DOES NOT EXIST (libiscsi AbortTaskSimpleAsync).
+        assert_eq!(
+            abort_answer(&mut session, 2, 1).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        // The dropped one: FUNCTION COMPLETE, with the next StatSN (no gap for the dropped response).
+        let answer = abort_answer(&mut session, 1, 0);
+        assert_eq!(answer.response, tmf::FUNCTION_COMPLETE);
+        assert_eq!(answer.sequence.stat_sn, 53);
+        // The abort ended it: asked again, there is no such task.
+        assert_eq!(
+            abort_answer(&mut session, 1, 0).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        // The window did not move for any of these (no CmdSN was consumed).
+        assert_eq!(session.exp_cmd_sn.0, 2);
+    }
+
+    #[test]
+    fn abort_task_withdraws_a_queued_response_and_keeps_statsn_dense() {
+        let mut session = TargetSession::new(params(), 0, 10, 16);
+        // Task 1: a read whose Data-In (two PDUs, status in the last) is built but not yet handed to the wire.
+        session
+            .handle_pdu(command(1, 0, false, 2048, vec![], true))
+            .unwrap();
+        let (read, ..) = executed(&mut session).remove(0);
+        session.complete_command(
+            read,
+            CommandOutcome {
+                data_in: vec![1; 2048],
+                ..Default::default()
+            },
+        );
+        // Task 2: answered after it, with the next StatSN; still queued too.
+        session
+            .handle_pdu(command(2, 1, true, 512, vec![2; 512], true))
+            .unwrap();
+        let (write, ..) = executed(&mut session).remove(0);
+        session.complete_command(write, CommandOutcome::default());
+        // ABORT TASK for task 1 arrives before the runtime drained the queue.
+        session.handle_pdu(abort_request(1, 0, 2)).unwrap();
+        let pdus = drain(&mut session);
+        assert!(
+            pdus.iter().all(|pdu| pdu.itt() != 1),
+            "no Data-In or status for the aborted task"
+        );
+        assert_eq!(pdus.len(), 2);
+        let response = ScsiResponse::from_pdu(&pdus[0]);
+        assert_eq!((response.itt, response.sequence.stat_sn), (2, 10));
+        let answer = TaskManagementResponse::from_pdu(&pdus[1]);
+        assert_eq!(
+            (answer.itt, answer.response, answer.sequence.stat_sn),
+            (1001, tmf::FUNCTION_COMPLETE, 11)
+        );
+        // Task 2's response was handed over (delivered): its abort finds no task.
+        assert_eq!(
+            abort_answer(&mut session, 2, 1).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        // Later responses continue the numbering.
+        session
+            .handle_pdu(command(3, 2, false, 0, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(task, CommandOutcome::default());
+        assert_eq!(
+            ScsiResponse::from_pdu(&drain(&mut session)[0])
+                .sequence
+                .stat_sn,
+            13
+        );
+    }
+
+    #[test]
+    fn dropped_responses_are_bounded_and_forgotten_when_the_tag_is_reused() {
+        let mut session = TargetSession::new(params(), 0, 0, 128);
+        let total = MAX_UNDELIVERED_RESPONSES as u32 + 1;
+        for n in 0..total {
+            session
+                .handle_pdu(command(n, n, false, 0, vec![], true))
+                .unwrap();
+            let (task, ..) = executed(&mut session).remove(0);
+            session.complete_command_silently(task);
+        }
+        assert!(session.dropped_responses.len() <= MAX_UNDELIVERED_RESPONSES);
+        // The oldest was forgotten: answered as a completed task.
+        assert_eq!(
+            abort_answer(&mut session, 0, 0).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        assert_eq!(
+            abort_answer(&mut session, total - 1, total - 1).response,
+            tmf::FUNCTION_COMPLETE
+        );
+        // Tag 5 is reused by a new command that is answered: an abort naming the old task no longer matches.
+        session
+            .handle_pdu(command(5, total, false, 0, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(task, CommandOutcome::default());
+        drain(&mut session);
+        assert_eq!(
+            abort_answer(&mut session, 5, 5).response,
+            tmf::TASK_DOES_NOT_EXIST
+        );
+        assert_eq!(
+            abort_answer(&mut session, 6, 6).response,
+            tmf::FUNCTION_COMPLETE
+        );
+    }
+
+    #[test]
+    fn aborting_immediate_tasks_with_dropped_responses() {
+        let mut session = TargetSession::new(params(), 7, 0, 16);
+        let immediate = |session: &mut TargetSession, itt, cmd_sn| {
+            let mut pdu = command(itt, cmd_sn, false, 0, vec![], true);
+            pdu.set_immediate(true);
+            session.handle_pdu(pdu).unwrap();
+            let (task, ..) = executed(session).remove(0);
+            session.complete_command_silently(task);
+        };
+        immediate(&mut session, 4, 7);
+        // A non-immediate command takes CmdSN 7 and is answered: ExpCmdSN is 8.
+        session
+            .handle_pdu(command(5, 7, false, 0, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.complete_command(task, CommandOutcome::default());
+        drain(&mut session);
+        // Named by the CmdSN it carried (below the window now): recognised as dropped.
+        assert_eq!(
+            abort_answer(&mut session, 4, 7).response,
+            tmf::FUNCTION_COMPLETE
+        );
+        // RFC 7143 11.5.5: for an immediate command RefCmdSN is the TMF's own CmdSN. Recognised as dropped, so no
+        // CmdSN is consumed (the never-arrived rule of 11.5.1 would consume CmdSN 8).
+        immediate(&mut session, 6, 8);
+        assert_eq!(
+            abort_answer(&mut session, 6, 8).response,
+            tmf::FUNCTION_COMPLETE
+        );
+        assert_eq!(session.exp_cmd_sn.0, 8);
     }
 
     #[test]

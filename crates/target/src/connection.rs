@@ -418,6 +418,8 @@ impl FullFeature {
                         itt,
                     );
                     if decision.outcome == Some(Injected::DropResponse) {
+                        // Tells the session this task's response was dropped: it stays abortable (ABORT TASK
+                        // answers FUNCTION COMPLETE, RFC 7143 11.5.1, 11.6.1) instead of counting as delivered.
                         self.session.complete_command_silently(task);
                     } else {
                         self.session.complete_command(task, outcome);

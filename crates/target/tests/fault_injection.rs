@@ -1,7 +1,7 @@
 //! Fault injection end to end (docs/fault-injection.md): the target in-process on an ephemeral port, driven by
 //! lunlock's initiator over real TCP.
 
-use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session};
+use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session, TmfResponse};
 use lunlock_target::fault::{fault_control_cdb, FaultRule};
 use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
@@ -12,6 +12,8 @@ const INITIATOR: &str = "iqn.2026-11.io.lunlock:fault-test";
 const BLOCK: usize = 512;
 const BUSY: u8 = 0x08;
 const CHECK_CONDITION: u8 = 0x02;
+/// RFC 7143 11.5.1 function code.
+const ABORT_TASK: u8 = 1;
 
 async fn start(dir: &Path, faults: &[&str], enable: bool) -> RunningTarget {
     let options = ServeOptions {
@@ -150,6 +152,99 @@ async fn drop_response_executes_but_never_answers() {
         "the write landed"
     );
     assert!(listing(&observer).await.contains("hits=1"));
+    target.shutdown().await;
+}
+
+/// COMPARE AND WRITE (16) of one block (SBC-4 5.3): Data-Out is the compare image then the write image.
+fn caw16(lba: u64) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = 1;
+    cdb
+}
+
+/// Polls the fault table until `needle` shows: the target has consumed the command the rule matched.
+async fn await_listing(session: &Session, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = listing(session).await;
+        if table.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw {needle:?} in {table}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// ESXi aborts an ATS heartbeat whose reply is late and treats TASK DOES NOT EXIST as a failing target; libiscsi's
+/// iSCSITMF.AbortTaskSimpleAsync wants TASK DOES NOT EXIST for a write whose response it received. The target
+/// tells them apart by whether the response was delivered (RFC 7143 11.5.1, 11.6.1).
+#[tokio::test]
+async fn abort_task_is_function_complete_for_a_dropped_response_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["caw:drop-response"], false).await;
+    let mut session = login(&target).await;
+    session.set_timeout(Duration::from_millis(1500));
+    let observer = login(&target).await;
+
+    let mut images = vec![0u8; BLOCK];
+    images.extend(vec![0x77; BLOCK]);
+    let lost = session
+        .submit(0, &caw16(9), DataDirection::Write(images))
+        .await
+        .unwrap();
+    // The target executed the CAW and sent nothing back.
+    await_listing(&observer, "caw:drop-response:100% matched=1 hits=1").await;
+    assert_eq!(
+        session.abort_task(&lost).await.unwrap(),
+        TmfResponse::FunctionComplete,
+        "the initiator never saw the response: the abort succeeds"
+    );
+    let (lost_itt, lost_cmd_sn) = (lost.itt, lost.cmd_sn);
+    assert!(
+        matches!(lost.wait().await, Err(InitiatorError::Timeout(_))),
+        "no response follows the abort"
+    );
+    // The task completed on the target before the abort: the write is there.
+    assert_eq!(read_block(&session, 9).await, vec![0x77; BLOCK]);
+    // The abort ended it: asked again, there is no such task.
+    let again = session
+        .task_management(ABORT_TASK, 0, Some((lost_itt, lost_cmd_sn)))
+        .await
+        .unwrap();
+    assert_eq!(TmfResponse::from_code(again), TmfResponse::TaskDoesNotExist);
+
+    // A write whose response was delivered: TASK DOES NOT EXIST, as before.
+    let answered = session
+        .submit(0, &write10(9), DataDirection::Write(vec![0x33; BLOCK]))
+        .await
+        .unwrap();
+    let (itt, cmd_sn) = (answered.itt, answered.cmd_sn);
+    assert!(answered.wait().await.unwrap().is_good());
+    let code = session
+        .task_management(ABORT_TASK, 0, Some((itt, cmd_sn)))
+        .await
+        .unwrap();
+    assert_eq!(TmfResponse::from_code(code), TmfResponse::TaskDoesNotExist);
+
+    // A CAW that is answered (the rule is cleared) behaves the same.
+    assert!(control(&observer, "clear").await.is_good());
+    let mut images = vec![0x33; BLOCK];
+    images.extend(vec![0x44; BLOCK]);
+    let answered = session
+        .submit(0, &caw16(9), DataDirection::Write(images))
+        .await
+        .unwrap();
+    let (itt, cmd_sn) = (answered.itt, answered.cmd_sn);
+    assert!(answered.wait().await.unwrap().is_good());
+    let code = session
+        .task_management(ABORT_TASK, 0, Some((itt, cmd_sn)))
+        .await
+        .unwrap();
+    assert_eq!(TmfResponse::from_code(code), TmfResponse::TaskDoesNotExist);
+    // The session is healthy throughout: no StatSN gap, no reconnect.
+    assert_eq!(read_block(&session, 9).await, vec![0x44; BLOCK]);
     target.shutdown().await;
 }
 
