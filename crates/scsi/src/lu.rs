@@ -194,6 +194,7 @@ impl LogicalUnit {
     /// Reconciles the Data-Out received with what the CDB asks for, when the initiator's expected data transfer
     /// length disagreed with the CDB (RFC 7143 11.4.5.1, FCP-4 9.4.2 option a): excess data is ignored; a block
     /// write short of data writes only the whole blocks received. The transport reports the residual either way.
+    /// WRITE SAME with more than its one block is refused (see below).
     /// None when the command cannot run on the data received (a short parameter list or comparison block): the
     /// caller answers INVALID FIELD IN COMMAND INFORMATION UNIT (option b) and nothing is written.
     fn fit_data_out<'d>(
@@ -205,6 +206,10 @@ impl LogicalUnit {
         let wanted = wanted as usize;
         match data_out.len().cmp(&wanted) {
             std::cmp::Ordering::Equal => Some((command, data_out)),
+            // WRITE SAME's Data-Out is one logical block (SBC-4 5.50): more than that means the initiator and the
+            // device server disagree on the block length, and replicating the first part of it could write a wrong
+            // pattern over the whole range, so the command is refused instead (option b).
+            std::cmp::Ordering::Greater if matches!(command, Command::WriteSame { .. }) => None,
             std::cmp::Ordering::Greater => Some((command, &data_out[..wanted])),
             std::cmp::Ordering::Less => {
                 let block_size = self.config.block_size as usize;

@@ -309,6 +309,14 @@ fn data_out_length_mismatch_writes_only_what_both_allow() {
     assert_eq!(sense_code(&response), (0x05, 0x0E, 0x03));
     assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert!(f.medium(0, 4).iter().all(|b| *b == 0));
+    // Nor can WRITE SAME's one block be picked out of more data, with or without UNMAP.
+    for byte1 in [0x00, 0x08] {
+        let mut cdb = block_cdb(10, op::WRITE_SAME_10, 0, 4);
+        cdb[1] = byte1;
+        let response = f.run(&cdb, &[0xEE; 2 * BLOCK as usize]);
+        assert_eq!(sense_code(&response), (0x05, 0x0E, 0x03));
+        assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }
 
 #[test]
