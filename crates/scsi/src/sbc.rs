@@ -68,8 +68,9 @@ impl LogicalUnit {
     /// tests (CompareAndWrite.InvalidDataOutSize, WriteSame10/16.UnmapUnaligned and .InvalidDataOutSize) then pass,
     /// and the PDU hook CompareAndWrite.InvalidDataOutSize installs does not outlive it (test_setup clears it). But
     /// GetLBAStatus.UnmapSingle then fails: it sends GET LBA STATUS for LBA i + 1 and requires the first descriptor
-    /// to start at LBA i + LBPPB, while SBC-4 5.7.2 makes the first descriptor describe the STARTING LOGICAL BLOCK
-    /// ADDRESS itself. With LBPPB = 1, i + 1 = i + LBPPB and the test passes.
+    /// to start at LBA i + LBPPB, while SBC-4 (GET LBA STATUS parameter data, "LBA status descriptor
+    /// relationships") requires the first descriptor's LBA to equal the STARTING LOGICAL BLOCK ADDRESS. With
+    /// LBPPB = 1, i + 1 = i + LBPPB and the test passes.
     pub(crate) fn physical_exponent(&self) -> u8 {
         0
     }
