@@ -86,6 +86,19 @@ pub enum ByteCheck {
     SingleBlock,
 }
 
+/// SANITIZE service actions (SBC-4 5.30.1 Table 133).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SanitizeAction {
+    /// 01h: write the initialization pattern to every logical block (SBC-4 5.30.2).
+    Overwrite,
+    /// 02h: block erase (SBC-4 5.30.3).
+    BlockErase,
+    /// 03h: cryptographic erase (SBC-4 5.30.4).
+    CryptographicErase,
+    /// 1Fh: leave the sanitize failure mode of an unrestricted failed sanitize operation (SBC-4 5.30.5).
+    ExitFailureMode,
+}
+
 /// Page control of MODE SENSE (SPC-4 6.11 Table 131).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageControl {
@@ -217,6 +230,15 @@ pub enum Command {
     },
     PersistentReserveIn(PrIn),
     PersistentReserveOut(PrOutCdb),
+    /// SANITIZE (SBC-4 5.30). The PARAMETER LIST LENGTH of OVERWRITE is checked against the block size by the
+    /// executor; every other service action has been checked to carry no parameter list.
+    Sanitize {
+        immediate: bool,
+        /// AUSE: allow unrestricted sanitize exit (SBC-4 4.33.3).
+        ause: bool,
+        action: SanitizeAction,
+        parameter_list_length: u32,
+    },
     /// RESERVE(6)/(10) (SPC-2 7.21): a whole-LU reservation for the sending nexus; third-party and extent
     /// reservations are not supported.
     Reserve,
@@ -256,7 +278,8 @@ pub fn service_action(cdb: &[u8]) -> Option<u16> {
         &op::SERVICE_ACTION_IN_16
         | &op::MAINTENANCE_IN
         | &op::PERSISTENT_RESERVE_IN
-        | &op::PERSISTENT_RESERVE_OUT => cdb.get(1).map(|b| (b & 0x1F) as u16),
+        | &op::PERSISTENT_RESERVE_OUT
+        | &op::SANITIZE => cdb.get(1).map(|b| (b & 0x1F) as u16),
         _ => None,
     }
 }
@@ -532,6 +555,36 @@ impl Command {
                 let (lba, blocks) = lba_and_count(cdb);
                 Command::PreFetch { lba, blocks }
             }
+            op::SANITIZE => {
+                // SBC-4 5.30.1: byte 1 IMMED (7), reserved (6), AUSE (5), SERVICE ACTION (4..0); bytes 2..7
+                // reserved; 7..9 PARAMETER LIST LENGTH.
+                if cdb[1] & 0x40 != 0 {
+                    return Err(invalid(1, Some(6)));
+                }
+                if let Some(at) = (2..7).find(|&at| cdb[at] != 0) {
+                    return Err(invalid(at as u16, None));
+                }
+                let action = match cdb[1] & 0x1F {
+                    0x01 => SanitizeAction::Overwrite,
+                    0x02 => SanitizeAction::BlockErase,
+                    0x03 => SanitizeAction::CryptographicErase,
+                    0x1F => SanitizeAction::ExitFailureMode,
+                    // SBC-4 5.30.1: a reserved service action is INVALID FIELD IN CDB.
+                    _ => return Err(invalid(1, Some(4))),
+                };
+                let parameter_list_length = be16(cdb, 7);
+                // SBC-4 5.30.1 Table 133: BLOCK ERASE, CRYPTOGRAPHIC ERASE and EXIT FAILURE MODE take no parameter
+                // list; a non-zero PARAMETER LIST LENGTH is INVALID FIELD IN CDB.
+                if action != SanitizeAction::Overwrite && parameter_list_length != 0 {
+                    return Err(invalid(7, None));
+                }
+                Command::Sanitize {
+                    immediate: cdb[1] & 0x80 != 0,
+                    ause: cdb[1] & 0x20 != 0,
+                    action,
+                    parameter_list_length,
+                }
+            }
             op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn(PrIn::parse(cdb)?),
             op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut(PrOutCdb::parse(cdb)?),
             // SPC-2 7.21.2 / 7.13.2: 3RDPTY (bit 4) and LONGID (bit 1) and the obsolete extent bit (bit 0) select
@@ -614,6 +667,10 @@ impl Command {
             | Command::Unmap {
                 parameter_list_length,
                 ..
+            }
+            | Command::Sanitize {
+                parameter_list_length,
+                ..
             } => *parameter_list_length as u64,
             Command::PersistentReserveOut(cdb) => cdb.parameter_list_length as u64,
             _ => 0,
@@ -630,6 +687,12 @@ impl Command {
                 | Command::CompareAndWrite { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
+                | Command::Sanitize {
+                    action: SanitizeAction::Overwrite
+                        | SanitizeAction::BlockErase
+                        | SanitizeAction::CryptographicErase,
+                    ..
+                }
         )
     }
 }
@@ -695,7 +758,6 @@ mod tests {
             op::EXTENDED_COPY,
             op::RECEIVE_COPY_RESULTS,
             op::WRITE_ATOMIC_16,
-            op::SANITIZE,
             0xC0,
         ] {
             let mut cdb = [0u8; 16];
@@ -704,6 +766,60 @@ mod tests {
                 Command::parse(&cdb).unwrap_err().condition,
                 Condition::InvalidCommandOperationCode,
                 "opcode {opcode:02x}"
+            );
+        }
+    }
+
+    #[test]
+    fn sanitize_cdb_fields() {
+        let sanitize = |byte1: u8, pll: u16| {
+            let [high, low] = pll.to_be_bytes();
+            Command::parse(&[op::SANITIZE, byte1, 0, 0, 0, 0, 0, high, low, 0])
+        };
+        assert_eq!(
+            sanitize(0x80 | 0x20 | 0x01, 516).unwrap(),
+            Command::Sanitize {
+                immediate: true,
+                ause: true,
+                action: SanitizeAction::Overwrite,
+                parameter_list_length: 516,
+            }
+        );
+        assert_eq!(sanitize(0x01, 516).unwrap().data_out_length(512), 516);
+        for (byte1, action) in [
+            (0x02, SanitizeAction::BlockErase),
+            (0x03, SanitizeAction::CryptographicErase),
+            (0x1F, SanitizeAction::ExitFailureMode),
+        ] {
+            assert!(
+                matches!(sanitize(byte1, 0), Ok(Command::Sanitize { action: a, .. }) if a == action),
+                "service action {byte1:02x}"
+            );
+            // SBC-4 5.30.1 Table 133: these service actions take no parameter list.
+            assert_eq!(
+                sanitize(byte1, 8).unwrap_err(),
+                Sense::invalid_cdb_field(7, None)
+            );
+        }
+        assert!(!sanitize(0x1F, 0).unwrap().writes_medium());
+        assert!(sanitize(0x02, 0).unwrap().writes_medium());
+        for reserved in (0x00..=0x1E).filter(|sa| !(1..=3).contains(sa)) {
+            assert_eq!(
+                sanitize(reserved, 0).unwrap_err(),
+                Sense::invalid_cdb_field(1, Some(4)),
+                "service action {reserved:02x}"
+            );
+        }
+        assert_eq!(
+            sanitize(0x42, 0).unwrap_err(),
+            Sense::invalid_cdb_field(1, Some(6))
+        );
+        for at in 2..7 {
+            let mut cdb = [op::SANITIZE, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+            cdb[at] = 1;
+            assert_eq!(
+                Command::parse(&cdb).unwrap_err(),
+                Sense::invalid_cdb_field(at as u16, None)
             );
         }
     }

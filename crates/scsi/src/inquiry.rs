@@ -155,10 +155,13 @@ impl LogicalUnit {
         vpd_page(0xB0, &body)
     }
 
-    /// Block Device Characteristics VPD page (SBC-4 6.6.2): MEDIUM ROTATION RATE 1 = non-rotating.
+    /// Block Device Characteristics VPD page (SBC-4 6.6.2): MEDIUM ROTATION RATE 1 = non-rotating; WABEREQ and
+    /// WACEREQ 01b: after a SANITIZE BLOCK ERASE or CRYPTOGRAPHIC ERASE, reads complete with GOOD status (the
+    /// erased blocks read as zeros, see `crate::sanitize`).
     fn block_device_characteristics(&self) -> Vec<u8> {
         let mut body = vec![0u8; 0x3C];
         body[0..2].copy_from_slice(&1u16.to_be_bytes());
+        body[3] = 0x40 | 0x10; // page byte 7: WABEREQ 01b (bits 7..6), WACEREQ 01b (bits 5..4)
         vpd_page(0xB1, &body)
     }
 

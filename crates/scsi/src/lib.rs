@@ -16,6 +16,7 @@ mod mode;
 mod opcodes;
 pub mod pr;
 mod range_lock;
+mod sanitize;
 pub mod sbc;
 pub mod sense;
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
 use lunlock_store::BlockStore;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Identity and behaviour of one logical unit, chosen by the target's configuration.
@@ -77,6 +77,8 @@ pub struct LogicalUnit {
     pub(crate) reservations: Reservations,
     /// LBA range locks: COMPARE AND WRITE atomicity (see `range_lock`).
     pub(crate) range_locks: crate::range_lock::RangeLocks,
+    /// Sanitize operation state (`crate::sanitize::state`, SBC-4 4.33).
+    pub(crate) sanitize: AtomicU8,
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
     /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
     pub(crate) offline: Option<String>,
@@ -114,6 +116,7 @@ impl LogicalUnit {
             mode_select: Mutex::new(()),
             reservations: Reservations::default(),
             range_locks: crate::range_lock::RangeLocks::default(),
+            sanitize: AtomicU8::new(crate::sanitize::state::IDLE),
             offline: None,
         }
     }
@@ -191,6 +194,7 @@ impl LogicalUnit {
     /// Reconciles the Data-Out received with what the CDB asks for, when the initiator's expected data transfer
     /// length disagreed with the CDB (RFC 7143 11.4.5.1, FCP-4 9.4.2 option a): excess data is ignored; a block
     /// write short of data writes only the whole blocks received. The transport reports the residual either way.
+    /// WRITE SAME with more than its one block is refused (see below).
     /// None when the command cannot run on the data received (a short parameter list or comparison block): the
     /// caller answers INVALID FIELD IN COMMAND INFORMATION UNIT (option b) and nothing is written.
     fn fit_data_out<'d>(
@@ -202,6 +206,10 @@ impl LogicalUnit {
         let wanted = wanted as usize;
         match data_out.len().cmp(&wanted) {
             std::cmp::Ordering::Equal => Some((command, data_out)),
+            // WRITE SAME's Data-Out is one logical block (SBC-4 5.50): more than that means the initiator and the
+            // device server disagree on the block length, and replicating the first part of it could write a wrong
+            // pattern over the whole range, so the command is refused instead (option b).
+            std::cmp::Ordering::Greater if matches!(command, Command::WriteSame { .. }) => None,
             std::cmp::Ordering::Greater => Some((command, &data_out[..wanted])),
             std::cmp::Ordering::Less => {
                 let block_size = self.config.block_size as usize;
@@ -260,6 +268,10 @@ impl LogicalUnit {
             if let Some(condition) = self.unit_attentions.take(cmd.nexus) {
                 return self.check_condition(Sense::new(condition), data_out_wanted);
             }
+        }
+        // SBC-4 4.33.2: while a sanitize operation runs, only INQUIRY, REPORT LUNS and REQUEST SENSE proceed.
+        if let Some(sense) = self.sanitize_in_progress_refusal(opcode) {
+            return self.check_condition(sense, data_out_wanted);
         }
         let command = match parsed {
             Ok(command) => command,
@@ -334,7 +346,7 @@ impl LogicalUnit {
 
     /// Takes the LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads
     /// share their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its
-    /// parameter list) holds the whole medium, and so do reservation changes (PERSISTENT RESERVE OUT, RESERVE,
+    /// parameter list) and SANITIZE hold the whole medium, and so do reservation changes (PERSISTENT RESERVE OUT, RESERVE,
     /// RELEASE), which must not interleave with any command's check-then-execute. Other commands take nothing.
     fn lock_range(&self, command: &Command) -> Option<crate::range_lock::RangeGuard<'_>> {
         use crate::range_lock::Access;
@@ -353,6 +365,7 @@ impl LogicalUnit {
             }
             Command::WriteSame { .. }
             | Command::Unmap { .. }
+            | Command::Sanitize { .. }
             | Command::PersistentReserveOut(_)
             | Command::Reserve
             | Command::Release => (None, Access::Exclusive),
@@ -366,7 +379,11 @@ impl LogicalUnit {
             // SBC-4 4.11: write protection is DATA PROTECT / WRITE PROTECTED, checked before the range.
             return Err(Sense::new(Condition::WriteProtected));
         }
+        if let Some(sense) = self.sanitize_failure_refusal(command) {
+            return Err(sense);
+        }
         match *command {
+            Command::Sanitize { action, ause, .. } => self.sanitize(action, ause, cmd.data_out),
             Command::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(lba, blocks, fua, cmd.data_out)
             }
@@ -495,6 +512,8 @@ impl LogicalUnit {
     fn request_sense(&self, nexus: &ItNexus, descriptor: bool, allocation_length: u32) -> Vec<u8> {
         let sense = match self.unit_attentions.take(nexus) {
             Some(condition) => Sense::new(condition),
+            // SBC-4 4.33.2: REQUEST SENSE reports a sanitize operation in progress.
+            None if self.sanitize_in_progress() => Sense::new(Condition::SanitizeInProgress),
             None => Sense::new(Condition::NoAdditionalSense),
         };
         let mut data = if descriptor {

@@ -82,6 +82,26 @@ const fn prout(service_action: u16) -> Supported {
     )
 }
 
+const SANITIZE_OVERWRITE: u16 = 0x01;
+const SANITIZE_BLOCK_ERASE: u16 = 0x02;
+const SANITIZE_CRYPTOGRAPHIC_ERASE: u16 = 0x03;
+const SANITIZE_EXIT_FAILURE_MODE: u16 = 0x1F;
+
+/// SANITIZE usage data (SBC-4 5.30.1): IMMED, AUSE, service action, parameter list length.
+const fn sanitize(service_action: u16) -> Supported {
+    const fn usage(sa: u8) -> [u8; 10] {
+        [op::SANITIZE, 0x80 | 0x20 | sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, C]
+    }
+    const U: [[u8; 10]; 4] = [usage(0x01), usage(0x02), usage(0x03), usage(0x1F)];
+    let index = match service_action {
+        SANITIZE_OVERWRITE => 0,
+        SANITIZE_BLOCK_ERASE => 1,
+        SANITIZE_CRYPTOGRAPHIC_ERASE => 2,
+        _ => 3,
+    };
+    sa(op::SANITIZE, service_action, &U[index])
+}
+
 /// Control byte usage: NACA (bit 2) and LINK (bit 0) are examined (and refused when set).
 const C: u8 = 0x05;
 
@@ -196,6 +216,10 @@ pub(crate) const SUPPORTED: &[Supported] = &[
         ],
     ),
     cmd(op::UNMAP, &[op::UNMAP, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C]),
+    sanitize(SANITIZE_OVERWRITE),
+    sanitize(SANITIZE_BLOCK_ERASE),
+    sanitize(SANITIZE_CRYPTOGRAPHIC_ERASE),
+    sanitize(SANITIZE_EXIT_FAILURE_MODE),
     cmd(
         op::MODE_SELECT_10,
         &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C],

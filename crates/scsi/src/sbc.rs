@@ -60,11 +60,17 @@ impl LogicalUnit {
         limits::MAX_TRANSFER_BYTES / self.block_size
     }
 
-    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13, SBC-4 5.16.2). Always 0: every
-    /// logical block is written whole by one pwrite, so a logical block is the unit of atomicity, and the page
-    /// size of the backing file system is advertised where it matters for performance, as the OPTIMAL UNMAP
-    /// GRANULARITY in VPD B0h. (Reporting 8 would also make libiscsi 1.19's CompareAndWrite.InvalidDataOutSize run
-    /// and leave a PDU hook behind that rewrites byte 13 of every later 16-byte CDB in the same test process.)
+    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13, SBC-4 5.16.2). 0: every logical block
+    /// is written whole by one pwrite, so a logical block is the unit of atomicity, and the page size of the backing
+    /// file system is advertised where it matters for performance, as the OPTIMAL UNMAP GRANULARITY in VPD B0h.
+    ///
+    /// Reporting 3 (4 KiB physical blocks of 512-byte logical blocks) was tried against libiscsi 1.19: its LBPPB >= 2
+    /// tests (CompareAndWrite.InvalidDataOutSize, WriteSame10/16.UnmapUnaligned and .InvalidDataOutSize) then pass,
+    /// and the PDU hook CompareAndWrite.InvalidDataOutSize installs does not outlive it (test_setup clears it). But
+    /// GetLBAStatus.UnmapSingle then fails: it sends GET LBA STATUS for LBA i + 1 and requires the first descriptor
+    /// to start at LBA i + LBPPB, while SBC-4 (GET LBA STATUS parameter data, "LBA status descriptor
+    /// relationships") requires the first descriptor's LBA to equal the STARTING LOGICAL BLOCK ADDRESS. With
+    /// LBPPB = 1, i + 1 = i + LBPPB and the test passes.
     pub(crate) fn physical_exponent(&self) -> u8 {
         0
     }

@@ -63,6 +63,8 @@ conditions! {
     LogicalUnitNotReadyCauseNotReportable => (NotReady, 0x04, 0x00, "LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE");
     LogicalUnitNotReadyManualInterventionRequired => (NotReady, 0x04, 0x03, "LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED");
     MediumNotPresent => (NotReady, 0x3A, 0x00, "MEDIUM NOT PRESENT");
+    SanitizeInProgress => (NotReady, 0x04, 0x1B, "LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS");
+    SanitizeCommandFailed => (MediumError, 0x31, 0x03, "SANITIZE COMMAND FAILED");
     PowerOnResetOrBusDeviceReset => (UnitAttention, 0x29, 0x00, "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED");
     PowerOnOccurred => (UnitAttention, 0x29, 0x01, "POWER ON OCCURRED");
     ScsiBusResetOccurred => (UnitAttention, 0x29, 0x02, "SCSI BUS RESET OCCURRED");

@@ -309,6 +309,14 @@ fn data_out_length_mismatch_writes_only_what_both_allow() {
     assert_eq!(sense_code(&response), (0x05, 0x0E, 0x03));
     assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert!(f.medium(0, 4).iter().all(|b| *b == 0));
+    // Nor can WRITE SAME's one block be picked out of more data, with or without UNMAP.
+    for byte1 in [0x00, 0x08] {
+        let mut cdb = block_cdb(10, op::WRITE_SAME_10, 0, 4);
+        cdb[1] = byte1;
+        let response = f.run(&cdb, &[0xEE; 2 * BLOCK as usize]);
+        assert_eq!(sense_code(&response), (0x05, 0x0E, 0x03));
+        assert_eq!(f.store.writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }
 
 #[test]
@@ -1326,4 +1334,273 @@ fn compare_and_write_is_atomic_against_concurrent_readers_and_writers() {
     let last = f.run(&block_cdb(10, op::READ_10, 9, 1), &[]).data_in;
     assert_eq!(u64::from_be_bytes(last[..8].try_into().unwrap()), total);
     assert!(total > 0 && reads > 0);
+}
+
+fn sanitize_cdb(byte1: u8, parameter_list_length: usize) -> Vec<u8> {
+    let mut cdb = vec![0u8; 10];
+    cdb[0] = op::SANITIZE;
+    cdb[1] = byte1;
+    cdb[7..9].copy_from_slice(&(parameter_list_length as u16).to_be_bytes());
+    cdb
+}
+
+/// OVERWRITE parameter list (SBC-4 5.30.2.2): byte 0 INVERT/TEST/OVERWRITE COUNT, 2..4 pattern length, pattern.
+fn overwrite_list(byte0: u8, pattern: &[u8]) -> Vec<u8> {
+    let mut list = vec![byte0, 0];
+    list.extend_from_slice(&(pattern.len() as u16).to_be_bytes());
+    list.extend_from_slice(pattern);
+    list
+}
+
+#[test]
+fn sanitize_overwrite_repeats_the_pattern_in_every_block() {
+    let f = Fixture::new();
+    good(&f.run(&block_cdb(10, op::WRITE_10, 0, 4), &pattern(4, 9)));
+    let list = overwrite_list(0x01, &[0xA5, 0x5A, 0x01]);
+    good(&f.run(&sanitize_cdb(0x01, list.len()), &list));
+    let expected: Vec<u8> = (0..BLOCKS)
+        .flat_map(|_| {
+            [0xA5u8, 0x5A, 0x01]
+                .iter()
+                .copied()
+                .cycle()
+                .take(BLOCK as usize)
+        })
+        .collect();
+    assert_eq!(f.medium(0, BLOCKS), expected);
+    assert!(f.store.flushes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // INVERT with two passes: the first pass writes the inverse, the last the pattern itself.
+    let list = overwrite_list(0x80 | 0x02, &[0x0F]);
+    good(&f.run(&sanitize_cdb(0x01, list.len()), &list));
+    assert!(f.medium(0, BLOCKS).iter().all(|byte| *byte == 0x0F));
+    // A full-block pattern.
+    let block = pattern(1, 4);
+    let list = overwrite_list(0x01, &block);
+    good(&f.run(&sanitize_cdb(0x01, list.len()), &list));
+    assert_eq!(f.medium(BLOCKS - 1, 1), block);
+}
+
+#[test]
+fn sanitize_overwrite_parameter_checks() {
+    let f = Fixture::new();
+    good(&f.run(&block_cdb(10, op::WRITE_10, 0, 1), &pattern(1, 2)));
+    let block = vec![0xAAu8; BLOCK as usize];
+    // (parameter list, sense key/ASC/ASCQ, field pointer (in CDB, byte, bit)).
+    let too_long = {
+        let mut list = overwrite_list(0x01, &block);
+        list.push(0);
+        list
+    };
+    type Case = (Vec<u8>, (u8, u8, u8), Option<(bool, u16, Option<u8>)>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![0x01, 0, 0, 1],
+            (0x05, 0x24, 0x00),
+            Some((true, 7, None)),
+        ),
+        (too_long, (0x05, 0x24, 0x00), Some((true, 7, None))),
+        (
+            overwrite_list(0x00, &block),
+            (0x05, 0x26, 0x00),
+            Some((false, 0, Some(4))),
+        ),
+        (
+            overwrite_list(0x21, &[1]),
+            (0x05, 0x26, 0x00),
+            Some((false, 0, Some(6))),
+        ),
+        (
+            vec![0x01, 0, 0, 0, 0xAA],
+            (0x05, 0x26, 0x00),
+            Some((false, 2, None)),
+        ),
+        (
+            {
+                let mut list = overwrite_list(0x01, &block);
+                list[2..4].copy_from_slice(&((BLOCK + 1) as u16).to_be_bytes());
+                list
+            },
+            (0x05, 0x26, 0x00),
+            Some((false, 2, None)),
+        ),
+        (vec![0x01, 0, 0, 4, 0xAA], (0x05, 0x1A, 0x00), None),
+    ];
+    for (list, code, pointer) in cases {
+        let response = f.run(&sanitize_cdb(0x01, list.len()), &list);
+        assert_eq!(sense_code(&response), code, "list {:02x?}", &list[..5]);
+        if let Some(pointer) = pointer {
+            assert_eq!(
+                field_pointer(&response),
+                pointer,
+                "list {:02x?}",
+                &list[..5]
+            );
+        }
+    }
+    assert_eq!(f.medium(0, 1), pattern(1, 2), "nothing was overwritten");
+}
+
+#[test]
+fn sanitize_block_and_crypto_erase_deallocate_everything() {
+    for service_action in [0x02u8, 0x03] {
+        let f = Fixture::new();
+        good(&f.run(&block_cdb(16, op::WRITE_16, 0, 8), &pattern(8, 1)));
+        good(&f.run(&block_cdb(16, op::WRITE_16, BLOCKS - 8, 8), &pattern(8, 2)));
+        good(&f.run(&sanitize_cdb(service_action, 0), &[]));
+        assert!(f.medium(0, BLOCKS).iter().all(|byte| *byte == 0));
+        assert_eq!(
+            lba_status(&f, 0),
+            (0, BLOCKS as u32, 1),
+            "one deallocated extent"
+        );
+        // Reads complete with GOOD (WABEREQ/WACEREQ 01b in VPD B1h).
+        good(&f.run(&block_cdb(10, op::READ_10, 0, 1), &[]));
+    }
+    // Not thin provisioned: the same result by writing zeros.
+    let f = Fixture::with(
+        LogicalUnitConfig {
+            thin_provisioned: false,
+            ..config()
+        },
+        false,
+    );
+    good(&f.run(&block_cdb(10, op::WRITE_10, 3, 1), &pattern(1, 5)));
+    good(&f.run(&sanitize_cdb(0x02, 0), &[]));
+    assert!(f.medium(0, BLOCKS).iter().all(|byte| *byte == 0));
+}
+
+#[test]
+fn sanitize_vpd_and_supported_opcodes_agree() {
+    let f = Fixture::new();
+    let response = f.run(&[op::INQUIRY, 0x01, 0xB1, 0, 0xFF, 0], &[]);
+    good(&response);
+    assert_eq!(response.data_in[7] >> 6, 0b01, "WABEREQ");
+    assert_eq!((response.data_in[7] >> 4) & 0x03, 0b01, "WACEREQ");
+    for service_action in [0x01u8, 0x02, 0x03, 0x1F] {
+        let cdb = [
+            op::MAINTENANCE_IN,
+            0x0C,
+            0x02,
+            op::SANITIZE,
+            0,
+            service_action,
+            0,
+            0,
+            0x10,
+            0,
+            0,
+            0,
+        ];
+        let response = f.run(&cdb, &[]);
+        good(&response);
+        assert_eq!(
+            response.data_in[1] & 0x07,
+            0x03,
+            "supported: {service_action:02x}"
+        );
+        assert_eq!(response.data_in[5] & 0x1F, service_action);
+    }
+}
+
+#[test]
+fn sanitize_is_refused_on_a_write_protected_unit_and_under_a_reservation() {
+    let f = Fixture::with(
+        LogicalUnitConfig {
+            read_only: true,
+            ..config()
+        },
+        false,
+    );
+    assert_eq!(sense_code(&f.run(&sanitize_cdb(0x02, 0), &[])).0, 0x07);
+    let list = overwrite_list(0x01, &[0xAA]);
+    assert_eq!(
+        sense_code(&f.run(&sanitize_cdb(0x01, list.len()), &list)),
+        (0x07, 0x27, 0x00)
+    );
+    good(&f.run(&sanitize_cdb(0x1F, 0), &[]));
+
+    let f = Fixture::new();
+    good(&f.run(&block_cdb(10, op::WRITE_10, 0, 1), &pattern(1, 6)));
+    let other = nexus(2);
+    let _ = f.run_as(&other, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]);
+    good(&f.run_as(&other, &[op::RESERVE_6, 0, 0, 0, 0, 0], &[]));
+    for service_action in [0x02u8, 0x03] {
+        let response = f.run(&sanitize_cdb(service_action, 0), &[]);
+        assert_eq!(response.status, ScsiStatus::ReservationConflict);
+    }
+    assert_eq!(
+        f.run(&sanitize_cdb(0x01, list.len()), &list).status,
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(f.medium(0, 1), pattern(1, 6));
+}
+
+#[test]
+fn a_failed_sanitize_enters_the_failure_mode_until_exit_or_success() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::with(
+        LogicalUnitConfig {
+            thin_provisioned: false,
+            ..config()
+        },
+        false,
+    );
+    let failed = (0x03, 0x31, 0x03);
+    // AUSE=1: EXIT FAILURE MODE leaves the failure mode.
+    f.store.fail_writes.store(true, SeqCst);
+    assert_eq!(
+        sense_code(&f.run(&sanitize_cdb(0x20 | 0x02, 0), &[])),
+        failed
+    );
+    f.store.fail_writes.store(false, SeqCst);
+    assert_eq!(
+        sense_code(&f.run(&block_cdb(10, op::READ_10, 0, 1), &[])),
+        failed
+    );
+    good(&f.run(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]));
+    good(&f.run(&sanitize_cdb(0x1F, 0), &[]));
+    good(&f.run(&block_cdb(10, op::READ_10, 0, 1), &[]));
+    // AUSE=0: EXIT FAILURE MODE and a new SANITIZE with AUSE=1 are refused; a successful sanitize ends it.
+    f.store.fail_writes.store(true, SeqCst);
+    assert_eq!(sense_code(&f.run(&sanitize_cdb(0x02, 0), &[])), failed);
+    f.store.fail_writes.store(false, SeqCst);
+    assert_eq!(
+        field_pointer(&f.run(&sanitize_cdb(0x1F, 0), &[])),
+        (true, 1, Some(4))
+    );
+    assert_eq!(
+        field_pointer(&f.run(&sanitize_cdb(0x20 | 0x02, 0), &[])),
+        (true, 1, Some(5))
+    );
+    good(&f.run(&sanitize_cdb(0x02, 0), &[]));
+    good(&f.run(&block_cdb(10, op::READ_10, 0, 1), &[]));
+}
+
+#[test]
+fn commands_during_a_sanitize_are_not_ready_except_inquiry_report_luns_request_sense() {
+    let f = Fixture::new();
+    f.unit.sanitize.store(
+        crate::sanitize::state::IN_PROGRESS,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let not_ready = (0x02, 0x04, 0x1B);
+    assert_eq!(
+        sense_code(&f.run(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[])),
+        not_ready
+    );
+    assert_eq!(
+        sense_code(&f.run(&block_cdb(16, op::READ_16, 0, 1), &[])),
+        not_ready
+    );
+    good(&f.run(&[op::INQUIRY, 0, 0, 0, 0xFF, 0], &[]));
+    let response = f.run(&[op::REQUEST_SENSE, 0, 0, 0, 0xFF, 0], &[]);
+    good(&response);
+    assert_eq!(
+        (
+            response.data_in[2] & 0x0F,
+            response.data_in[12],
+            response.data_in[13]
+        ),
+        not_ready
+    );
 }

@@ -81,7 +81,9 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
-        | Command::ModeSelect { .. } => CommandClass::Write,
+        | Command::ModeSelect { .. }
+        // SBC-4 Table 13: SANITIZE conflicts like a write.
+        | Command::Sanitize { .. } => CommandClass::Write,
     }
 }
 
