@@ -656,9 +656,11 @@ fn task_attribute(code: u8) -> TaskAttribute {
 fn may_wait_for_disk(cdb: &[u8]) -> bool {
     const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    // SANITIZE overwrites or deallocates the whole medium: seconds of I/O.
+    const SANITIZE: u8 = 0x48;
     const FUA_WRITES: [u8; 9] = [0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x89, 0x8B, 0x9C];
     match cdb.first() {
-        Some(&SYNCHRONIZE_CACHE_10) | Some(&SYNCHRONIZE_CACHE_16) => true,
+        Some(&SYNCHRONIZE_CACHE_10) | Some(&SYNCHRONIZE_CACHE_16) | Some(&SANITIZE) => true,
         Some(opcode) if FUA_WRITES.contains(opcode) => cdb.get(1).is_some_and(|b| b & 0x08 != 0),
         _ => false,
     }
