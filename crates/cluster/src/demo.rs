@@ -124,8 +124,8 @@ impl CounterImage {
 struct Referee {
     /// lock -> highest token granted so far
     last_token: HashMap<u32, u64>,
-    /// lock -> (host, token) currently inside their hold
-    inside: HashMap<u32, Vec<(usize, u64)>>,
+    /// lock -> (host, token, lease epoch) currently inside their hold
+    inside: HashMap<u32, Vec<(usize, u64, u64)>>,
     /// lock -> increments that landed
     landed: HashMap<u32, u64>,
     /// lock -> the counter's value before the run (an earlier run's count)
@@ -224,7 +224,7 @@ where
             {
                 let mut referee = lock(&arena.referee);
                 for inside in referee.inside.values_mut() {
-                    inside.retain(|&(h, _)| h != victim);
+                    inside.retain(|&(h, _, _)| h != victim);
                 }
                 if let Some(lock_index) = referee.incrementing.remove(&victim) {
                     *referee.uncertain.entry(lock_index).or_default() += 1;
@@ -265,7 +265,12 @@ where
 /// A host inside a hold when there is one (so kills and pauses test lock breaking), else any host.
 fn pick_victim<D, C>(arena: &Arena<D, C>, rng: &mut StdRng) -> usize {
     let referee = lock(&arena.referee);
-    let holders: Vec<usize> = referee.inside.values().flatten().map(|&(h, _)| h).collect();
+    let holders: Vec<usize> = referee
+        .inside
+        .values()
+        .flatten()
+        .map(|&(h, _, _)| h)
+        .collect();
     if holders.is_empty() {
         rng.gen_range(0..arena.options.hosts)
     } else {
@@ -429,9 +434,17 @@ async fn work_loop<D: Disk + 'static>(
             Acquire::Granted(handle) => handle,
             Acquire::Busy { .. } => continue,
         };
-        grant(arena, index, lock_index, handle.token, &handle.broken);
+        grant(arena, host, index, lock_index, &handle);
         let hold = Duration::from_millis(rng.gen_range(0..40));
-        let outcome = increment(arena, host, index, lock_index, handle.token).await;
+        let outcome = increment(
+            arena,
+            host,
+            index,
+            lock_index,
+            handle.token,
+            handle.lease_epoch,
+        )
+        .await;
         wait_while_paused(arena, index).await;
         tokio::time::sleep(hold).await;
         leave_hold(arena, index, lock_index, handle.token);
@@ -444,26 +457,42 @@ async fn work_loop<D: Disk + 'static>(
     Ok(())
 }
 
-/// The referee's checks at a grant.
+/// The referee's checks at a grant the host may act on (its lease is valid): its token is the highest so far, and no
+/// other holder of the lock still has a valid lease in the epoch it acquired in (two exclusive holders). A host can
+/// learn of a grant late, after the lock was broken; its lease has then lapsed and it must not act.
 fn grant<D: Disk, C: Clock>(
     arena: &Arena<D, C>,
+    host: &Host<D, C>,
     index: usize,
     lock_index: u32,
-    token: u64,
-    broken_slots: &[u32],
+    handle: &crate::locks::LockHandle,
 ) {
+    let (token, epoch) = (handle.token, handle.lease_epoch);
     let hosts = lock(&arena.hosts);
     let mut referee = lock(&arena.referee);
     let last = referee.last_token.get(&lock_index).copied().unwrap_or(0);
+    referee.last_token.insert(lock_index, token.max(last));
+    for slot in &handle.broken {
+        let Some(victim) = referee.slot_host.get(slot).copied() else {
+            continue;
+        };
+        if let Some(stopped) = referee.stopped_at.get(&victim).copied() {
+            referee.break_latencies.push(stopped.elapsed());
+        }
+    }
+    if !host.lease_valid_in(epoch) {
+        return;
+    }
     if token <= last {
         referee.violations.push(format!(
             "lock-{lock_index}: host {index} granted token {token} after token {last}"
         ));
     }
-    referee.last_token.insert(lock_index, token.max(last));
     let inside = referee.inside.get(&lock_index).cloned().unwrap_or_default();
-    for (other, other_token) in inside {
-        let lease_valid = hosts.get(&other).is_some_and(|h| h.lease_valid());
+    for (other, other_token, other_epoch) in inside {
+        let lease_valid = hosts
+            .get(&other)
+            .is_some_and(|h| h.lease_valid_in(other_epoch));
         if other != index && lease_valid {
             referee.violations.push(format!(
                 "lock-{lock_index}: host {index} granted token {token} while host {other} (token {other_token}) still holds a valid lease"
@@ -474,21 +503,13 @@ fn grant<D: Disk, C: Clock>(
         .inside
         .entry(lock_index)
         .or_default()
-        .push((index, token));
-    for slot in broken_slots {
-        let Some(victim) = referee.slot_host.get(slot).copied() else {
-            continue;
-        };
-        if let Some(stopped) = referee.stopped_at.get(&victim).copied() {
-            referee.break_latencies.push(stopped.elapsed());
-        }
-    }
+        .push((index, token, epoch));
 }
 
 fn leave_hold<D, C>(arena: &Arena<D, C>, index: usize, lock_index: u32, token: u64) {
     let mut referee = lock(&arena.referee);
     if let Some(inside) = referee.inside.get_mut(&lock_index) {
-        inside.retain(|&(h, t)| (h, t) != (index, token));
+        inside.retain(|&(h, t, _)| (h, t) != (index, token));
     }
 }
 
@@ -500,6 +521,7 @@ async fn increment<D: Disk + 'static>(
     index: usize,
     lock_index: u32,
     token: u64,
+    epoch: u64,
 ) -> Result<(), ClusterError> {
     let block_size = arena.superblock.block_size;
     let lba = arena.options.counter_lba + u64::from(lock_index);
@@ -515,7 +537,7 @@ async fn increment<D: Disk + 'static>(
         ));
         return Ok(());
     };
-    if found.token > token || !host.lease_valid() {
+    if found.token > token || !host.lease_valid_in(epoch) {
         arena.fenced_refusals.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }

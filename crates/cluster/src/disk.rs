@@ -82,6 +82,12 @@ pub trait Disk: Send + Sync {
         victim_key: u64,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// The registered PR keys (PERSISTENT RESERVE IN, READ KEYS, SPC-4 6.16.2).
+    fn read_keys(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u64>, DiskError>> + Send;
 }
 
 /// A monotonic clock and a way to wait. Time is measured from an arbitrary origin and never compared across hosts.

@@ -44,7 +44,7 @@ pub struct AtsEvent {
     /// written, miscompare, unknown: WHY, fenced, failed: WHY
     pub outcome: String,
     pub verdict: Verdict,
-    /// CRC32C of the expected, written and found (read back) images, as 8 hex digits.
+    /// 64-bit FNV-1a digests of the expected, written and found (read back) images, as 16 hex digits.
     pub expected_digest: String,
     pub written_digest: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,9 +107,13 @@ impl Counters {
     }
 }
 
+/// Called with every ATS event (the simulator checks each verdict against what really happened).
+pub type AtsObserver = Box<dyn Fn(&AtsEvent) + Send + Sync>;
+
 /// Where events go. Shared by every host of a process (the demo runs several).
 pub struct EventLog {
     sink: Option<Mutex<Box<dyn Write + Send>>>,
+    observer: Option<AtsObserver>,
     pub counters: Counters,
 }
 
@@ -118,14 +122,22 @@ impl EventLog {
     pub fn counting_only() -> EventLog {
         EventLog {
             sink: None,
+            observer: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Also hands every ATS event to `observer`.
+    pub fn with_observer(mut self, observer: AtsObserver) -> EventLog {
+        self.observer = Some(observer);
+        self
     }
 
     /// Writes JSON lines to `sink` (a file, stderr).
     pub fn to_writer(sink: Box<dyn Write + Send>) -> EventLog {
         EventLog {
             sink: Some(Mutex::new(sink)),
+            observer: None,
             counters: Counters::default(),
         }
     }
@@ -143,6 +155,9 @@ impl EventLog {
         }
         if event.outcome.starts_with("unknown") {
             Counters::bump(&self.counters.unknown_outcomes);
+        }
+        if let Some(observer) = &self.observer {
+            observer(event);
         }
         self.write("ats", event);
     }
@@ -173,9 +188,15 @@ impl EventLog {
     }
 }
 
-/// The digest logged for an image: CRC32C as 8 hex digits.
+/// The digest logged for an image: 64-bit FNV-1a as 16 hex digits. Not CRC32C: lockspace records carry their own
+/// CRC32C, and CRCs of such related images collide far more often than their width suggests (CRC is linear).
 pub fn digest(image: &[u8]) -> String {
-    format!("{:08x}", crc32c::crc32c(image))
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in image {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 #[cfg(test)]

@@ -84,7 +84,12 @@ pub struct Uuid(pub [u8; 16]);
 
 impl Uuid {
     pub fn random() -> Uuid {
-        let mut bytes: [u8; 16] = rand::random();
+        Uuid::from_rng(&mut rand::thread_rng())
+    }
+
+    /// A version-4 UUID drawn from `rng` (the simulator's seeded one).
+    pub fn from_rng(rng: &mut impl rand::Rng) -> Uuid {
+        let mut bytes: [u8; 16] = rng.gen();
         // RFC 9562 version 4, variant 10.
         bytes[6] = (bytes[6] & 0x0F) | 0x40;
         bytes[8] = (bytes[8] & 0x3F) | 0x80;

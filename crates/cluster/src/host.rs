@@ -35,6 +35,17 @@ pub struct HostConfig {
     /// Timeout and bound of heartbeat and lock renewal writes: a long timeout rather than a quick retry, because a
     /// retry races the first attempt.
     pub renew_policy: AtsPolicy,
+    /// Deliberate bugs, for the simulator's proof that its checkers catch them. Never set outside tests.
+    pub broken: BrokenVariant,
+}
+
+/// Deliberately broken behaviours the simulator must catch (issue 5: "proof that the checkers bite").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokenVariant {
+    /// No read-back: a MISCOMPARE is taken as "someone else won", an unknown outcome is retried blindly.
+    pub naive_resolver: bool,
+    /// A holder counts as dead as soon as it is observed, whatever dead_after says.
+    pub ignore_dead_after: bool,
 }
 
 impl HostConfig {
@@ -59,6 +70,7 @@ impl HostConfig {
                 max_attempts: 3,
                 backoff: interval / 8,
             },
+            broken: BrokenVariant::default(),
         }
     }
 }
@@ -74,8 +86,11 @@ pub(crate) struct OwnSlot {
 #[derive(Clone, Debug)]
 pub struct SlotObservation {
     pub slot: Slot,
-    /// When (on the observer's clock) the slot's generation or sequence was last seen to change, or first seen.
+    /// When (on the observer's clock) the answer arrived that first showed the slot's current generation,
+    /// sequence and state (or the slot at all): the change landed no later than this.
     pub changed_at: Duration,
+    /// When the latest read that still showed that same state was sent: the slot had not changed by then.
+    pub confirmed_at: Duration,
     /// When the slot was first observed: a slot is judged dead only after being watched for dead_after.
     pub first_seen: Duration,
 }
@@ -99,9 +114,17 @@ pub struct Host<D, C> {
     rng: Mutex<StdRng>,
     own: Mutex<Option<OwnSlot>>,
     observed: Mutex<HashMap<u32, SlotObservation>>,
-    /// When (on this host's clock) the last heartbeat that landed was sent: observers saw the slot advance no
-    /// earlier than that, so none of them can judge this host dead before `sent + dead_after`.
-    last_landed_send: Mutex<Option<Duration>>,
+    lease: Mutex<Lease>,
+}
+
+/// This host's own view of its liveness. A heartbeat sent at `s` lands no earlier than `s`, so no observer can judge
+/// the host dead before `s + dead_after`; the lease ends one interval before that. A heartbeat confirmed only after
+/// the lease ended starts a new epoch: an observer may have judged the host dead in the gap and broken its locks,
+/// so holds taken in an earlier epoch are never valid again.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lease {
+    expiry: Option<Duration>,
+    epoch: u64,
 }
 
 impl<D: Disk, C: Clock> Host<D, C> {
@@ -141,7 +164,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
             superblock,
             own: Mutex::new(None),
             observed: Mutex::new(HashMap::new()),
-            last_landed_send: Mutex::new(None),
+            lease: Mutex::new(Lease::default()),
         }
     }
 
@@ -259,7 +282,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                     slot: next,
                     image: new,
                 });
-                *lock(&self.last_landed_send) = Some(sent);
+                self.extend_lease(sent);
                 Ok(true)
             }
             AtsResult::Conflict { .. } => Ok(false),
@@ -290,7 +313,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                     slot: next,
                     image: new,
                 });
-                *lock(&self.last_landed_send) = Some(sent);
+                self.extend_lease(sent);
                 Ok(())
             }
             AtsResult::Conflict { found } => {
@@ -310,14 +333,32 @@ impl<D: Disk, C: Clock> Host<D, C> {
         }
     }
 
-    /// Whether this host may still act on its locks: no observer can have judged it dead yet, with one heartbeat
-    /// interval to spare. A holder that finds its lease expired must stop using what it holds (it may be broken).
+    /// A heartbeat sent at `sent` has landed and this host has just learned it.
+    fn extend_lease(&self, sent: Duration) {
+        let now = self.clock.now();
+        let margin = self.dead_after().saturating_sub(self.heartbeat_interval());
+        let mut lease = lock(&self.lease);
+        if lease.expiry.is_none_or(|end| now >= end) {
+            lease.epoch += 1;
+        }
+        lease.expiry = Some(sent + margin);
+    }
+
+    /// Whether this host's lease is valid now: no observer can have judged it dead.
     pub fn lease_valid(&self) -> bool {
-        let Some(sent) = *lock(&self.last_landed_send) else {
-            return false;
-        };
-        self.own_slot().is_some()
-            && self.clock.now() < sent + self.dead_after().saturating_sub(self.heartbeat_interval())
+        let expiry = lock(&self.lease).expiry;
+        self.own_slot().is_some() && expiry.is_some_and(|end| self.clock.now() < end)
+    }
+
+    /// The current lease epoch; a lock handle records the epoch it was acquired in.
+    pub fn lease_epoch(&self) -> u64 {
+        lock(&self.lease).epoch
+    }
+
+    /// Whether this host may act on a hold taken in `epoch`: its lease is valid and has been without a gap since.
+    /// A holder that finds it false must stop using the lock: it may have been broken.
+    pub fn lease_valid_in(&self, epoch: u64) -> bool {
+        self.lease_valid() && self.lease_epoch() == epoch
     }
 
     /// Gives the slot up (clean shutdown): observers then see it free at once instead of waiting for dead_after.
@@ -346,6 +387,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
     /// Reads every slot in one command and updates this host's observations.
     pub async fn observe_slots(&self) -> Result<Vec<Slot>, ClusterError> {
         let count = self.superblock.slot_count;
+        let sent = self.clock.now();
         let data = self
             .read_retrying(self.superblock.slot_block(0), count)
             .await?;
@@ -365,6 +407,9 @@ impl<D: Disk, C: Clock> Host<D, C> {
                         != (slot.generation, slot.sequence, slot.state)
                     {
                         seen.changed_at = now;
+                        seen.confirmed_at = now;
+                    } else {
+                        seen.confirmed_at = seen.confirmed_at.max(sent);
                     }
                     seen.slot = slot.clone();
                 }
@@ -374,6 +419,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                         SlotObservation {
                             slot: slot.clone(),
                             changed_at: now,
+                            confirmed_at: now,
                             first_seen: now,
                         },
                     );
@@ -393,7 +439,11 @@ impl<D: Disk, C: Clock> Host<D, C> {
         if seen.slot.state == SlotState::Free {
             return Liveness::Free;
         }
-        if self.clock.now().saturating_sub(seen.changed_at) >= self.dead_after() {
+        // Dead only when a read sent dead_after or more after the last change was seen still shows no change: a
+        // judgement never rests on an answer older than the staleness it claims.
+        if self.config.broken.ignore_dead_after
+            || seen.confirmed_at.saturating_sub(seen.changed_at) >= self.dead_after()
+        {
             Liveness::Dead
         } else {
             Liveness::Alive
@@ -460,7 +510,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
         crate::format::to_block(record, self.superblock.block_size)
     }
 
-    pub(crate) fn nonce(&self) -> u64 {
+    pub fn nonce(&self) -> u64 {
         self.with_rng(|rng| rng.gen())
     }
 

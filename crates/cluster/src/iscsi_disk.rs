@@ -3,7 +3,7 @@
 //! MISCOMPARE, RESERVATION CONFLICT and definite CHECK CONDITIONs are definite.
 
 use crate::disk::{CawOutcome, Disk, DiskError};
-use lunlock_initiator::pr::{prout_cdb, PrOutAction, PrType, ProutParameters, ReservationKey};
+use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
 use lunlock_initiator::{commands::rw16_cdb, DataDirection, InitiatorError, ScsiOutcome, Session};
 use std::future::Future;
 use std::sync::Arc;
@@ -89,15 +89,8 @@ impl IscsiDisk {
             .run(cdb, direction, timeout)
             .await
             .map_err(DiskError::Transient)?;
-        match classify(&outcome) {
-            Class::Good => Ok(outcome),
-            Class::Fenced => Err(DiskError::Fenced),
-            Class::Definite(why) => Err(DiskError::Failed(format!("{}: {why}", command_name(cdb)))),
-            Class::Open(why) | Class::Miscompare(_, why) => Err(DiskError::Transient(format!(
-                "{}: {why}",
-                command_name(cdb)
-            ))),
-        }
+        classify(&outcome).disk_result(command_name(cdb))?;
+        Ok(outcome)
     }
 
     /// PERSISTENT RESERVE OUT with the basic parameter list.
@@ -109,13 +102,7 @@ impl IscsiDisk {
         service_action_key: u64,
         timeout: Duration,
     ) -> Result<(), DiskError> {
-        let parameters = ProutParameters {
-            reservation_key: ReservationKey(key),
-            service_action_key: ReservationKey(service_action_key),
-            ..ProutParameters::default()
-        }
-        .encode();
-        let cdb = prout_cdb(action, pr_type, parameters.len() as u32);
+        let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, false);
         self.run_checked(&cdb, DataDirection::Write(parameters), timeout)
             .await
             .map(|_| ())
@@ -212,21 +199,54 @@ fn command_name(cdb: &[u8]) -> &'static str {
     lunlock_initiator::status::command_name(cdb.first().copied().unwrap_or(0))
 }
 
-enum Class {
+/// A SCSI answer as the lock manager sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Class {
     Good,
     Fenced,
     Miscompare(Option<u64>, String),
+    /// Nothing was done and retrying cannot help.
     Definite(String),
+    /// The command may or may not have taken effect.
     Open(String),
 }
 
-/// Sorts a SCSI outcome for the resolver (SAM-5 5.3 status codes, SPC-4 4.5 sense data).
+impl Class {
+    /// The COMPARE AND WRITE outcome this answer means.
+    pub fn caw_outcome(self) -> CawOutcome {
+        match self {
+            Class::Good => CawOutcome::Written,
+            Class::Fenced => CawOutcome::Fenced,
+            Class::Miscompare(offset, _) => CawOutcome::Miscompare { offset },
+            Class::Definite(why) => CawOutcome::Failed(why),
+            Class::Open(why) => CawOutcome::Unknown(why),
+        }
+    }
+
+    /// The result of a read or plain write this answer means.
+    pub fn disk_result(self, command: &str) -> Result<(), DiskError> {
+        match self {
+            Class::Good => Ok(()),
+            Class::Fenced => Err(DiskError::Fenced),
+            Class::Definite(why) => Err(DiskError::Failed(format!("{command}: {why}"))),
+            Class::Open(why) | Class::Miscompare(_, why) => {
+                Err(DiskError::Transient(format!("{command}: {why}")))
+            }
+        }
+    }
+}
+
 fn classify(outcome: &ScsiOutcome) -> Class {
-    match outcome.status {
+    classify_status(outcome.status, &outcome.sense)
+}
+
+/// Sorts a SCSI status and its sense data for the resolver (SAM-5 5.3 status codes, SPC-4 4.5 sense data).
+pub fn classify_status(status: u8, sense_data: &[u8]) -> Class {
+    match status {
         STATUS_GOOD => Class::Good,
         STATUS_RESERVATION_CONFLICT => Class::Fenced,
         STATUS_CHECK_CONDITION => {
-            let Some(sense) = outcome.sense_summary() else {
+            let Some(sense) = lunlock_initiator::SenseSummary::parse(sense_data) else {
                 return Class::Open("CHECK CONDITION without sense data".into());
             };
             let text = format!(
@@ -237,7 +257,7 @@ fn classify(outcome: &ScsiOutcome) -> Class {
                 sense.ascq
             );
             if sense.key == 0x0E && sense.asc == 0x1D {
-                Class::Miscompare(information_field(&outcome.sense), text)
+                Class::Miscompare(information_field(sense_data), text)
             } else if DEFINITE_SENSE_KEYS.contains(&sense.key) {
                 Class::Definite(text)
             } else {
@@ -317,13 +337,7 @@ impl Disk for IscsiDisk {
             let cdb = compare_and_write_cdb(lba);
             match self.run(&cdb, DataDirection::Write(data), timeout).await {
                 Err(why) => CawOutcome::Unknown(why),
-                Ok(outcome) => match classify(&outcome) {
-                    Class::Good => CawOutcome::Written,
-                    Class::Fenced => CawOutcome::Fenced,
-                    Class::Miscompare(offset, _) => CawOutcome::Miscompare { offset },
-                    Class::Definite(why) => CawOutcome::Failed(why),
-                    Class::Open(why) => CawOutcome::Unknown(why),
-                },
+                Ok(outcome) => classify(&outcome).caw_outcome(),
             }
         }
     }
@@ -341,6 +355,17 @@ impl Disk for IscsiDisk {
             victim_key,
             timeout,
         )
+    }
+
+    async fn read_keys(&self, timeout: Duration) -> Result<Vec<u64>, DiskError> {
+        const ALLOCATION: u16 = 8192;
+        let cdb = prin_cdb(PrInAction::ReadKeys, ALLOCATION);
+        let outcome = self
+            .run_checked(&cdb, DataDirection::Read(u32::from(ALLOCATION)), timeout)
+            .await?;
+        let keys = ReadKeys::parse(&outcome.data_in)
+            .map_err(|e| DiskError::Failed(format!("READ KEYS: {e}")))?;
+        Ok(keys.keys.iter().map(|k| k.0).collect())
     }
 }
 

@@ -21,7 +21,7 @@ mod tests;
 pub use disk::{CawOutcome, Clock, Disk, DiskError, TokioClock};
 pub use events::{EventLog, Verdict};
 pub use format::{LockMode, Superblock, Uuid};
-pub use host::{Host, HostConfig, Liveness};
+pub use host::{BrokenVariant, Host, HostConfig, Liveness};
 pub use locks::{Acquire, LockHandle};
 pub use resolver::{AtsPolicy, AtsResult};
 

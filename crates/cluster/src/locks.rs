@@ -6,7 +6,7 @@
 //! dead_after on this host's clock; only then may its hold be broken, and when both hosts have PR keys the breaker
 //! first fences the stale host with PREEMPT AND ABORT so that its writes in flight cannot land afterwards.
 
-use crate::disk::{Clock, Disk};
+use crate::disk::{Clock, Disk, DiskError};
 use crate::events::Counters;
 use crate::format::{fit_name, Holder, LockMode, LockRecord, SlotState, MAX_SHARED_HOLDERS};
 use crate::host::{Host, Liveness};
@@ -24,6 +24,8 @@ pub struct LockHandle {
     pub token: u64,
     /// Slots whose stale holds this acquisition broke.
     pub broken: Vec<u32>,
+    /// The host's lease epoch when it acquired the lock: act on the lock only while `Host::lease_valid_in` it.
+    pub lease_epoch: u64,
     image: Vec<u8>,
 }
 
@@ -36,6 +38,9 @@ pub enum Acquire {
         holders: String,
     },
 }
+
+/// The lease epoch of a hold attempted without a valid lease: never valid (epochs start at 1).
+const NO_EPOCH: u64 = 0;
 
 /// How many times one acquire/release re-reads and retries after losing a race to another host.
 const RACE_RETRIES: u32 = 32;
@@ -99,9 +104,17 @@ impl<D: Disk, C: Clock> Host<D, C> {
             return Err(ClusterError::Usage("a lock needs a name".into()));
         }
         let me = self.me()?;
+        // A hold is usable only in the lease epoch it was attempted in, and only if the lease was valid then: a
+        // grant learned after a lapse may already have been broken by a host that judged this one dead.
+        let epoch = if self.lease_valid() {
+            self.lease_epoch()
+        } else {
+            NO_EPOCH
+        };
         for _ in 0..RACE_RETRIES {
             let (record, image) = self.find_or_bind_record(name).await?;
-            if let Some(handle) = self.already_held(&record, &image, me, mode) {
+            if let Some(mut handle) = self.already_held(&record, &image, me, mode) {
+                handle.lease_epoch = epoch;
                 return Ok(Acquire::Granted(handle));
             }
             let (mut stale, mut live) = self.split_holders(&record, me);
@@ -172,6 +185,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                     mode,
                     token: next.lock_generation,
                     broken: stale.iter().map(|h| h.slot).collect(),
+                    lease_epoch: epoch,
                     image: new,
                 }));
             }
@@ -358,6 +372,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
             mode,
             token: record.lock_generation,
             broken: Vec::new(),
+            lease_epoch: self.lease_epoch(),
             image: image.to_vec(),
         })
     }
@@ -410,9 +425,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
             {
                 continue;
             }
-            self.disk
-                .preempt_and_abort(own_key, slot.pr_key, self.config.io_policy.timeout)
-                .await?;
+            self.preempt(own_key, slot.pr_key).await?;
             self.note(
                 "fenced_peer",
                 format!(
@@ -422,6 +435,29 @@ impl<D: Disk, C: Clock> Host<D, C> {
             );
         }
         Ok(())
+    }
+
+    /// PREEMPT AND ABORT of `victim`. A RESERVATION CONFLICT has two meanings (SPC-4 5.13.11.4): this host is no
+    /// longer registered (it was fenced itself), or no one holds the victim's key any more (another breaker fenced
+    /// it first). READ KEYS tells them apart.
+    async fn preempt(&self, own_key: u64, victim: u64) -> Result<(), ClusterError> {
+        let timeout = self.config.io_policy.timeout;
+        match self.disk.preempt_and_abort(own_key, victim, timeout).await {
+            Ok(()) => Ok(()),
+            Err(DiskError::Fenced) => {
+                let keys = self.disk.read_keys(timeout).await?;
+                if !keys.contains(&own_key) {
+                    Err(ClusterError::Fenced)
+                } else if keys.contains(&victim) {
+                    Err(ClusterError::Disk(format!(
+                        "PREEMPT AND ABORT of key {victim:#x} was refused although both keys are registered"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     fn describe_holders(&self, holders: &[Holder]) -> String {

@@ -13,6 +13,7 @@ use std::time::Duration;
 #[derive(Default)]
 struct Shared {
     blocks: HashMap<u64, Vec<u8>>,
+    registered_keys: HashSet<u64>,
     fenced_keys: HashSet<u64>,
 }
 
@@ -40,6 +41,10 @@ impl MemoryDisk {
 
     /// Another handle on the same blocks, for another host.
     pub fn handle(&self, key: Option<u64>, drop_reply: f64, seed: u64) -> MemoryDisk {
+        if let Some(key) = key {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared.registered_keys.insert(key);
+        }
         MemoryDisk {
             shared: Arc::clone(&self.shared),
             block_size: self.block_size,
@@ -143,12 +148,26 @@ impl Disk for MemoryDisk {
         _timeout: Duration,
     ) -> impl Future<Output = Result<(), DiskError>> + Send {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let result = if shared.fenced_keys.contains(&own_key) {
+        // SPC-4 5.13.11.4: an unregistered preemptor, or a key no one holds, is a RESERVATION CONFLICT.
+        let result = if shared.fenced_keys.contains(&own_key)
+            || !shared.registered_keys.contains(&victim_key)
+        {
             Err(DiskError::Fenced)
         } else {
+            shared.registered_keys.remove(&victim_key);
             shared.fenced_keys.insert(victim_key);
             Ok(())
         };
         std::future::ready(result)
+    }
+
+    fn read_keys(
+        &self,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u64>, DiskError>> + Send {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<u64> = shared.registered_keys.iter().copied().collect();
+        keys.sort_unstable();
+        std::future::ready(Ok(keys))
     }
 }

@@ -81,6 +81,12 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 CawOutcome::Unknown(_) => None,
             };
             event.target_miscompare_offset = target_offset;
+            if self.config.broken.naive_resolver {
+                if let Some(result) = self.naive_verdict(&request, &outcome, event).await? {
+                    return Ok(result);
+                }
+                continue;
+            }
             let found = self.read_back(request.lba, request.policy).await?;
             event.found_digest = Some(digest(&found));
             event.first_diff_offset = first_difference(request.expected, &found);
@@ -115,6 +121,25 @@ impl<D: Disk, C: Clock> Host<D, C> {
             lba,
             attempts: request.policy.max_attempts,
         })
+    }
+
+    /// The broken variant: a MISCOMPARE means "someone else won" without looking, an unknown outcome is retried.
+    async fn naive_verdict(
+        &self,
+        request: &AtsRequest<'_>,
+        outcome: &CawOutcome,
+        mut event: AtsEvent,
+    ) -> Result<Option<AtsResult>, ClusterError> {
+        if let CawOutcome::Unknown(_) = outcome {
+            event.verdict = Verdict::NothingLandedRetry;
+            self.log.ats(&event);
+            return Ok(None);
+        }
+        let found = self.read_back(request.lba, request.policy).await?;
+        event.found_digest = Some(digest(&found));
+        event.verdict = Verdict::RealConflict;
+        self.log.ats(&event);
+        Ok(Some(AtsResult::Conflict { found }))
     }
 
     /// Reads one block of the lockspace, retrying transient failures within the policy's attempt bound.

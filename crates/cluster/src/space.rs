@@ -6,6 +6,8 @@ use crate::format::{
 };
 use crate::host::{Host, Liveness};
 use crate::ClusterError;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -41,46 +43,23 @@ pub async fn format<D: Disk>(
     options: &FormatOptions,
     timeout: Duration,
 ) -> Result<Superblock, ClusterError> {
-    if options.slots == 0 {
-        return Err(ClusterError::Usage(
-            "a lockspace needs at least one slot".into(),
-        ));
-    }
-    if options.heartbeat_interval_ms == 0 || options.dead_after_ms <= options.heartbeat_interval_ms
-    {
-        return Err(ClusterError::Usage(
-            "dead-after must be longer than the heartbeat interval".into(),
-        ));
-    }
+    format_seeded(disk, options, timeout, rand::random()).await
+}
+
+/// [`format`] with the lockspace UUID and nonces drawn from a seeded generator (the simulator replays it).
+pub async fn format_seeded<D: Disk>(
+    disk: &D,
+    options: &FormatOptions,
+    timeout: Duration,
+    seed: u64,
+) -> Result<Superblock, ClusterError> {
+    let (superblock, records) = lockspace_images(options, disk.block_size(), seed)?;
     let block_size = disk.block_size();
     let first = disk.read(options.lockspace_lba, 1, timeout).await?;
     if looks_like_lockspace(&first) && !options.force {
         return Err(ClusterError::AlreadyFormatted {
             lba: options.lockspace_lba,
         });
-    }
-    let superblock = Superblock {
-        block_size,
-        slot_count: options.slots,
-        lock_count: options.locks,
-        heartbeat_interval_ms: options.heartbeat_interval_ms,
-        dead_after_ms: options.dead_after_ms,
-        lockspace_id: Uuid::random(),
-        nonce: rand::random(),
-    };
-    let mut records =
-        Vec::with_capacity((options.slots + options.locks) as usize * block_size as usize);
-    for index in 0..options.slots {
-        records.extend(to_block(
-            Slot::free(index, rand::random()).encode(),
-            block_size,
-        ));
-    }
-    for index in 0..options.locks {
-        records.extend(to_block(
-            LockRecord::unbound(index, rand::random()).encode(),
-            block_size,
-        ));
     }
     // Large lockspaces go in pieces of at most 1 MiB per command.
     let blocks_per_write = ((1 << 20) / block_size as usize).max(1);
@@ -98,6 +77,47 @@ pub async fn format<D: Disk>(
     )
     .await?;
     Ok(superblock)
+}
+
+/// The superblock and the slot and lock record blocks of a new lockspace.
+fn lockspace_images(
+    options: &FormatOptions,
+    block_size: u32,
+    seed: u64,
+) -> Result<(Superblock, Vec<u8>), ClusterError> {
+    if options.slots == 0 {
+        return Err(ClusterError::Usage(
+            "a lockspace needs at least one slot".into(),
+        ));
+    }
+    if options.heartbeat_interval_ms == 0 || options.dead_after_ms <= options.heartbeat_interval_ms
+    {
+        return Err(ClusterError::Usage(
+            "dead-after must be longer than the heartbeat interval".into(),
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let superblock = Superblock {
+        block_size,
+        slot_count: options.slots,
+        lock_count: options.locks,
+        heartbeat_interval_ms: options.heartbeat_interval_ms,
+        dead_after_ms: options.dead_after_ms,
+        lockspace_id: Uuid::from_rng(&mut rng),
+        nonce: rng.gen(),
+    };
+    let mut records =
+        Vec::with_capacity((options.slots + options.locks) as usize * block_size as usize);
+    for index in 0..options.slots {
+        records.extend(to_block(Slot::free(index, rng.gen()).encode(), block_size));
+    }
+    for index in 0..options.locks {
+        records.extend(to_block(
+            LockRecord::unbound(index, rng.gen()).encode(),
+            block_size,
+        ));
+    }
+    Ok((superblock, records))
 }
 
 /// What `lunlock lock status` prints: slots with liveness as this observer judged it, and lock records.

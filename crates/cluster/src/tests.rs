@@ -369,3 +369,39 @@ async fn a_corrupt_record_is_named_by_lba() {
     }
     let _ = LockRecord::unbound(0, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_renewed_after_it_lapsed_voids_the_holds_taken_before() {
+    let disk = MemoryDisk::new(512);
+    let sb = lockspace(&disk).await;
+    let log = log();
+    let h = host(
+        disk.handle(None, 0.0, 1),
+        &sb,
+        "h",
+        Uuid::random(),
+        None,
+        &log,
+    );
+    h.join().await.unwrap();
+    let handle = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
+    assert!(h.lease_valid_in(handle.lease_epoch));
+    // Heartbeats on time keep the epoch.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.heartbeat().await.unwrap();
+    }
+    assert!(h.lease_valid_in(handle.lease_epoch));
+    // A stall past the lease (dead_after - interval = 700 ms): the lease lapses, and renewing it starts a new
+    // epoch in which the old hold is void, although the record on disk still names this host.
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert!(!h.lease_valid());
+    h.heartbeat().await.unwrap();
+    assert!(h.lease_valid());
+    assert!(!h.lease_valid_in(handle.lease_epoch));
+    // A hold attempted while the lease has lapsed is never usable.
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    let late = granted(h.try_acquire("M", LockMode::Exclusive).await.unwrap());
+    h.heartbeat().await.unwrap();
+    assert!(!h.lease_valid_in(late.lease_epoch));
+}

@@ -275,6 +275,28 @@ impl ProutParameters {
     }
 }
 
+/// A PERSISTENT RESERVE OUT CDB and its basic parameter list: the reservation key, the service action reservation
+/// key and APTPL, nothing else (what the lock manager's fencing needs).
+pub fn basic_prout(
+    action: PrOutAction,
+    pr_type: PrType,
+    key: u64,
+    service_action_key: u64,
+    aptpl: bool,
+) -> ([u8; 10], Vec<u8>) {
+    let parameters = ProutParameters {
+        reservation_key: ReservationKey(key),
+        service_action_key: ReservationKey(service_action_key),
+        activate_persist_through_power_loss: aptpl,
+        ..ProutParameters::default()
+    }
+    .encode();
+    (
+        prout_cdb(action, pr_type, parameters.len() as u32),
+        parameters,
+    )
+}
+
 /// The REGISTER AND MOVE parameter list (SPC-4 6.14.4, Table 176).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegisterAndMoveParameters {

@@ -1,0 +1,395 @@
+//! The simulated hosts: lock hosts running the real `cluster` code (heartbeats, locks, resolver, PR fencing), a
+//! plain COMPARE AND WRITE client, and two plain PR clients. Plus the referee that checks mutual exclusion at
+//! every grant and the liveness of the lock hosts at the end.
+
+use crate::io::{SimClock, SimDisk, SimHandle};
+use crate::world::{lock, BLOCK};
+use lunlock_cluster::iscsi_disk::compare_and_write_cdb;
+use lunlock_cluster::resolver::{AtsRequest, AtsResult};
+use lunlock_cluster::{
+    Acquire, BrokenVariant, Clock, ClusterError, Disk, EventLog, Host, HostConfig, LockMode,
+    Superblock, Uuid,
+};
+use lunlock_initiator::pr::{PrOutAction, PrType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type SimHost = Host<SimDisk, SimClock>;
+
+/// Everything the actors share.
+pub struct Shared {
+    pub world: SimHandle,
+    pub log: Arc<EventLog>,
+    pub superblock: Superblock,
+    pub referee: Mutex<Referee>,
+    pub host_ids: Vec<Uuid>,
+    pub locks: u32,
+    pub counter_lba: u64,
+    pub caw_client_lba: u64,
+    pub pr_fencing: bool,
+    pub broken: BrokenVariant,
+}
+
+/// Mutual exclusion and liveness bookkeeping.
+#[derive(Default)]
+pub struct Referee {
+    last_token: BTreeMap<u32, u64>,
+    inside: BTreeMap<u32, Vec<(usize, u64, u64)>>,
+    hosts: BTreeMap<usize, Arc<SimHost>>,
+    /// actor -> grants since the quiet phase began
+    pub quiet_grants: BTreeMap<usize, u64>,
+    pub quiet: bool,
+    pub grants: u64,
+    pub violations: Vec<String>,
+}
+
+impl Referee {
+    /// A host crashed: what it held is gone with it (its in-flight writes are the fencing checker's business).
+    pub fn crashed(&mut self, actor: usize) {
+        self.hosts.remove(&actor);
+        for inside in self.inside.values_mut() {
+            inside.retain(|&(a, _, _)| a != actor);
+        }
+    }
+
+    pub fn start_quiet(&mut self) {
+        self.quiet = true;
+        self.quiet_grants.clear();
+    }
+}
+
+/// The protected block of a lock: the writer's token and a count.
+fn counter_image(token: u64, count: u64, nonce: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK as usize];
+    b[..8].copy_from_slice(b"SIMCOUNT");
+    b[8..16].copy_from_slice(&token.to_be_bytes());
+    b[16..24].copy_from_slice(&count.to_be_bytes());
+    b[24..32].copy_from_slice(&nonce.to_be_bytes());
+    b
+}
+
+fn field(block: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(block[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn pr_key(actor: usize) -> u64 {
+    0x5100 + actor as u64
+}
+
+/// An actor's disk on `lun` and its clock.
+fn connect(shared: &Shared, actor: usize, incarnation: u64, lun: usize) -> (SimDisk, SimClock) {
+    let disk = SimDisk {
+        world: Arc::clone(&shared.world),
+        actor,
+        incarnation,
+        lun,
+    };
+    let clock = SimClock {
+        world: Arc::clone(&shared.world),
+    };
+    (disk, clock)
+}
+
+/// One lock host for the life of its process (until the simulator crashes it): rejoin after losing the slot or
+/// being fenced, as a real host would.
+pub async fn lock_host(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
+    let (disk, clock) = connect(&shared, actor, incarnation, 0);
+    let interval = Duration::from_millis(u64::from(shared.superblock.heartbeat_interval_ms));
+    let mut rng = StdRng::seed_from_u64(seed);
+    loop {
+        if shared.pr_fencing {
+            join_fencing(&disk, actor).await;
+        }
+        let mut config = HostConfig::new(
+            &format!("a{actor}"),
+            shared.host_ids[actor],
+            &shared.superblock,
+        );
+        config.seed = rng.gen();
+        config.pr_key = shared.pr_fencing.then(|| pr_key(actor));
+        config.broken = shared.broken;
+        let host = Arc::new(Host::new(
+            disk.clone(),
+            clock.clone(),
+            Arc::clone(&shared.log),
+            shared.superblock.clone(),
+            config,
+        ));
+        if host.join().await.is_ok() {
+            lock(&shared.referee).hosts.insert(actor, Arc::clone(&host));
+            let beating = AtomicBool::new(true);
+            let work = async {
+                work_loop(&shared, &host, actor, &beating, &mut rng).await;
+                beating.store(false, Ordering::SeqCst);
+            };
+            futures_join(work, heartbeat_loop(&host, &beating)).await;
+            lock(&shared.referee).crashed(actor);
+        }
+        clock.sleep(interval).await;
+    }
+}
+
+/// Registers the host's key with APTPL (so fencing survives a target restart) and takes the WRITE EXCLUSIVE -
+/// REGISTRANTS ONLY reservation if no one holds it. Failures are retried by the next incarnation.
+async fn join_fencing(disk: &SimDisk, actor: usize) {
+    let timeout = Duration::from_millis(500);
+    let key = pr_key(actor);
+    let _ = disk
+        .prout(
+            PrOutAction::RegisterAndIgnoreExistingKey,
+            PrType(0),
+            0,
+            key,
+            true,
+            timeout,
+        )
+        .await;
+    let _ = disk
+        .prout(
+            PrOutAction::Reserve,
+            PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+            key,
+            0,
+            false,
+            timeout,
+        )
+        .await;
+}
+
+/// Polls two futures to completion in one task (the heartbeat and the work of one host share its fate).
+async fn futures_join(
+    a: impl std::future::Future<Output = ()>,
+    b: impl std::future::Future<Output = ()>,
+) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut a_done, mut b_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !a_done {
+            a_done = a.as_mut().poll(cx).is_ready();
+        }
+        if !b_done {
+            b_done = b.as_mut().poll(cx).is_ready();
+        }
+        if a_done && b_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn heartbeat_loop(host: &SimHost, beating: &AtomicBool) {
+    let interval = host.heartbeat_interval();
+    while beating.load(Ordering::SeqCst) {
+        let started = host.clock().now();
+        if host.heartbeat().await.is_err() {
+            beating.store(false, Ordering::SeqCst);
+            return;
+        }
+        let _ = host.observe_slots().await;
+        let next = started + interval;
+        let now = host.clock().now();
+        if next > now {
+            host.clock().sleep(next - now).await;
+        }
+    }
+}
+
+async fn work_loop(
+    shared: &Shared,
+    host: &Arc<SimHost>,
+    actor: usize,
+    beating: &AtomicBool,
+    rng: &mut StdRng,
+) {
+    let dead_after = host.dead_after();
+    while beating.load(Ordering::SeqCst) {
+        let lock_index = rng.gen_range(0..shared.locks);
+        let name = format!("lock-{lock_index}");
+        let handle = match host
+            .acquire(&name, LockMode::Exclusive, dead_after * 2)
+            .await
+        {
+            Ok(Acquire::Granted(handle)) => handle,
+            Ok(Acquire::Busy { .. }) => continue,
+            Err(_) => return,
+        };
+        grant(
+            shared,
+            host,
+            actor,
+            lock_index,
+            handle.token,
+            handle.lease_epoch,
+        );
+        let result = increment(shared, host, lock_index, handle.token, handle.lease_epoch).await;
+        let hold = Duration::from_millis(rng.gen_range(0..50));
+        host.clock().sleep(hold).await;
+        leave(shared, actor, lock_index, handle.token);
+        if result.is_err() {
+            return;
+        }
+        match host.release(&handle).await {
+            Ok(()) | Err(ClusterError::LockLost { .. }) => {}
+            Err(_) => return,
+        }
+        let rest = Duration::from_millis(rng.gen_range(0..100));
+        host.clock().sleep(rest).await;
+    }
+}
+
+/// The referee's checks at a grant a host may act on (its lease is valid): its token is the highest granted so
+/// far, and no other holder of the lock still has a valid lease (two exclusive holders at once). A host can learn
+/// of a grant late (its reply was delayed while it was partitioned or paused, and the lock was broken meanwhile);
+/// its lease has then expired and it must not act, which `increment` checks.
+fn grant(shared: &Shared, host: &SimHost, actor: usize, lock_index: u32, token: u64, epoch: u64) {
+    let mut referee = lock(&shared.referee);
+    referee.grants += 1;
+    if referee.quiet {
+        *referee.quiet_grants.entry(actor).or_default() += 1;
+    }
+    let last = referee.last_token.get(&lock_index).copied().unwrap_or(0);
+    referee.last_token.insert(lock_index, token.max(last));
+    let valid = host.lease_valid_in(epoch);
+    {
+        let mut w = lock(&shared.world);
+        let now = w.now;
+        w.trace.record(
+            now,
+            format_args!("a{actor} granted lock-{lock_index} token {token} (lease valid: {valid})"),
+        );
+    }
+    if !valid {
+        return;
+    }
+    let mut found = Vec::new();
+    if token <= last {
+        found.push(format!(
+            "mutual exclusion: lock-{lock_index} granted to a{actor} with token {token} after token {last}"
+        ));
+    }
+    let inside = referee.inside.get(&lock_index).cloned().unwrap_or_default();
+    for (other, other_token, other_epoch) in inside {
+        let valid = other != actor
+            && referee
+                .hosts
+                .get(&other)
+                .is_some_and(|h| h.lease_valid_in(other_epoch));
+        if valid {
+            found.push(format!(
+                "mutual exclusion: lock-{lock_index} granted to a{actor} (token {token}) while a{other} (token {other_token}) holds it with a valid lease"
+            ));
+        }
+    }
+    referee
+        .inside
+        .entry(lock_index)
+        .or_default()
+        .push((actor, token, epoch));
+    if !found.is_empty() {
+        let mut w = lock(&shared.world);
+        let now = w.now;
+        for message in found {
+            w.checks.violation(now, message);
+        }
+    }
+}
+
+fn leave(shared: &Shared, actor: usize, lock_index: u32, token: u64) {
+    let mut referee = lock(&shared.referee);
+    if let Some(inside) = referee.inside.get_mut(&lock_index) {
+        inside.retain(|&(a, t, _)| (a, t) != (actor, token));
+    }
+}
+
+/// The work under a lock: bump the lock's counter block with a resolved ATS, after checking the lease and that the
+/// block does not carry a newer token (the resource's own fencing check).
+async fn increment(
+    shared: &Shared,
+    host: &SimHost,
+    lock_index: u32,
+    token: u64,
+    epoch: u64,
+) -> Result<(), ClusterError> {
+    let lba = shared.counter_lba + u64::from(lock_index);
+    let current = host.read_retrying(lba, 1).await?;
+    if field(&current, 8) > token || !host.lease_valid_in(epoch) {
+        return Ok(());
+    }
+    let new = counter_image(token, field(&current, 16) + 1, host.nonce());
+    let request = AtsRequest {
+        op: "counter",
+        target: format!("counter lock-{lock_index}"),
+        lba,
+        expected: &current,
+        new: &new,
+        policy: host.config().io_policy,
+    };
+    match host.resolved_ats(request).await? {
+        AtsResult::Landed { .. } | AtsResult::Conflict { .. } => Ok(()),
+    }
+}
+
+/// A plain client incrementing a counter block with read + COMPARE AND WRITE, FUA or not: no resolver, it just
+/// re-reads after anything but GOOD. The CAW checker judges every command it sends.
+pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
+    let (disk, clock) = connect(&shared, actor, incarnation, 0);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let timeout = Duration::from_millis(300);
+    if shared.pr_fencing {
+        join_fencing(&disk, actor).await;
+    }
+    loop {
+        let Ok(current) = disk.read(shared.caw_client_lba, 1, timeout).await else {
+            clock.sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let new = counter_image(0, field(&current, 16) + 1, rng.gen());
+        let mut cdb = compare_and_write_cdb(shared.caw_client_lba);
+        if rng.gen_bool(0.5) {
+            cdb[1] = 0;
+        }
+        let mut data = current;
+        data.extend_from_slice(&new);
+        let _ = disk.command(cdb.to_vec(), data, 2 * BLOCK, timeout).await;
+        clock
+            .sleep(Duration::from_millis(rng.gen_range(1..30)))
+            .await;
+    }
+}
+
+/// A plain PR client on LUN 1: random PERSISTENT RESERVE OUT service actions, types, keys and APTPL. The PR
+/// checkers judge the state after each.
+pub async fn pr_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
+    let (disk, clock) = connect(&shared, actor, incarnation, 1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let timeout = Duration::from_millis(300);
+    let keys = [0xA1u64, 0xA2, 0xB1, 0xB2];
+    const TYPES: [u8; 6] = [1, 3, 5, 6, 7, 8];
+    loop {
+        let own = keys[rng.gen_range(0..keys.len())];
+        let other = keys[rng.gen_range(0..keys.len())];
+        let pr_type = PrType(TYPES[rng.gen_range(0..TYPES.len())]);
+        let aptpl = rng.gen_bool(0.5);
+        let (action, key, sark) = match rng.gen_range(0..8) {
+            0 => (PrOutAction::Register, 0, own),
+            1 => (PrOutAction::RegisterAndIgnoreExistingKey, 0, own),
+            2 => (PrOutAction::Register, own, 0),
+            3 => (PrOutAction::Reserve, own, 0),
+            4 => (PrOutAction::Release, own, 0),
+            5 => (PrOutAction::Preempt, own, other),
+            6 => (PrOutAction::PreemptAndAbort, own, other),
+            _ => (PrOutAction::Clear, own, 0),
+        };
+        let _ = disk.prout(action, pr_type, key, sark, aptpl, timeout).await;
+        clock
+            .sleep(Duration::from_millis(rng.gen_range(2..60)))
+            .await;
+    }
+}

@@ -1,0 +1,240 @@
+//! The simulated disk and clock the real `cluster` code runs on: every command crosses the simulated network to
+//! the simulated target, and every wait is on simulated time.
+
+use crate::world::{lock, Reply, Request, World, BLOCK};
+use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb};
+use lunlock_cluster::{CawOutcome, Clock, Disk, DiskError};
+use lunlock_initiator::commands::rw16_cdb;
+use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub type SimHandle = Arc<Mutex<World>>;
+
+/// Simulated time.
+#[derive(Clone)]
+pub struct SimClock {
+    pub world: SimHandle,
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Duration {
+        lock(&self.world).now
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        let deadline = self.now() + duration;
+        Sleep {
+            world: Arc::clone(&self.world),
+            deadline,
+            armed: false,
+        }
+    }
+}
+
+struct Sleep {
+    world: SimHandle,
+    deadline: Duration,
+    armed: bool,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut world = lock(&self.world);
+        if world.now >= self.deadline {
+            return Poll::Ready(());
+        }
+        if !self.armed {
+            world.add_timer(self.deadline, cx.waker().clone());
+            drop(world);
+            self.armed = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// Waits for a command's reply until a deadline; None is "no answer in time".
+struct AwaitReply {
+    world: SimHandle,
+    id: u64,
+    deadline: Duration,
+    armed: bool,
+}
+
+impl Future for AwaitReply {
+    type Output = Option<Reply>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let id = self.id;
+        let deadline = self.deadline;
+        let mut world = lock(&self.world);
+        if let Some(reply) = world.take_reply(id) {
+            return Poll::Ready(Some(reply));
+        }
+        if world.now >= deadline {
+            return Poll::Ready(None);
+        }
+        world.wait_reply(id, cx.waker().clone());
+        if !self.armed {
+            world.add_timer(deadline, cx.waker().clone());
+            drop(world);
+            self.armed = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// One actor's view of one LUN of the simulated target.
+#[derive(Clone)]
+pub struct SimDisk {
+    pub world: SimHandle,
+    pub actor: usize,
+    pub incarnation: u64,
+    pub lun: usize,
+}
+
+impl SimDisk {
+    /// Sends a command and waits for its reply at most `timeout`.
+    pub async fn command(
+        &self,
+        cdb: Vec<u8>,
+        data_out: Vec<u8>,
+        expected_length: u32,
+        timeout: Duration,
+    ) -> Option<Reply> {
+        let (id, deadline) = {
+            let mut world = lock(&self.world);
+            let id = world.submit(Request {
+                id: 0,
+                actor: self.actor,
+                incarnation: self.incarnation,
+                lun: self.lun,
+                cdb,
+                data_out,
+                expected_length,
+            });
+            (id, world.now + timeout)
+        };
+        AwaitReply {
+            world: Arc::clone(&self.world),
+            id,
+            deadline,
+            armed: false,
+        }
+        .await
+    }
+
+    async fn checked(
+        &self,
+        what: &str,
+        cdb: Vec<u8>,
+        data_out: Vec<u8>,
+        expected: u32,
+        timeout: Duration,
+    ) -> Result<Reply, DiskError> {
+        let reply = self
+            .command(cdb, data_out, expected, timeout)
+            .await
+            .ok_or_else(|| DiskError::Transient(format!("{what}: timeout")))?;
+        classify_status(reply.status, &reply.sense).disk_result(what)?;
+        Ok(reply)
+    }
+
+    /// PERSISTENT RESERVE OUT with the basic parameter list.
+    pub async fn prout(
+        &self,
+        action: PrOutAction,
+        pr_type: PrType,
+        key: u64,
+        service_action_key: u64,
+        aptpl: bool,
+        timeout: Duration,
+    ) -> Result<(), DiskError> {
+        let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, aptpl);
+        let length = parameters.len() as u32;
+        self.checked(
+            "PERSISTENT RESERVE OUT",
+            cdb.to_vec(),
+            parameters,
+            length,
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Disk for SimDisk {
+    fn block_size(&self) -> u32 {
+        BLOCK
+    }
+
+    async fn read(&self, lba: u64, count: u32, timeout: Duration) -> Result<Vec<u8>, DiskError> {
+        let cdb = rw16_cdb(0x88, lba, count, false).to_vec();
+        let reply = self
+            .checked("READ(16)", cdb, Vec::new(), count * BLOCK, timeout)
+            .await?;
+        Ok(reply.data_in)
+    }
+
+    async fn write(&self, lba: u64, data: Vec<u8>, timeout: Duration) -> Result<(), DiskError> {
+        let blocks = (data.len() / BLOCK as usize) as u32;
+        let cdb = rw16_cdb(0x8A, lba, blocks, true).to_vec();
+        let length = data.len() as u32;
+        self.checked("WRITE(16)", cdb, data, length, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        expected: &[u8],
+        new: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = CawOutcome> + Send {
+        let mut data = expected.to_vec();
+        data.extend_from_slice(new);
+        async move {
+            let length = data.len() as u32;
+            match self
+                .command(compare_and_write_cdb(lba).to_vec(), data, length, timeout)
+                .await
+            {
+                None => CawOutcome::Unknown("timeout".into()),
+                Some(reply) => classify_status(reply.status, &reply.sense).caw_outcome(),
+            }
+        }
+    }
+
+    async fn preempt_and_abort(
+        &self,
+        own_key: u64,
+        victim_key: u64,
+        timeout: Duration,
+    ) -> Result<(), DiskError> {
+        self.prout(
+            PrOutAction::PreemptAndAbort,
+            PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+            own_key,
+            victim_key,
+            false,
+            timeout,
+        )
+        .await
+    }
+
+    async fn read_keys(&self, timeout: Duration) -> Result<Vec<u64>, DiskError> {
+        let cdb = prin_cdb(PrInAction::ReadKeys, 4096).to_vec();
+        let reply = self
+            .checked("PERSISTENT RESERVE IN", cdb, Vec::new(), 4096, timeout)
+            .await?;
+        let keys = ReadKeys::parse(&reply.data_in).map_err(|e| DiskError::Failed(e.to_string()))?;
+        Ok(keys.keys.iter().map(|k| k.0).collect())
+    }
+}
