@@ -17,6 +17,10 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const NAME_BYTES: usize = 64;
 /// Shared holders one lock record can list: 12 bytes each between offset 152 and the checksum.
 pub const MAX_SHARED_HOLDERS: usize = 29;
+/// The most heartbeat slots a lockspace has: hosts read them all every interval.
+pub const MAX_SLOTS: u32 = 2048;
+/// The most lock records a lockspace has.
+pub const MAX_LOCKS: u32 = 65536;
 
 const MAGIC: [u8; 8] = *b"LUNLOCK\0";
 const CHECKSUM_OFFSET: usize = RECORD_BYTES - 4;
@@ -181,8 +185,11 @@ impl Superblock {
         if superblock.block_size < RECORD_BYTES as u32 || !superblock.block_size.is_power_of_two() {
             return Err(FormatError::BadField("block size"));
         }
-        if superblock.slot_count == 0 {
+        if superblock.slot_count == 0 || superblock.slot_count > MAX_SLOTS {
             return Err(FormatError::BadField("slot count"));
+        }
+        if superblock.lock_count > MAX_LOCKS {
+            return Err(FormatError::BadField("lock count"));
         }
         if superblock.heartbeat_interval_ms == 0
             || superblock.dead_after_ms <= superblock.heartbeat_interval_ms

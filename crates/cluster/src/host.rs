@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Blocks per READ of slots or lock records: 1 MiB of 512-byte blocks, well under any target's transfer limit.
+const BLOCKS_PER_READ: u32 = 2048;
+
 /// Who this host is and how patient it is.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -46,6 +49,8 @@ pub struct BrokenVariant {
     pub naive_resolver: bool,
     /// A holder counts as dead as soon as it is observed, whatever dead_after says.
     pub ignore_dead_after: bool,
+    /// A lease renewed after it lapsed revives the holds taken before (the bug the simulator found: no epochs).
+    pub revive_lapsed_lease: bool,
 }
 
 impl HostConfig {
@@ -338,7 +343,8 @@ impl<D: Disk, C: Clock> Host<D, C> {
         let now = self.clock.now();
         let margin = self.dead_after().saturating_sub(self.heartbeat_interval());
         let mut lease = lock(&self.lease);
-        if lease.expiry.is_none_or(|end| now >= end) {
+        let lapsed = lease.expiry.is_none_or(|end| now >= end);
+        if lapsed && (lease.epoch == 0 || !self.config.broken.revive_lapsed_lease) {
             lease.epoch += 1;
         }
         lease.expiry = Some(sent + margin);
@@ -465,6 +471,17 @@ impl<D: Disk, C: Clock> Host<D, C> {
     /// Reads blocks (relative to the lockspace start), retrying timeouts and other transient failures within
     /// the I/O policy: a slow fsync on the target must not end a host.
     pub async fn read_retrying(&self, lba: u64, count: u32) -> Result<Vec<u8>, ClusterError> {
+        let mut data = Vec::with_capacity(count as usize * self.superblock.block_size as usize);
+        let mut done = 0;
+        while done < count {
+            let piece = (count - done).min(BLOCKS_PER_READ);
+            data.extend(self.read_piece(lba + u64::from(done), piece).await?);
+            done += piece;
+        }
+        Ok(data)
+    }
+
+    async fn read_piece(&self, lba: u64, count: u32) -> Result<Vec<u8>, ClusterError> {
         let policy = self.config.io_policy;
         let mut last_error = String::new();
         for _ in 0..policy.max_attempts.max(1) {

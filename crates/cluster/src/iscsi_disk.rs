@@ -100,9 +100,10 @@ impl IscsiDisk {
         pr_type: PrType,
         key: u64,
         service_action_key: u64,
+        aptpl: bool,
         timeout: Duration,
     ) -> Result<(), DiskError> {
-        let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, false);
+        let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, aptpl);
         self.run_checked(&cdb, DataDirection::Write(parameters), timeout)
             .await
             .map(|_| ())
@@ -147,15 +148,17 @@ pub async fn connect(endpoint: &Endpoint, initiator_name: &str) -> Result<IscsiD
 }
 
 impl IscsiDisk {
-    /// Registers `key` for this I_T nexus whatever was registered before (REGISTER AND IGNORE EXISTING KEY), and
-    /// takes the WRITE EXCLUSIVE - REGISTRANTS ONLY reservation if no one holds one: then only registered hosts can
-    /// write, and preempting a host's key fences it (the fence_scsi model).
+    /// Registers `key` for this I_T nexus whatever was registered before (REGISTER AND IGNORE EXISTING KEY), with
+    /// APTPL so fencing survives a target restart, and takes the WRITE EXCLUSIVE - REGISTRANTS ONLY reservation if
+    /// no one holds one: then only registered hosts can write, and preempting a host's key fences it (the fence_scsi
+    /// model).
     pub async fn join_fencing(&self, key: u64, timeout: Duration) -> Result<(), DiskError> {
         self.prout(
             PrOutAction::RegisterAndIgnoreExistingKey,
             PrType(0),
             0,
             key,
+            true,
             timeout,
         )
         .await?;
@@ -165,6 +168,7 @@ impl IscsiDisk {
                 PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
                 key,
                 0,
+                false,
                 timeout,
             )
             .await
@@ -183,10 +187,11 @@ impl IscsiDisk {
             PrType(0),
             0,
             key,
+            false,
             timeout,
         )
         .await?;
-        self.prout(PrOutAction::Clear, PrType(0), key, 0, timeout)
+        self.prout(PrOutAction::Clear, PrType(0), key, 0, false, timeout)
             .await
     }
 }
@@ -353,6 +358,7 @@ impl Disk for IscsiDisk {
             PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
             own_key,
             victim_key,
+            false,
             timeout,
         )
     }

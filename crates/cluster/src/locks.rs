@@ -106,16 +106,21 @@ impl<D: Disk, C: Clock> Host<D, C> {
         let me = self.me()?;
         // A hold is usable only in the lease epoch it was attempted in, and only if the lease was valid then: a
         // grant learned after a lapse may already have been broken by a host that judged this one dead.
-        let epoch = if self.lease_valid() {
+        let epoch = if self.lease_valid() || self.config.broken.revive_lapsed_lease {
             self.lease_epoch()
         } else {
             NO_EPOCH
         };
         for _ in 0..RACE_RETRIES {
             let (record, image) = self.find_or_bind_record(name).await?;
-            if let Some(mut handle) = self.already_held(&record, &image, me, mode) {
-                handle.lease_epoch = epoch;
-                return Ok(Acquire::Granted(handle));
+            if let Some(held) = self.already_held(&record, &image, me, mode) {
+                // The record already names us (an earlier attempt landed unheard). Rewrite it before granting: a
+                // break racing this grant then either lands first (and this write miscompares) or miscompares.
+                if let Some(mut handle) = self.reconfirm(&record, &image, held).await? {
+                    handle.lease_epoch = epoch;
+                    return Ok(Acquire::Granted(handle));
+                }
+                continue;
             }
             let (mut stale, mut live) = self.split_holders(&record, me);
             if !stale.is_empty() {
@@ -285,7 +290,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 // and written over it. If the record no longer lists us, the hold is over either way.
                 AtsResult::Conflict { found } => {
                     let now = self.decode_lock(&found, handle.index)?;
-                    if !holds(&now, me, handle.mode) && now.lock_generation > handle.token {
+                    if !holds(&now, me, handle.mode) {
                         Counters::bump(&self.log.counters.releases);
                         self.note(
                             "lock_released",
@@ -306,6 +311,34 @@ impl<D: Disk, C: Clock> Host<D, C> {
         })
     }
 
+    /// Rewrites a record that names this host with a new sequence and nonce; None when another host changed it.
+    async fn reconfirm(
+        &self,
+        record: &LockRecord,
+        image: &[u8],
+        mut handle: LockHandle,
+    ) -> Result<Option<LockHandle>, ClusterError> {
+        let mut next = record.clone();
+        next.sequence += 1;
+        next.nonce = self.nonce();
+        let new = self.block_of(next.encode());
+        let request = AtsRequest {
+            op: "reconfirm",
+            target: format!("lock {}", record.name),
+            lba: self.superblock.lock_block(record.index),
+            expected: image,
+            new: &new,
+            policy: self.config.io_policy,
+        };
+        match self.resolved_ats(request).await? {
+            AtsResult::Landed { .. } => {
+                handle.image = new;
+                Ok(Some(handle))
+            }
+            AtsResult::Conflict { .. } => Ok(None),
+        }
+    }
+
     /// This host's hold of `name`, if it has one (to release a lock taken by an earlier process of this host).
     pub async fn held(&self, name: &str) -> Result<Option<LockHandle>, ClusterError> {
         let me = self.me()?;
@@ -314,9 +347,14 @@ impl<D: Disk, C: Clock> Host<D, C> {
             if record.name != fit_name(name) {
                 return None;
             }
+            // Found, not acquired: good for release, never for acting on the lock.
             [LockMode::Exclusive, LockMode::Shared]
                 .into_iter()
                 .find_map(|mode| self.already_held(&record, &image, me, mode))
+                .map(|handle| LockHandle {
+                    lease_epoch: NO_EPOCH,
+                    ..handle
+                })
         }))
     }
 
@@ -393,6 +431,10 @@ impl<D: Disk, C: Clock> Host<D, C> {
     /// A holder is stale when its slot now belongs to a later incarnation, was given up by it, or is dead on our
     /// clock. A holder generation newer than what we observed only means our observation is old: not stale.
     fn is_stale(&self, holder: Holder) -> bool {
+        if holder.slot >= self.superblock.slot_count {
+            // No such slot: no host can be alive behind it (a damaged record must not block the lock forever).
+            return true;
+        }
         let Some(slot) = self.observed_slot(holder.slot) else {
             return false;
         };
@@ -441,8 +483,23 @@ impl<D: Disk, C: Clock> Host<D, C> {
     /// longer registered (it was fenced itself), or no one holds the victim's key any more (another breaker fenced
     /// it first). READ KEYS tells them apart.
     async fn preempt(&self, own_key: u64, victim: u64) -> Result<(), ClusterError> {
-        let timeout = self.config.io_policy.timeout;
-        match self.disk.preempt_and_abort(own_key, victim, timeout).await {
+        let policy = self.config.io_policy;
+        let mut attempt = 1;
+        let answer = loop {
+            match self
+                .disk
+                .preempt_and_abort(own_key, victim, policy.timeout)
+                .await
+            {
+                Err(DiskError::Transient(_)) if attempt < policy.max_attempts => {
+                    attempt += 1;
+                    self.clock.sleep(self.jitter(policy.backoff)).await;
+                }
+                answer => break answer,
+            }
+        };
+        let timeout = policy.timeout;
+        match answer {
             Ok(()) => Ok(()),
             Err(DiskError::Fenced) => {
                 let keys = self.disk.read_keys(timeout).await?;

@@ -3,6 +3,7 @@
 use crate::disk::{Clock, Disk};
 use crate::format::{
     looks_like_lockspace, to_block, LockMode, LockRecord, Slot, SlotState, Superblock, Uuid,
+    MAX_LOCKS, MAX_SLOTS,
 };
 use crate::host::{Host, Liveness};
 use crate::ClusterError;
@@ -85,10 +86,15 @@ fn lockspace_images(
     block_size: u32,
     seed: u64,
 ) -> Result<(Superblock, Vec<u8>), ClusterError> {
-    if options.slots == 0 {
-        return Err(ClusterError::Usage(
-            "a lockspace needs at least one slot".into(),
-        ));
+    if options.slots == 0 || options.slots > MAX_SLOTS {
+        return Err(ClusterError::Usage(format!(
+            "a lockspace has 1 to {MAX_SLOTS} slots"
+        )));
+    }
+    if options.locks > MAX_LOCKS {
+        return Err(ClusterError::Usage(format!(
+            "a lockspace has at most {MAX_LOCKS} locks"
+        )));
     }
     if options.heartbeat_interval_ms == 0 || options.dead_after_ms <= options.heartbeat_interval_ms
     {

@@ -405,3 +405,80 @@ async fn a_lease_renewed_after_it_lapsed_voids_the_holds_taken_before() {
     h.heartbeat().await.unwrap();
     assert!(!h.lease_valid_in(late.lease_epoch));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_found_on_disk_is_rewritten_before_it_is_granted_again() {
+    let disk = MemoryDisk::new(512);
+    let sb = lockspace(&disk).await;
+    let log = log();
+    let h = host(
+        disk.handle(None, 0.0, 1),
+        &sb,
+        "h",
+        Uuid::random(),
+        None,
+        &log,
+    );
+    h.join().await.unwrap();
+    let first = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
+    let sequence = |records: Vec<(LockRecord, Vec<u8>)>| {
+        records
+            .into_iter()
+            .find(|(r, _)| r.name == "L")
+            .map(|(r, _)| r.sequence)
+            .unwrap()
+    };
+    let before = sequence(h.read_locks().await.unwrap());
+    // Asking again (as after an attempt whose answer was lost) rewrites the record, so a racing break is ordered.
+    let again = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
+    assert_eq!(again.token, first.token);
+    assert_eq!(sequence(h.read_locks().await.unwrap()), before + 1);
+    // A hold found for release is never one to act on.
+    let found = h.held("L").await.unwrap().unwrap();
+    assert!(!h.lease_valid_in(found.lease_epoch));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_in_a_slot_that_does_not_exist_is_stale() {
+    let disk = MemoryDisk::new(512);
+    let sb = lockspace(&disk).await;
+    let log = log();
+    let h = host(
+        disk.handle(None, 0.0, 1),
+        &sb,
+        "h",
+        Uuid::random(),
+        None,
+        &log,
+    );
+    h.join().await.unwrap();
+    let mut record = LockRecord::unbound(0, 5);
+    record.name = "L".into();
+    record.mode = LockMode::Exclusive;
+    record.owner.slot = 999;
+    record.lock_generation = 3;
+    disk.write(sb.lock_block(0), record.encode(), TIMEOUT)
+        .await
+        .unwrap();
+    let handle = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
+    assert_eq!(handle.token, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lockspace_sizes_are_bounded() {
+    let disk = MemoryDisk::new(512);
+    let too_many = FormatOptions {
+        slots: crate::format::MAX_SLOTS + 1,
+        ..FormatOptions::default()
+    };
+    assert!(matches!(
+        format(&disk, &too_many, TIMEOUT).await,
+        Err(ClusterError::Usage(_))
+    ));
+    let mut sb = lockspace(&disk).await;
+    sb.slot_count = u32::MAX;
+    assert_eq!(
+        Superblock::decode(&sb.encode()),
+        Err(crate::format::FormatError::BadField("slot count"))
+    );
+}

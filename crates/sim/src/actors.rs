@@ -20,6 +20,10 @@ use std::time::Duration;
 
 pub type SimHost = Host<SimDisk, SimClock>;
 
+/// The largest clock rate error of a simulated host: 0.5 %, far beyond real crystal drift (about 100 ppm), well
+/// within the lease margin (one heartbeat interval of dead_after, 12.5 %).
+const MAX_SKEW: f64 = 0.005;
+
 /// Everything the actors share.
 pub struct Shared {
     pub world: SimHandle,
@@ -80,8 +84,15 @@ fn pr_key(actor: usize) -> u64 {
     0x5100 + actor as u64
 }
 
-/// An actor's disk on `lun` and its clock.
-fn connect(shared: &Shared, actor: usize, incarnation: u64, lun: usize) -> (SimDisk, SimClock) {
+/// An actor's disk on `lun` and its clock, whose rate differs from true time by up to `MAX_SKEW`.
+fn connect(
+    shared: &Shared,
+    actor: usize,
+    incarnation: u64,
+    lun: usize,
+    seed: u64,
+) -> (SimDisk, SimClock) {
+    let skew = StdRng::seed_from_u64(seed ^ 0x5EED).gen_range(-MAX_SKEW..=MAX_SKEW);
     let disk = SimDisk {
         world: Arc::clone(&shared.world),
         actor,
@@ -90,6 +101,7 @@ fn connect(shared: &Shared, actor: usize, incarnation: u64, lun: usize) -> (SimD
     };
     let clock = SimClock {
         world: Arc::clone(&shared.world),
+        rate: 1.0 + skew,
     };
     (disk, clock)
 }
@@ -97,7 +109,7 @@ fn connect(shared: &Shared, actor: usize, incarnation: u64, lun: usize) -> (SimD
 /// One lock host for the life of its process (until the simulator crashes it): rejoin after losing the slot or
 /// being fenced, as a real host would.
 pub async fn lock_host(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
-    let (disk, clock) = connect(&shared, actor, incarnation, 0);
+    let (disk, clock) = connect(&shared, actor, incarnation, 0, seed);
     let interval = Duration::from_millis(u64::from(shared.superblock.heartbeat_interval_ms));
     let mut rng = StdRng::seed_from_u64(seed);
     loop {
@@ -339,7 +351,7 @@ async fn increment(
 /// A plain client incrementing a counter block with read + COMPARE AND WRITE, FUA or not: no resolver, it just
 /// re-reads after anything but GOOD. The CAW checker judges every command it sends.
 pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
-    let (disk, clock) = connect(&shared, actor, incarnation, 0);
+    let (disk, clock) = connect(&shared, actor, incarnation, 0, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let timeout = Duration::from_millis(300);
     if shared.pr_fencing {
@@ -367,7 +379,7 @@ pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, see
 /// A plain PR client on LUN 1: random PERSISTENT RESERVE OUT service actions, types, keys and APTPL. The PR
 /// checkers judge the state after each.
 pub async fn pr_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
-    let (disk, clock) = connect(&shared, actor, incarnation, 1);
+    let (disk, clock) = connect(&shared, actor, incarnation, 1, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let timeout = Duration::from_millis(300);
     let keys = [0xA1u64, 0xA2, 0xB1, 0xB2];

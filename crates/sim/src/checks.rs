@@ -85,6 +85,9 @@ impl Checks {
         store: &TrackingStore,
     ) {
         let lba = lba16(&request.cdb);
+        if request.data_out.len() != 2 * BLOCK as usize {
+            return;
+        }
         let (expected, new) = request.data_out.split_at(BLOCK as usize);
         let post = store.block(lba);
         let id = request.id;
@@ -123,13 +126,15 @@ impl Checks {
                     );
                 }
                 let first = pre.iter().zip(expected).position(|(a, b)| a != b);
-                let valid = reply.sense[0] & 0x80 != 0;
-                let information =
-                    u32::from_be_bytes(reply.sense[3..7].try_into().expect("4 bytes"));
-                if valid && first != Some(information as usize) {
+                let valid = reply.sense.first().is_some_and(|b| b & 0x80 != 0);
+                let information = reply
+                    .sense
+                    .get(3..7)
+                    .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+                if valid && first != information {
                     self.violation(
                         now,
-                        format!("CAW #{id} lba {lba}: INFORMATION {information} but the first difference is at {first:?}"),
+                        format!("CAW #{id} lba {lba}: INFORMATION {information:?} but the first difference is at {first:?}"),
                     );
                 }
             }

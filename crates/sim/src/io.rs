@@ -14,19 +14,22 @@ use std::time::Duration;
 
 pub type SimHandle = Arc<Mutex<World>>;
 
-/// Simulated time.
+/// Simulated time as one host's clock sees it: each host's clock runs at its own rate (skew), so nothing that
+/// compares durations across hosts can pass by accident.
 #[derive(Clone)]
 pub struct SimClock {
     pub world: SimHandle,
+    /// Host seconds per simulated second, e.g. 1.002.
+    pub rate: f64,
 }
 
 impl Clock for SimClock {
     fn now(&self) -> Duration {
-        lock(&self.world).now
+        lock(&self.world).now.mul_f64(self.rate)
     }
 
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
-        let deadline = self.now() + duration;
+        let deadline = lock(&self.world).now + duration.div_f64(self.rate);
         Sleep {
             world: Arc::clone(&self.world),
             deadline,
@@ -77,6 +80,7 @@ impl Future for AwaitReply {
             return Poll::Ready(Some(reply));
         }
         if world.now >= deadline {
+            world.abandon(id);
             return Poll::Ready(None);
         }
         world.wait_reply(id, cx.waker().clone());

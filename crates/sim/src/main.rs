@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: lunlock-sim (--seeds A..B | --seed S) [--steps N] [--faults all|none|LIST] [--hosts N] \
-[--echo] [--broken naive-resolver|ignore-dead-after]
+[--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease]
   --seeds A..B   run seeds A to B-1
   --seed S       replay one seed; with --echo print every event
   --steps N      events with faults on per seed (default 3000); a quiet phase follows
@@ -66,11 +66,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 match text.as_str() {
                     "naive-resolver" => options.broken.naive_resolver = true,
                     "ignore-dead-after" => options.broken.ignore_dead_after = true,
-                    _ => {
-                        return Err(format!(
-                            "--broken {text}: naive-resolver or ignore-dead-after"
-                        ))
-                    }
+                    "revive-lapsed-lease" => options.broken.revive_lapsed_lease = true,
+                    _ => return Err(format!(
+                        "--broken {text}: naive-resolver, ignore-dead-after or revive-lapsed-lease"
+                    )),
                 }
             }
             "-h" | "--help" => return Err(USAGE.into()),

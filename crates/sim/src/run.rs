@@ -89,7 +89,8 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
         locks: options.locks,
         counter_lba,
         caw_client_lba: counter_lba + u64::from(options.locks) + 4,
-        pr_fencing: true,
+        // Half the seeds run without PR keys: then leases and the compare alone must keep writers apart.
+        pr_fencing: rng.gen_bool(0.5),
         broken: options.broken,
     });
     let mut executor = Executor::default();

@@ -9,7 +9,7 @@ use lunlock_scsi::{
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -311,6 +311,8 @@ pub struct World {
     next_request: u64,
     replies: HashMap<u64, Reply>,
     waiters: HashMap<u64, Waker>,
+    /// Commands whose sender stopped waiting (timeout): their late replies are dropped.
+    abandoned: HashSet<u64>,
     pub actors: Vec<ActorState>,
     /// Actors subject to pauses, crashes and partitions (the lock hosts).
     pub faultable: Vec<usize>,
@@ -333,6 +335,7 @@ impl World {
             next_request: 1,
             replies: HashMap::new(),
             waiters: HashMap::new(),
+            abandoned: HashSet::new(),
             actors: vec![ActorState::default(); actors],
             faultable,
             target: Target::new(actors),
@@ -414,6 +417,14 @@ impl World {
         self.waiters.insert(id, waker);
     }
 
+    /// The sender gave up on command `id`: a late reply is dropped.
+    pub fn abandon(&mut self, id: u64) {
+        self.waiters.remove(&id);
+        if self.replies.remove(&id).is_none() {
+            self.abandoned.insert(id);
+        }
+    }
+
     /// Pops and carries out the next event; returns a control for the run loop, if the event was one.
     pub fn step(&mut self) -> Option<Option<Control>> {
         let Reverse((at, seq)) = self.queue.pop()?;
@@ -432,8 +443,13 @@ impl World {
                 id,
                 reply,
             } => {
+                let abandoned = self.abandoned.remove(&id);
                 let state = &self.actors[actor];
-                if state.incarnation == incarnation && !state.crashed && !state.partitioned {
+                if !abandoned
+                    && state.incarnation == incarnation
+                    && !state.crashed
+                    && !state.partitioned
+                {
                     self.replies.insert(id, reply);
                     if let Some(waker) = self.waiters.remove(&id) {
                         waker.wake();
