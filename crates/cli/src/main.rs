@@ -1,5 +1,6 @@
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
+mod caw;
 mod client;
 mod fault;
 mod lock;
@@ -40,6 +41,8 @@ enum TopLevel {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// One COMPARE AND WRITE, as sg_compare_and_write: exit status 14 on a miscompare.
+    Caw(caw::CawArgs),
     /// The ATS lock manager: lockspace format, heartbeats, locks, status, demo (docs/lockspace-format.md).
     Lock {
         #[command(subcommand)]
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
             client,
         } => fault::run(&url, &client, &fault::FaultRequest { specs, clear, list }),
         TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
+        TopLevel::Caw(args) => return caw::main(args),
         TopLevel::Standard(Command::Serve {
             listen,
             data_dir,

@@ -134,6 +134,66 @@ fn format_acquire_release_and_status() {
     runtime.block_on(target.shutdown());
 }
 
+/// `lunlock lock heartbeat` keeps this host's slot alive until interrupted, then gives it up; `acquire` from the same
+/// host (same initiator name) attaches to that slot instead of claiming another.
+#[test]
+fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, url) = start(&runtime, dir.path());
+    let name = ["--initiator-name", "iqn.2026-11.test:beating"];
+    ok(lunlock(&[
+        "lock",
+        "format",
+        &url,
+        "--slots",
+        "4",
+        "--locks",
+        "4",
+        "--heartbeat-ms",
+        "100",
+        "--dead-after-ms",
+        "800",
+    ]));
+    let mut heartbeat = Command::new(env!("CARGO_BIN_EXE_lunlock"))
+        .args([&["lock", "heartbeat", &url][..], &name[..]].concat())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the heartbeat");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "400"]));
+    let row = status
+        .lines()
+        .find(|l| l.contains("iqn.2026-11.test:beating"))
+        .unwrap_or_else(|| panic!("no slot row: {status}"));
+    assert!(row.contains("alive"), "{status}");
+    let out = ok(lunlock(
+        &[&["lock", "acquire", &url, "db"][..], &name[..]].concat(),
+    ));
+    assert!(
+        out.contains("slot 0"),
+        "the acquire attached to the heartbeat's slot: {out}"
+    );
+    let pid = heartbeat.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = heartbeat.wait().unwrap();
+    assert!(
+        exit.success(),
+        "the heartbeat exits cleanly on SIGINT: {exit:?}"
+    );
+    let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "200"]));
+    let row = status
+        .lines()
+        .find(|l| l.contains("iqn.2026-11.test:beating"))
+        .unwrap_or_else(|| panic!("no slot row: {status}"));
+    assert!(row.contains("free"), "{status}");
+    runtime.block_on(target.shutdown());
+}
+
 /// The acceptance command, shortened: the demo formats a lockspace, sets the lost-reply fault through the target's
 /// fault injection, runs the hosts, and prints the documented last line.
 #[test]
@@ -204,5 +264,54 @@ fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
     // The demo cleared the faults it set.
     let listing = ok(lunlock(&["fault", &url, "--list"]));
     assert!(!listing.contains("drop-response"), "{listing}");
+    runtime.block_on(target.shutdown());
+}
+
+/// `lunlock caw`, as sg_compare_and_write: GOOD writes, a miscompare writes nothing and exits 14 with the offset.
+#[test]
+fn caw_writes_on_a_match_and_reports_a_miscompare_with_exit_status_14() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, url) = start(&runtime, dir.path());
+    let file = |name: &str, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let zeros = file("zeros", vec![0; 512]);
+    let mut ones_then_seven = vec![1u8; 512];
+    ones_then_seven[100] = 7;
+    let ones = file("ones", ones_then_seven.clone());
+    let twos = file("twos", vec![2; 512]);
+    let out = ok(lunlock(&[
+        "caw", &url, "--lba", "10", "--inc", &zeros, "--inw", &ones,
+    ]));
+    assert!(out.starts_with("GOOD"), "{out}");
+    let again = lunlock(&["caw", &url, "--lba", "10", "--inc", &zeros, "--inw", &twos]);
+    assert_eq!(again.status.code(), Some(14));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("Miscompare at byte offset 0"));
+    // Compare data that differs only at byte 100 miscompares there.
+    let almost = file("almost", vec![1u8; 512]);
+    let off = lunlock(&["caw", &url, "--lba", "10", "--inc", &almost, "--inw", &twos]);
+    assert_eq!(off.status.code(), Some(14));
+    assert!(
+        String::from_utf8_lossy(&off.stdout).contains("offset 100"),
+        "{off:?}"
+    );
+    // Nothing was written by the miscompares; a matching compare writes.
+    let both = file("both", [ones_then_seven, vec![2; 512]].concat());
+    ok(lunlock(&["caw", &url, "--lba", "10", "--in", &both]));
+    let read_back = dir.path().join("back");
+    ok(lunlock(&[
+        "read",
+        &url,
+        "--lba",
+        "10",
+        "-o",
+        read_back.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(read_back).unwrap(), vec![2; 512]);
+    let short = failed(lunlock(&["caw", &url, "--lba", "10", "--in", &zeros]));
+    assert!(short.contains("need 1024"), "{short}");
     runtime.block_on(target.shutdown());
 }

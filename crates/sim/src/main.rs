@@ -67,9 +67,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     "naive-resolver" => options.broken.naive_resolver = true,
                     "ignore-dead-after" => options.broken.ignore_dead_after = true,
                     "revive-lapsed-lease" => options.broken.revive_lapsed_lease = true,
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "--broken {text}: naive-resolver, ignore-dead-after or revive-lapsed-lease"
-                    )),
+                    ))
+                    }
                 }
             }
             "-h" | "--help" => return Err(USAGE.into()),
