@@ -210,22 +210,32 @@ impl<D: Disk, C: Clock> Host<D, C> {
 
     /// Claims a slot: this host's own (by host UUID) if one is there, else a free one, else one whose host this
     /// observer has watched stay dead for dead_after. Claiming advances the slot's generation, so locks held by a
-    /// previous incarnation of this host are recognisably stale.
+    /// previous incarnation of this host are recognisably stale. A live slot of this host's is re-claimed only once
+    /// it has stood still for dead_after: until then the previous incarnation may still be running (stalled, or with
+    /// writes in flight), and other hosts could not fence it, since it has this host's PR key.
     pub async fn join(&self) -> Result<u32, ClusterError> {
         let deadline = self.clock.now() + self.dead_after() * 3;
         loop {
             let slots = self.observe_slots().await?;
-            let choice = slots
-                .iter()
-                .find(|s| s.state == SlotState::Live && s.host_id == self.config.host_id)
-                .or_else(|| slots.iter().find(|s| s.host_id == self.config.host_id))
-                .or_else(|| slots.iter().find(|s| s.state == SlotState::Free))
-                .or_else(|| {
-                    slots
-                        .iter()
-                        .find(|s| self.liveness(s.index) == Liveness::Dead)
-                })
-                .cloned();
+            let own = slots.iter().find(|s| s.host_id == self.config.host_id);
+            let choice = match own {
+                Some(slot)
+                    if slot.state == SlotState::Live
+                        && self.liveness(slot.index) != Liveness::Dead =>
+                {
+                    None
+                }
+                Some(slot) => Some(slot),
+                None => slots
+                    .iter()
+                    .find(|s| s.state == SlotState::Free)
+                    .or_else(|| {
+                        slots
+                            .iter()
+                            .find(|s| self.liveness(s.index) == Liveness::Dead)
+                    }),
+            }
+            .cloned();
             if let Some(current) = choice {
                 if self.claim(current).await? {
                     return Ok(self.own_slot().expect("claimed").0);
@@ -233,8 +243,14 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 continue;
             }
             if self.clock.now() >= deadline {
-                return Err(ClusterError::NoFreeSlot {
-                    slots: self.superblock.slot_count,
+                return Err(match own {
+                    Some(slot) => ClusterError::Usage(format!(
+                        "slot {} of this host is still advancing: another process of this host is heartbeating",
+                        slot.index
+                    )),
+                    None => ClusterError::NoFreeSlot {
+                        slots: self.superblock.slot_count,
+                    },
                 });
             }
             self.clock.sleep(self.heartbeat_interval()).await;

@@ -84,7 +84,14 @@ async fn hosts_claim_distinct_slots_and_a_restart_reclaims_its_own() {
     assert_ne!(slot_a, slot_b);
     let generation = a.own_slot().unwrap().1;
     let restarted = host(disk.handle(None, 0.0, 3), &sb, "a", id_a, None, &log);
+    // The restart waits until the previous incarnation's slot has stood still for dead_after (800 ms).
+    let started = tokio::time::Instant::now();
     assert_eq!(restarted.join().await.unwrap(), slot_a);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(restarted.own_slot().unwrap().1, generation + 1);
     // The old incarnation's next heartbeat finds its slot taken.
     assert!(matches!(
