@@ -134,6 +134,14 @@ fn format_acquire_release_and_status() {
     runtime.block_on(target.shutdown());
 }
 
+/// The line of `lunlock lock status` that shows `host`'s slot.
+fn slot_row<'a>(status: &'a str, host: &str) -> &'a str {
+    status
+        .lines()
+        .find(|l| l.contains(host))
+        .unwrap_or_else(|| panic!("no slot row for {host}: {status}"))
+}
+
 /// `lunlock lock heartbeat` keeps this host's slot alive until interrupted, then gives it up; `acquire` from the same
 /// host (same initiator name) attaches to that slot instead of claiming another.
 #[test]
@@ -162,10 +170,7 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         .expect("start the heartbeat");
     std::thread::sleep(std::time::Duration::from_millis(800));
     let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "400"]));
-    let row = status
-        .lines()
-        .find(|l| l.contains("iqn.2026-11.test:beating"))
-        .unwrap_or_else(|| panic!("no slot row: {status}"));
+    let row = slot_row(&status, "iqn.2026-11.test:beating");
     assert!(row.contains("alive"), "{status}");
     let out = ok(lunlock(
         &[&["lock", "acquire", &url, "db"][..], &name[..]].concat(),
@@ -186,10 +191,7 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         "the heartbeat exits cleanly on SIGINT: {exit:?}"
     );
     let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "200"]));
-    let row = status
-        .lines()
-        .find(|l| l.contains("iqn.2026-11.test:beating"))
-        .unwrap_or_else(|| panic!("no slot row: {status}"));
+    let row = slot_row(&status, "iqn.2026-11.test:beating");
     assert!(row.contains("free"), "{status}");
     runtime.block_on(target.shutdown());
 }

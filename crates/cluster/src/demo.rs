@@ -77,18 +77,19 @@ impl fmt::Display for DemoReport {
     }
 }
 
-/// The counter block of a lock: the token of the holder that wrote it, the count, and a nonce.
+/// The counter block a lock protects (in the demo and the simulator): the token of the holder that wrote it, the
+/// count, the writer, and a nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CounterImage {
-    token: u64,
-    count: u64,
-    writer: u64,
+pub struct CounterImage {
+    pub token: u64,
+    pub count: u64,
+    pub writer: u64,
 }
 
 const COUNTER_MAGIC: [u8; 8] = *b"LLDEMOCT";
 
 impl CounterImage {
-    fn encode(&self, nonce: u64, block_size: u32) -> Vec<u8> {
+    pub fn encode(&self, nonce: u64, block_size: u32) -> Vec<u8> {
         let mut b = vec![0u8; block_size as usize];
         b[..8].copy_from_slice(&COUNTER_MAGIC);
         b[8..16].copy_from_slice(&self.token.to_be_bytes());
@@ -99,7 +100,7 @@ impl CounterImage {
     }
 
     /// A never-written block (all zeros) is count 0, token 0.
-    fn decode(b: &[u8]) -> Option<CounterImage> {
+    pub fn decode(b: &[u8]) -> Option<CounterImage> {
         if b.iter().all(|&x| x == 0) {
             return Some(CounterImage {
                 token: 0,

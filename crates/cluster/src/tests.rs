@@ -39,6 +39,28 @@ fn host(
     Host::new(disk, TokioClock::new(), Arc::clone(log), sb.clone(), config)
 }
 
+/// A formatted lockspace and one host, "h", that has joined it.
+async fn joined_host() -> (
+    MemoryDisk,
+    Superblock,
+    Arc<EventLog>,
+    Host<MemoryDisk, TokioClock>,
+) {
+    let disk = MemoryDisk::new(512);
+    let sb = lockspace(&disk).await;
+    let log = log();
+    let h = host(
+        disk.handle(None, 0.0, 1),
+        &sb,
+        "h",
+        Uuid::random(),
+        None,
+        &log,
+    );
+    h.join().await.unwrap();
+    (disk, sb, log, h)
+}
+
 fn log() -> Arc<EventLog> {
     Arc::new(EventLog::counting_only())
 }
@@ -329,18 +351,7 @@ async fn shared_holders_coexist_and_block_an_exclusive_request_until_released() 
 
 #[tokio::test(start_paused = true)]
 async fn lock_records_run_out_with_a_clear_error() {
-    let disk = MemoryDisk::new(512);
-    let sb = lockspace(&disk).await;
-    let log = log();
-    let h = host(
-        disk.handle(None, 0.0, 1),
-        &sb,
-        "h",
-        Uuid::random(),
-        None,
-        &log,
-    );
-    h.join().await.unwrap();
+    let (_, _, _, h) = joined_host().await;
     for i in 0..4 {
         granted(
             h.try_acquire(&format!("l{i}"), LockMode::Exclusive)
@@ -379,18 +390,7 @@ async fn a_corrupt_record_is_named_by_lba() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_renewed_after_it_lapsed_voids_the_holds_taken_before() {
-    let disk = MemoryDisk::new(512);
-    let sb = lockspace(&disk).await;
-    let log = log();
-    let h = host(
-        disk.handle(None, 0.0, 1),
-        &sb,
-        "h",
-        Uuid::random(),
-        None,
-        &log,
-    );
-    h.join().await.unwrap();
+    let (_, _, _, h) = joined_host().await;
     let handle = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
     assert!(h.lease_valid_in(handle.lease_epoch));
     // Heartbeats on time keep the epoch.
@@ -415,18 +415,7 @@ async fn a_lease_renewed_after_it_lapsed_voids_the_holds_taken_before() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hold_found_on_disk_is_rewritten_before_it_is_granted_again() {
-    let disk = MemoryDisk::new(512);
-    let sb = lockspace(&disk).await;
-    let log = log();
-    let h = host(
-        disk.handle(None, 0.0, 1),
-        &sb,
-        "h",
-        Uuid::random(),
-        None,
-        &log,
-    );
-    h.join().await.unwrap();
+    let (_, _, _, h) = joined_host().await;
     let first = granted(h.try_acquire("L", LockMode::Exclusive).await.unwrap());
     let sequence = |records: Vec<(LockRecord, Vec<u8>)>| {
         records
@@ -447,18 +436,7 @@ async fn a_hold_found_on_disk_is_rewritten_before_it_is_granted_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_holder_in_a_slot_that_does_not_exist_is_stale() {
-    let disk = MemoryDisk::new(512);
-    let sb = lockspace(&disk).await;
-    let log = log();
-    let h = host(
-        disk.handle(None, 0.0, 1),
-        &sb,
-        "h",
-        Uuid::random(),
-        None,
-        &log,
-    );
-    h.join().await.unwrap();
+    let (disk, sb, _, h) = joined_host().await;
     let mut record = LockRecord::unbound(0, 5);
     record.name = "L".into();
     record.mode = LockMode::Exclusive;

@@ -4,6 +4,7 @@
 
 use crate::io::{SimClock, SimDisk, SimHandle};
 use crate::world::{lock, BLOCK};
+use lunlock_cluster::demo::CounterImage;
 use lunlock_cluster::iscsi_disk::compare_and_write_cdb;
 use lunlock_cluster::resolver::{AtsRequest, AtsResult};
 use lunlock_cluster::{
@@ -64,20 +65,6 @@ impl Referee {
         self.quiet = true;
         self.quiet_grants.clear();
     }
-}
-
-/// The protected block of a lock: the writer's token and a count.
-fn counter_image(token: u64, count: u64, nonce: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK as usize];
-    b[..8].copy_from_slice(b"SIMCOUNT");
-    b[8..16].copy_from_slice(&token.to_be_bytes());
-    b[16..24].copy_from_slice(&count.to_be_bytes());
-    b[24..32].copy_from_slice(&nonce.to_be_bytes());
-    b
-}
-
-fn field(block: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(block[at..at + 8].try_into().expect("8 bytes"))
 }
 
 fn pr_key(actor: usize) -> u64 {
@@ -240,7 +227,15 @@ async fn work_loop(
             handle.token,
             handle.lease_epoch,
         );
-        let result = increment(shared, host, lock_index, handle.token, handle.lease_epoch).await;
+        let result = increment(
+            shared,
+            host,
+            actor,
+            lock_index,
+            handle.token,
+            handle.lease_epoch,
+        )
+        .await;
         let hold = Duration::from_millis(rng.gen_range(0..50));
         host.clock().sleep(hold).await;
         leave(shared, actor, lock_index, handle.token);
@@ -325,16 +320,25 @@ fn leave(shared: &Shared, actor: usize, lock_index: u32, token: u64) {
 async fn increment(
     shared: &Shared,
     host: &SimHost,
+    actor: usize,
     lock_index: u32,
     token: u64,
     epoch: u64,
 ) -> Result<(), ClusterError> {
     let lba = shared.counter_lba + u64::from(lock_index);
     let current = host.read_retrying(lba, 1).await?;
-    if field(&current, 8) > token || !host.lease_valid_in(epoch) {
+    let Some(found) = CounterImage::decode(&current) else {
+        return Ok(());
+    };
+    if found.token > token || !host.lease_valid_in(epoch) {
         return Ok(());
     }
-    let new = counter_image(token, field(&current, 16) + 1, host.nonce());
+    let next = CounterImage {
+        token,
+        count: found.count + 1,
+        writer: actor as u64,
+    };
+    let new = next.encode(host.nonce(), BLOCK);
     let request = AtsRequest {
         op: "counter",
         target: format!("counter lock-{lock_index}"),
@@ -362,7 +366,13 @@ pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, see
             clock.sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let new = counter_image(0, field(&current, 16) + 1, rng.gen());
+        let count = CounterImage::decode(&current).map_or(0, |c| c.count);
+        let next = CounterImage {
+            token: 0,
+            count: count + 1,
+            writer: actor as u64,
+        };
+        let new = next.encode(rng.gen(), BLOCK);
         let mut cdb = compare_and_write_cdb(shared.caw_client_lba);
         if rng.gen_bool(0.5) {
             cdb[1] = 0;

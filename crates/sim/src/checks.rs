@@ -4,6 +4,7 @@
 
 use crate::store::TrackingStore;
 use crate::world::{Reply, Request, BLOCK};
+use lunlock_cluster::demo::CounterImage;
 use lunlock_cluster::events::{digest, AtsEvent, Verdict};
 use lunlock_scsi::pr::{Holder, PrState};
 use lunlock_scsi::LogicalUnit;
@@ -269,7 +270,7 @@ pub fn lba16(cdb: &[u8]) -> u64 {
     u64::from_be_bytes(cdb[2..10].try_into().expect("16-byte CDB"))
 }
 
-/// The token of a protected counter block (see `actors::CounterImage`); 0 for a never-written block.
+/// The token of a protected counter block; 0 for a never-written or unreadable block.
 pub fn counter_token(block: &[u8]) -> u64 {
-    u64::from_be_bytes(block[8..16].try_into().expect("a block"))
+    CounterImage::decode(block).map_or(0, |c| c.token)
 }
