@@ -3,7 +3,7 @@
 
 use crate::ClientOptions;
 use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
-use lunlock_target::fault::{fault_control_cdb, FaultRule};
+use lunlock_server::fault::{fault_control_cdb, FaultRule};
 
 /// Largest fault table listing read back (64 rules of well under 128 bytes each).
 const LISTING_BYTES: u32 = 16 * 1024;

@@ -90,7 +90,7 @@ enum Command {
         allow_any_initiator: bool,
         /// Inject a fault into the default target (repeatable; docs/fault-injection.md), e.g. caw:busy:5%.
         #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
-        faults: Vec<lunlock_target::fault::FaultRule>,
+        faults: Vec<lunlock_server::fault::FaultRule>,
         /// Accept `lunlock fault` commands even with no --fault given.
         #[arg(long)]
         enable_fault_injection: bool,
@@ -147,12 +147,12 @@ enum Command {
     },
 }
 
-fn parse_fault(text: &str) -> Result<lunlock_target::fault::FaultRule, String> {
-    lunlock_target::fault::FaultRule::parse(text).map_err(|e| e.to_string())
+fn parse_fault(text: &str) -> Result<lunlock_server::fault::FaultRule, String> {
+    lunlock_server::fault::FaultRule::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    lunlock_target::parse_size(text)
+    lunlock_server::parse_size(text)
 }
 
 fn main() -> ExitCode {
@@ -177,8 +177,8 @@ fn main() -> ExitCode {
             faults,
             enable_fault_injection,
         }) => {
-            let defaults = lunlock_target::ServeOptions::default();
-            let options = lunlock_target::ServeOptions {
+            let defaults = lunlock_server::ServeOptions::default();
+            let options = lunlock_server::ServeOptions {
                 listen: if listen.is_empty() {
                     defaults.listen
                 } else {
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
                 faults,
                 enable_fault_injection,
             };
-            lunlock_target::run_blocking(options).map_err(|e| e.to_string())
+            lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }
         TopLevel::Standard(Command::Persist { args }) => return persist::main(&args),
         TopLevel::Standard(client_command) => client::run(client_command),

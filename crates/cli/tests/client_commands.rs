@@ -1,6 +1,6 @@
 //! The real `lunlock` binary against a target started in-process on an ephemeral port.
 
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +28,7 @@ fn start(
         ..ServeOptions::default()
     };
     let target = runtime
-        .block_on(lunlock_target::start(
+        .block_on(lunlock_server::start(
             TargetConfig::from_options(&options).unwrap(),
         ))
         .unwrap();

@@ -1,6 +1,6 @@
 //! `lunlock lock ...` as a user runs it: the real binary against a target started in-process.
 
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::process::Command;
 
@@ -23,7 +23,7 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, Strin
         ..ServeOptions::default()
     };
     let target = runtime
-        .block_on(lunlock_target::start(
+        .block_on(lunlock_server::start(
             TargetConfig::from_options(&options).unwrap(),
         ))
         .unwrap();

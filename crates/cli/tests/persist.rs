@@ -5,7 +5,7 @@
 //! registered by one run is still ours in the next.
 
 use lunlock_initiator::{DataDirection, LoginOptions, ScsiOutcome, Session};
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -27,7 +27,7 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, Strin
         ..ServeOptions::default()
     };
     let target = runtime
-        .block_on(lunlock_target::start(
+        .block_on(lunlock_server::start(
             TargetConfig::from_options(&options).unwrap(),
         ))
         .unwrap();

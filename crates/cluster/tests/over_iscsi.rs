@@ -9,8 +9,8 @@ use lunlock_cluster::{
     Acquire, ClusterError, EventLog, Host, HostConfig, LockMode, TokioClock, Uuid,
 };
 use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session};
-use lunlock_target::fault::FaultRule;
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::fault::FaultRule;
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ async fn start(dir: &Path, faults: &[&str]) -> RunningTarget {
         enable_fault_injection: true,
         ..ServeOptions::default()
     };
-    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
         .await
         .unwrap()
 }
@@ -41,7 +41,7 @@ async fn fault_control(disk: &IscsiDisk, text: &str) {
         .session()
         .execute(
             0,
-            &lunlock_target::fault::fault_control_cdb(data.len() as u32),
+            &lunlock_server::fault::fault_control_cdb(data.len() as u32),
             DataDirection::Write(data),
         )
         .await

@@ -6,7 +6,7 @@
 //! checks unit attentions and reservations ([`pr`]: SCSI-3 persistent reservations, SCSI-2 RESERVE/RELEASE,
 //! APTPL persistence through [`PrPersistence`]), and executes it over a `lunlock_store::BlockStore`.
 //!
-//! Types below are the contract with the `target` and `sim` crates; keep them stable.
+//! Types below are the contract with the `server` and `sim` crates; keep them stable.
 
 pub mod cdb;
 mod dispatcher;

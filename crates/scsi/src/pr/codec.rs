@@ -8,7 +8,7 @@
 //! u8 reservation (0 none, 1 held by a registration, 2 all registrants), u8 type code,
 //!   u32 holder's index in the registration list (when 1).
 //! ```
-//! The caller (crates/target) wraps this in a checksummed envelope; decoding still validates every field, so a
+//! The caller (crates/server) wraps this in a checksummed envelope; decoding still validates every field, so a
 //! corrupt file is reported, never silently read as "no reservations".
 
 use super::state::{Holder, PrState, Registration, Reservation};

@@ -4,7 +4,7 @@
 //! by exactly one CAW, so a compare and a write that are not atomic together show as a lost or doubled increment.
 
 use lunlock_initiator::{DataDirection, LoginOptions, ScsiOutcome, Session};
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ async fn start(dir: &Path) -> RunningTarget {
         lun_size_bytes: 1 << 20,
         ..ServeOptions::default()
     };
-    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
         .await
         .unwrap()
 }

@@ -2,8 +2,8 @@
 //! lunlock's initiator over real TCP.
 
 use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session, TmfResponse};
-use lunlock_target::fault::{fault_control_cdb, FaultRule};
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::fault::{fault_control_cdb, FaultRule};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ async fn start(dir: &Path, faults: &[&str], enable: bool) -> RunningTarget {
         enable_fault_injection: enable,
         ..ServeOptions::default()
     };
-    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
         .await
         .unwrap()
 }

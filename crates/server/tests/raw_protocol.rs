@@ -7,7 +7,7 @@ use lunlock_iscsi::message::{
 };
 use lunlock_iscsi::pdu::{self, Digests, Opcode, Pdu};
 use lunlock_iscsi::TextPairs;
-use lunlock_target::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -23,7 +23,7 @@ async fn start(dir: &Path) -> RunningTarget {
         lun_size_bytes: 64 << 20,
         ..ServeOptions::default()
     };
-    lunlock_target::start(TargetConfig::from_options(&options).unwrap())
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
         .await
         .unwrap()
 }
@@ -494,7 +494,7 @@ async fn port_in_use_is_one_clear_error() {
         lun_size_bytes: 1 << 20,
         ..ServeOptions::default()
     };
-    let error = match lunlock_target::start(TargetConfig::from_options(&options).unwrap()).await {
+    let error = match lunlock_server::start(TargetConfig::from_options(&options).unwrap()).await {
         Err(error) => error.to_string(),
         Ok(_) => panic!("binding a used port must fail"),
     };
@@ -508,7 +508,7 @@ async fn port_in_use_is_one_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_reservation_state_keeps_only_that_lun_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join(lunlock_target::config::sanitized(TARGET));
+    let state_dir = dir.path().join(lunlock_server::config::sanitized(TARGET));
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(
         state_dir.join("lun-0.pr"),
