@@ -255,6 +255,17 @@ impl Pending {
     }
 }
 
+/// The task attribute a command is sent with (RFC 7143 11.3.1 ATTR: SAM-5 8.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TaskAttribute {
+    Untagged = 0,
+    Simple = 1,
+    Ordered = 2,
+    HeadOfQueue = 3,
+    Aca = 4,
+}
+
 /// A command sent and not yet waited for: its tag and CmdSN, which ABORT TASK names (RFC 7143 11.5.1).
 pub struct Task {
     pub itt: u32,
@@ -444,6 +455,18 @@ impl Session {
         cdb: &[u8],
         direction: DataDirection,
     ) -> Result<Task, InitiatorError> {
+        self.submit_with_attribute(lun, cdb, direction, TaskAttribute::Simple)
+            .await
+    }
+
+    /// [`Session::submit`] with a task attribute (SAM-5 8.6; the ATTR field, RFC 7143 11.3.1).
+    pub async fn submit_with_attribute(
+        &self,
+        lun: u64,
+        cdb: &[u8],
+        direction: DataDirection,
+        attribute: TaskAttribute,
+    ) -> Result<Task, InitiatorError> {
         let (reply, outcome) = oneshot::channel();
         let lun_field = encode_lun(lun);
         let (read_length, write_data) = match direction {
@@ -485,7 +508,7 @@ impl Session {
                         final_bit: unsolicited_end == immediate,
                         read: read_length > 0,
                         write: write_length > 0,
-                        attribute: 1,
+                        attribute: attribute as u8,
                         lun: lun_field,
                         itt,
                         expected_data_transfer_length: write_length.max(read_length),

@@ -72,6 +72,9 @@ pub enum SessionEvent {
         itt: u32,
         function: u8,
         lun: u64,
+        /// Executing tasks this function aborted: the runtime stops those that have not started, waits for the
+        /// others, and only then answers (SAM-5 7.1). Their responses are discarded by the session.
+        in_flight: Vec<TaskId>,
         referenced_task_tag: u32,
         ref_cmd_sn: u32,
     },
@@ -170,6 +173,10 @@ struct PendingWrite {
 struct Executing {
     reference: TaskReference,
     lun: [u8; 8],
+    /// The decoded LUN (`u64::MAX` when undecodable).
+    lun_number: u64,
+    /// A task management function or PREEMPT AND ABORT aborted it while it executed: its response is discarded.
+    aborted: bool,
     expected_transfer_length: u32,
     read: bool,
     r2ts_sent: u32,
@@ -208,7 +215,7 @@ pub struct TargetSession {
     stat_sn: u32,
     queue_depth: u32,
     /// Non-immediate PDUs that arrived before their turn, by CmdSN.
-    reorder: HashMap<u32, Pdu>,
+    reorder: HashMap<u32, Held>,
     writes: HashMap<u32, PendingWrite>,
     executing: HashMap<TaskId, Executing>,
     /// Executed tasks whose response the runtime dropped (fault injection), oldest first, at most
@@ -221,8 +228,47 @@ pub struct TargetSession {
     next_ttt: u32,
     outstanding_ping: Option<u32>,
     events: VecDeque<SessionEvent>,
-    transmit: VecDeque<Pdu>,
+    /// PDUs waiting to be sent; their sequence numbers are filled in when they are handed over.
+    transmit: VecDeque<Outgoing>,
+    /// The highest MaxCmdSN told to the initiator: the window never shrinks below it (RFC 7143 3.2.2.1).
+    advertised_max_cmd_sn: SerialNumber,
     logged_out: bool,
+}
+
+/// How an ABORT TASK is answered.
+enum AbortAnswer {
+    /// At once, with this TMF response code.
+    Now(u8),
+    /// FUNCTION COMPLETE once the runtime has stopped or finished this executing task.
+    AfterInFlight(TaskId),
+}
+
+/// What fills a CmdSN slot of the reorder buffer.
+#[derive(Debug)]
+enum Held {
+    /// A PDU that arrived before its turn.
+    Pdu(Pdu),
+    /// A CmdSN the session counts as received without a command: the command was aborted while it waited, or
+    /// an ABORT TASK named a CmdSN that never arrived (RFC 7143 11.5.1 b). Skipped when its turn comes.
+    Consumed,
+}
+
+/// A PDU waiting in the transmit queue. Its StatSN, ExpCmdSN and MaxCmdSN (bytes 24..36 of every target PDU,
+/// RFC 7143 11) are assigned by [`TargetSession::poll_transmit`], in the order PDUs leave: responses of commands
+/// that complete in any order still carry dense, increasing StatSNs, and a response withdrawn before it left
+/// never took one.
+#[derive(Debug)]
+struct Outgoing {
+    pdu: Pdu,
+    numbering: Numbering,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Numbering {
+    /// The PDU carries status: it takes the next StatSN (RFC 7143 4.2.2.2).
+    Status,
+    /// The PDU carries no status: it shows the next StatSN without taking it.
+    NoStatus,
 }
 
 impl TargetSession {
@@ -247,6 +293,7 @@ impl TargetSession {
             outstanding_ping: None,
             events: VecDeque::new(),
             transmit: VecDeque::new(),
+            advertised_max_cmd_sn: SerialNumber(exp_cmd_sn).plus(queue_depth.max(1) - 1),
             logged_out: false,
         }
     }
@@ -262,11 +309,23 @@ impl TargetSession {
     /// The next PDU to send. Once handed over, a command's response counts as delivered: an ABORT TASK for it is
     /// answered TASK DOES NOT EXIST (see [`TargetSession::abort_task`]).
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        let pdu = self.transmit.pop_front()?;
+        let Outgoing { mut pdu, numbering } = self.transmit.pop_front()?;
         if !self.queued_responses.is_empty() && carries_command_status(&pdu) {
             self.queued_responses.remove(&pdu.itt());
         }
+        let max_cmd_sn = self.max_cmd_sn();
+        self.advertised_max_cmd_sn = max_cmd_sn;
+        pdu.set_u32_at(24, self.stat_sn);
+        pdu.set_u32_at(28, self.exp_cmd_sn.0);
+        pdu.set_u32_at(32, max_cmd_sn.0);
+        if numbering == Numbering::Status {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
         Some(pdu)
+    }
+
+    fn queue(&mut self, pdu: Pdu, numbering: Numbering) {
+        self.transmit.push_back(Outgoing { pdu, numbering });
     }
 
     pub fn is_logged_out(&self) -> bool {
@@ -278,24 +337,25 @@ impl TargetSession {
         self.reorder.len() + self.writes.len() + self.executing.len()
     }
 
+    /// MaxCmdSN (RFC 7143 3.2.2.1): the window holds `queue_depth` commands, counting those still executing or
+    /// gathering their data, so commands executing concurrently never exceed the queue depth. It never moves
+    /// below what the initiator was already told.
     fn max_cmd_sn(&self) -> SerialNumber {
-        self.exp_cmd_sn.plus(self.queue_depth - 1)
-    }
-
-    /// Sequence numbers for a PDU that carries status (advances StatSN).
-    fn status_sequence(&mut self) -> TargetSequence {
-        let sequence = self.peek_sequence();
-        self.stat_sn = self.stat_sn.wrapping_add(1);
-        sequence
-    }
-
-    /// Sequence numbers for a PDU without status (StatSN is the next one, not consumed).
-    fn peek_sequence(&self) -> TargetSequence {
-        TargetSequence {
-            stat_sn: self.stat_sn,
-            exp_cmd_sn: self.exp_cmd_sn.0,
-            max_cmd_sn: self.max_cmd_sn().0,
+        let occupied = self.windowed_tasks().min(self.queue_depth as usize) as u32;
+        let credit = self.queue_depth - occupied;
+        let fresh = SerialNumber(self.exp_cmd_sn.0.wrapping_add(credit).wrapping_sub(1));
+        if fresh.gt(self.advertised_max_cmd_sn) {
+            fresh
+        } else {
+            self.advertised_max_cmd_sn
         }
+    }
+
+    /// Non-immediate commands that hold a slot of the command window: executing, or awaiting Data-Out.
+    fn windowed_tasks(&self) -> usize {
+        let executing = self.executing.values().filter(|e| !e.reference.immediate);
+        let gathering = self.writes.values().filter(|w| !w.command.immediate);
+        executing.count() + gathering.count()
     }
 
     /// Rejects a PDU the runtime could not hand over intact (e.g. a data digest error, RFC 7143 7.8).
@@ -308,11 +368,11 @@ impl TargetSession {
         header.truncate(BHS_LEN);
         let reject = Reject {
             reason,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             data_sn_or_r2t_sn: 0,
             rejected_header: header,
         };
-        self.transmit.push_back(reject.to_pdu());
+        self.queue(reject.to_pdu(), Numbering::Status);
     }
 
     /// Feeds one received PDU.
@@ -362,14 +422,21 @@ impl TargetSession {
             return Ok(());
         }
         if cmd_sn != self.exp_cmd_sn {
-            self.reorder.insert(cmd_sn.0, pdu);
+            self.reorder.insert(cmd_sn.0, Held::Pdu(pdu));
             return Ok(());
         }
         self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
         self.dispatch(pdu)?;
+        self.dispatch_reordered()
+    }
+
+    /// Dispatches the held PDUs whose turn has come, in CmdSN order.
+    fn dispatch_reordered(&mut self) -> Result<(), SessionError> {
         while let Some(next) = self.reorder.remove(&self.exp_cmd_sn.0) {
             self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
-            self.dispatch(next)?;
+            if let Held::Pdu(pdu) = next {
+                self.dispatch(pdu)?;
+            }
         }
         Ok(())
     }
@@ -377,8 +444,6 @@ impl TargetSession {
     fn dispatch(&mut self, pdu: Pdu) -> Result<(), SessionError> {
         match pdu.opcode() {
             Some(Opcode::ScsiCommand) => self.handle_command(pdu),
-            // A placeholder for a CmdSN consumed without a command (see consume_cmd_sn).
-            Some(Opcode::NopOut) if pdu.itt() == RESERVED_TAG => Ok(()),
             Some(Opcode::NopOut) => {
                 self.handle_nop_out(&pdu);
                 Ok(())
@@ -486,7 +551,7 @@ impl TargetSession {
     fn solicit(&mut self, itt: u32) {
         let max_burst = self.params.max_burst_length.max(512);
         let max_outstanding = self.params.max_outstanding_r2t.max(1) as usize;
-        let sequence = self.peek_sequence();
+        let sequence = TargetSequence::default();
         let Some(write) = self.writes.get_mut(&itt) else {
             return;
         };
@@ -518,7 +583,10 @@ impl TargetSession {
             });
             write.r2t_sn += 1;
             write.next_r2t_offset += length;
-            self.transmit.push_back(r2t.to_pdu());
+            self.transmit.push_back(Outgoing {
+                pdu: r2t.to_pdu(),
+                numbering: Numbering::NoStatus,
+            });
         }
     }
 
@@ -586,11 +654,11 @@ impl TargetSession {
             status,
             residual: Residual::None,
             itt,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             exp_data_sn: 0,
             sense: Vec::new(),
         };
-        self.transmit.push_back(response.to_pdu());
+        self.queue(response.to_pdu(), Numbering::Status);
     }
 
     /// Ends a write whose data phase went wrong: the task is dropped (later Data-Out for it is discarded) and
@@ -607,11 +675,11 @@ impl TargetSession {
                 write.command.expected_data_transfer_length - write.received,
             ),
             itt,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             exp_data_sn: write.r2t_sn,
             sense: error.fixed_sense().to_vec(),
         };
-        self.transmit.push_back(response.to_pdu());
+        self.queue(response.to_pdu(), Numbering::Status);
     }
 
     fn finish_write_if_complete(&mut self, itt: u32) {
@@ -636,6 +704,8 @@ impl TargetSession {
             Executing {
                 reference: TaskReference::of(&command),
                 lun: command.lun,
+                lun_number: lun,
+                aborted: false,
                 expected_transfer_length: command.expected_data_transfer_length,
                 read: command.read,
                 r2ts_sent,
@@ -659,7 +729,7 @@ impl TargetSession {
     /// one; StatSN does not advance, so no gap shows in later responses. The session remembers the task (the last
     /// MAX_UNDELIVERED_RESPONSES of them) so that an ABORT TASK naming it answers FUNCTION COMPLETE.
     pub fn complete_command_silently(&mut self, task: TaskId) {
-        let Some(executing) = self.executing.remove(&task) else {
+        let Some(executing) = self.executing.remove(&task).filter(|e| !e.aborted) else {
             return;
         };
         if self.dropped_responses.len() >= MAX_UNDELIVERED_RESPONSES {
@@ -668,9 +738,16 @@ impl TargetSession {
         self.dropped_responses.push_back(executing.reference);
     }
 
+    /// Ends a task the runtime aborted (task management, a reset, or PREEMPT AND ABORT from another nexus)
+    /// without a response: with TAS=0 an aborted task returns no status (SAM-5 5.6). It leaves the command window.
+    pub fn end_aborted_command(&mut self, task: TaskId) {
+        self.executing.remove(&task);
+    }
+
     /// Builds the response PDUs of a finished command (RFC 7143 11.4, 11.7).
     pub fn complete_command(&mut self, task: TaskId, outcome: CommandOutcome) {
-        let Some(executing) = self.executing.remove(&task) else {
+        // An aborted task ends without a response (SAM-5 5.6: the nexus that aborted it expects none).
+        let Some(executing) = self.executing.remove(&task).filter(|e| !e.aborted) else {
             return;
         };
         let expected = executing.expected_transfer_length;
@@ -693,11 +770,7 @@ impl TargetSession {
             let end = (offset + segment).min(data_in.len());
             let last = end == data_in.len();
             let carries_status = last && status_in_data;
-            let sequence = if carries_status {
-                self.status_sequence()
-            } else {
-                self.peek_sequence()
-            };
+            let sequence = TargetSequence::default();
             let data_in_pdu = DataIn {
                 // F ends a Data-In sequence (at most MaxBurstLength) and the last one (RFC 7143 11.7.1).
                 final_bit: last || end.is_multiple_of(burst),
@@ -716,7 +789,12 @@ impl TargetSession {
                 buffer_offset: offset as u32,
                 data: data_in[offset..end].to_vec(),
             };
-            self.transmit.push_back(data_in_pdu.to_pdu());
+            let numbering = if carries_status {
+                Numbering::Status
+            } else {
+                Numbering::NoStatus
+            };
+            self.queue(data_in_pdu.to_pdu(), numbering);
             offset = end;
         }
         self.queued_responses
@@ -729,7 +807,7 @@ impl TargetSession {
             status: outcome.status,
             residual,
             itt: executing.reference.itt,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             exp_data_sn: if pieces > 0 {
                 pieces as u32
             } else {
@@ -737,7 +815,7 @@ impl TargetSession {
             },
             sense: outcome.sense,
         };
-        self.transmit.push_back(response.to_pdu());
+        self.queue(response.to_pdu(), Numbering::Status);
     }
 
     fn handle_nop_out(&mut self, pdu: &Pdu) {
@@ -753,10 +831,10 @@ impl TargetSession {
             lun: nop.lun,
             itt: nop.itt,
             ttt: RESERVED_TAG,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             data,
         };
-        self.transmit.push_back(answer.to_pdu());
+        self.queue(answer.to_pdu(), Numbering::Status);
     }
 
     fn handle_ping_answer(&mut self, pdu: &Pdu) {
@@ -775,10 +853,10 @@ impl TargetSession {
             lun: [0; 8],
             itt: RESERVED_TAG,
             ttt,
-            sequence: self.peek_sequence(),
+            sequence: TargetSequence::default(),
             data: Vec::new(),
         };
-        self.transmit.push_back(nop.to_pdu());
+        self.queue(nop.to_pdu(), Numbering::NoStatus);
     }
 
     /// True while a ping has not been answered.
@@ -790,18 +868,25 @@ impl TargetSession {
         let request = TaskManagementRequest::from_pdu(pdu);
         let lun = message::decode_lun(request.lun).unwrap_or(u64::MAX);
         match request.function {
-            tmf::ABORT_TASK => {
-                let response = self.abort_task(&request);
-                self.answer_task_management(request.itt, response);
-            }
+            tmf::ABORT_TASK => match self.abort_task(&request) {
+                AbortAnswer::Now(response) => self.answer_task_management(request.itt, response),
+                AbortAnswer::AfterInFlight(task) => {
+                    let event = self.tmf_event(&request, lun, vec![task]);
+                    self.events.push_back(event);
+                }
+            },
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
-                // Tasks this session holds for the LU are aborted; the runtime acts on the LU (SAM-5 7.3, 7.4, 7.6).
-                self.abort_tasks_of_lun(lun);
-                self.events.push_back(self.tmf_event(&request, lun));
+                // Tasks this session holds for the LU are aborted; the runtime acts on the LU and waits for the
+                // executing ones before it answers (SAM-5 7.3, 7.4, 7.6).
+                let in_flight = self.abort_tasks_of_lun(lun);
+                let event = self.tmf_event(&request, lun, in_flight);
+                self.events.push_back(event);
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 self.writes.clear();
-                self.events.push_back(self.tmf_event(&request, lun));
+                let in_flight = self.abort_all_executing();
+                let event = self.tmf_event(&request, lun, in_flight);
+                self.events.push_back(event);
             }
             tmf::TASK_REASSIGN => {
                 self.answer_task_management(request.itt, tmf::TASK_REASSIGNMENT_NOT_SUPPORTED)
@@ -810,11 +895,17 @@ impl TargetSession {
         }
     }
 
-    fn tmf_event(&self, request: &TaskManagementRequest, lun: u64) -> SessionEvent {
+    fn tmf_event(
+        &self,
+        request: &TaskManagementRequest,
+        lun: u64,
+        in_flight: Vec<TaskId>,
+    ) -> SessionEvent {
         SessionEvent::TaskManagement {
             itt: request.itt,
             function: request.function,
             lun,
+            in_flight,
             referenced_task_tag: request.referenced_task_tag,
             ref_cmd_sn: request.ref_cmd_sn,
         }
@@ -835,19 +926,31 @@ impl TargetSession {
     /// TMF's own CmdSN: the target must consider that CmdSN received and answer FUNCTION COMPLETE (11.5.1 b) — or
     /// one that already completed with its response delivered, or never existed: TASK DOES NOT EXIST (11.5.1 c;
     /// libiscsi's iSCSITMF.AbortTaskSimpleAsync checks this for a write it saw complete).
-    fn abort_task(&mut self, request: &TaskManagementRequest) -> u8 {
+    fn abort_task(&mut self, request: &TaskManagementRequest) -> AbortAnswer {
+        self.abort_task_now(request)
+            .map_or_else(AbortAnswer::AfterInFlight, AbortAnswer::Now)
+    }
+
+    /// The answer to an ABORT TASK, or the executing task it must wait for.
+    fn abort_task_now(&mut self, request: &TaskManagementRequest) -> Result<u8, TaskId> {
         let tag = request.referenced_task_tag;
         if self.writes.remove(&tag).is_some() {
-            return tmf::FUNCTION_COMPLETE;
+            return Ok(tmf::FUNCTION_COMPLETE);
         }
         let queued = self
             .reorder
             .iter()
-            .find(|(_, pdu)| pdu.itt() == tag)
+            .find(|(_, held)| matches!(held, Held::Pdu(pdu) if pdu.itt() == tag))
             .map(|(&cmd_sn, _)| cmd_sn);
         if let Some(cmd_sn) = queued {
             self.consume_cmd_sn(cmd_sn);
-            return tmf::FUNCTION_COMPLETE;
+            return Ok(tmf::FUNCTION_COMPLETE);
+        }
+        if let Some(task) = self.executing_task_named_by(request) {
+            // Executing now: the runtime aborts or waits for it before the answer goes out (SAM-5 7.2), and its
+            // response is discarded.
+            self.abort_executing(task);
+            return Err(task);
         }
         if let Some(index) = self
             .dropped_responses
@@ -856,7 +959,7 @@ impl TargetSession {
         {
             // Answered once: a later ABORT TASK for it finds no task (the abort ended it).
             self.dropped_responses.remove(index);
-            return tmf::FUNCTION_COMPLETE;
+            return Ok(tmf::FUNCTION_COMPLETE);
         }
         if self
             .queued_responses
@@ -864,87 +967,104 @@ impl TargetSession {
             .is_some_and(|t| t.named_by(request))
         {
             self.withdraw_response(tag);
-            return tmf::FUNCTION_COMPLETE;
+            return Ok(tmf::FUNCTION_COMPLETE);
         }
         let ref_cmd_sn = SerialNumber(request.ref_cmd_sn);
         let in_window = ref_cmd_sn.in_window(self.exp_cmd_sn, self.max_cmd_sn());
         let before_request = request.immediate || ref_cmd_sn.lt(SerialNumber(request.cmd_sn));
         if in_window && before_request && !self.reorder.contains_key(&ref_cmd_sn.0) {
             self.consume_cmd_sn(ref_cmd_sn.0);
-            return tmf::FUNCTION_COMPLETE;
+            return Ok(tmf::FUNCTION_COMPLETE);
         }
-        tmf::TASK_DOES_NOT_EXIST
+        Ok(tmf::TASK_DOES_NOT_EXIST)
     }
 
     /// Removes the queued Data-In and SCSI Response PDUs of the task `itt`, whose response has not been handed to
-    /// the runtime, and gives back the StatSN its status took: every later PDU's StatSN moves down by one, so the
-    /// initiator sees no gap (RFC 7143 4.2.2.2: StatSN counts the status the initiator receives).
+    /// the runtime. Sequence numbers are assigned as PDUs leave, so the StatSN it would have taken goes to the next
+    /// status and the initiator sees no gap (RFC 7143 4.2.2.2: StatSN counts the status the initiator receives).
     fn withdraw_response(&mut self, itt: u32) {
         self.queued_responses.remove(&itt);
-        let Some(status_sn) = self
-            .transmit
-            .iter()
-            .find(|pdu| pdu.itt() == itt && carries_command_status(pdu))
-            .map(|pdu| pdu.u32_at(24))
-        else {
-            return;
-        };
-        self.transmit.retain(|pdu| {
-            pdu.itt() != itt || !matches!(pdu.opcode(), Some(Opcode::DataIn | Opcode::ScsiResponse))
+        self.transmit.retain(|queued| {
+            queued.pdu.itt() != itt
+                || !matches!(
+                    queued.pdu.opcode(),
+                    Some(Opcode::DataIn | Opcode::ScsiResponse)
+                )
         });
-        // Every PDU a target sends carries StatSN at bytes 24-27 (RFC 7143 section 11 PDU formats); in PDUs without
-        // status it is the next StatSN, which moves down as well.
-        for pdu in self.transmit.iter_mut() {
-            let stat_sn = pdu.u32_at(24);
-            if SerialNumber(stat_sn).gt(SerialNumber(status_sn)) {
-                pdu.set_u32_at(24, stat_sn.wrapping_sub(1));
-            }
-        }
-        self.stat_sn = self.stat_sn.wrapping_sub(1);
     }
 
     /// Aborts every task this session holds for `lun` (awaiting Data-Out, or waiting for its CmdSN turn), without
     /// responses, as ABORT TASK SET does and as PREEMPT AND ABORT asks for a preempted nexus (SPC-4 5.13.11.5,
     /// SAM-5 7.3). A queued command's CmdSN is still consumed, so later commands are not held back.
-    pub fn abort_tasks_of_lun(&mut self, lun: u64) {
+    ///
+    /// Tasks of `lun` that the runtime is executing are marked aborted: their responses will be discarded. They
+    /// are returned so the runtime can stop those that have not started and wait for those that have.
+    pub fn abort_tasks_of_lun(&mut self, lun: u64) -> Vec<TaskId> {
         self.writes.retain(|_, write| write.lun != lun);
         let queued: Vec<u32> = self
             .reorder
             .iter()
-            .filter(|(_, pdu)| {
-                pdu.opcode() == Some(Opcode::ScsiCommand)
-                    && message::decode_lun(pdu.lun_field()) == Some(lun)
+            .filter(|(_, held)| {
+                matches!(held, Held::Pdu(pdu) if pdu.opcode() == Some(Opcode::ScsiCommand)
+                    && message::decode_lun(pdu.lun_field()) == Some(lun))
             })
             .map(|(&cmd_sn, _)| cmd_sn)
             .collect();
         for cmd_sn in queued {
             self.consume_cmd_sn(cmd_sn);
         }
+        self.abort_executing_where(|executing| executing.lun_number == lun)
+    }
+
+    /// Marks every executing task aborted (target resets, SAM-5 6.3.2) and returns them.
+    fn abort_all_executing(&mut self) -> Vec<TaskId> {
+        self.abort_executing_where(|_| true)
+    }
+
+    fn abort_executing_where(&mut self, selected: impl Fn(&Executing) -> bool) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = self
+            .executing
+            .iter()
+            .filter(|(_, executing)| !executing.aborted && selected(executing))
+            .map(|(&task, _)| task)
+            .collect();
+        tasks.sort_by_key(|task| task.0);
+        for &task in &tasks {
+            self.abort_executing(task);
+        }
+        tasks
+    }
+
+    fn abort_executing(&mut self, task: TaskId) {
+        if let Some(executing) = self.executing.get_mut(&task) {
+            executing.aborted = true;
+        }
+    }
+
+    /// The executing task an ABORT TASK names (RFC 7143 11.5.4, 11.5.5), unless it is already aborted.
+    fn executing_task_named_by(&self, request: &TaskManagementRequest) -> Option<TaskId> {
+        self.executing
+            .iter()
+            .find(|(_, executing)| !executing.aborted && executing.reference.named_by(request))
+            .map(|(&task, _)| task)
     }
 
     /// Marks a CmdSN as received without a command (its command was aborted or lost), so later commands are not
-    /// held back waiting for it: a placeholder takes its slot in the reorder buffer and is skipped on dispatch.
+    /// held back waiting for it.
     fn consume_cmd_sn(&mut self, cmd_sn: u32) {
-        let mut placeholder = Pdu::new(Opcode::NopOut);
-        placeholder.set_itt(RESERVED_TAG);
-        placeholder.set_u32_at(20, RESERVED_TAG);
-        placeholder.set_u32_at(24, cmd_sn);
-        self.reorder.insert(cmd_sn, placeholder);
-        while let Some(next) = self.reorder.remove(&self.exp_cmd_sn.0) {
-            self.exp_cmd_sn = self.exp_cmd_sn.plus(1);
-            // Dispatching inside a TMF cannot fail the connection: only SCSI commands and NOPs can be queued here,
-            // and both are handled without fatal errors.
-            let _ = self.dispatch(next);
-        }
+        self.reorder.insert(cmd_sn, Held::Consumed);
+        // Dispatching inside a TMF cannot fail the connection: only SCSI commands and NOPs can be held, and both
+        // are handled without fatal errors.
+        let _ = self.dispatch_reordered();
     }
 
     fn answer_task_management(&mut self, itt: u32, response: u8) {
         let answer = TaskManagementResponse {
             response,
             itt,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
         };
-        self.transmit.push_back(answer.to_pdu());
+        self.queue(answer.to_pdu(), Numbering::Status);
     }
 
     /// The runtime's answer to a `SessionEvent::TaskManagement`.
@@ -973,10 +1093,10 @@ impl TargetSession {
             lun: [0; 8],
             itt,
             ttt: RESERVED_TAG,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             data,
         };
-        self.transmit.push_back(response.to_pdu());
+        self.queue(response.to_pdu(), Numbering::Status);
     }
 
     fn handle_logout(&mut self, pdu: &Pdu) {
@@ -987,11 +1107,11 @@ impl TargetSession {
         let response = LogoutResponse {
             response: response_code,
             itt: request.itt,
-            sequence: self.status_sequence(),
+            sequence: TargetSequence::default(),
             time2wait: 0,
             time2retain: 0,
         };
-        self.transmit.push_back(response.to_pdu());
+        self.queue(response.to_pdu(), Numbering::Status);
         if response_code == 0 {
             self.logged_out = true;
             self.writes.clear();
@@ -1382,6 +1502,62 @@ mod tests {
             .handle_pdu(command(8, 3, false, 0, vec![], true))
             .unwrap();
         assert_eq!(executed(&mut session).len(), 1);
+    }
+
+    #[test]
+    fn responses_in_completion_order_take_dense_statsns_and_the_window_counts_executing_tasks() {
+        let mut session = TargetSession::new(params(), 0, 40, 4);
+        for (itt, cmd_sn) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+            session
+                .handle_pdu(command(itt, cmd_sn, false, 0, vec![], true))
+                .unwrap();
+        }
+        let tasks = executed(&mut session);
+        assert_eq!(tasks.len(), 4);
+        // Four executing fill the window of four: MaxCmdSN stays at 3 (ExpCmdSN 4 - 1: closed).
+        session.ping();
+        let ping = drain(&mut session).remove(0);
+        assert_eq!((ping.u32_at(28), ping.u32_at(32)), (4, 3));
+        // A command beyond the window is ignored.
+        session
+            .handle_pdu(command(9, 4, false, 0, vec![], true))
+            .unwrap();
+        assert!(executed(&mut session).is_empty());
+        // Completed in the order 3, 1: StatSNs 40 and 41 in that order; each completion opens one slot.
+        for index in [2, 0] {
+            session.complete_command(tasks[index].0, CommandOutcome::default());
+        }
+        let responses: Vec<(u32, u32, u32)> = drain(&mut session)
+            .iter()
+            .map(|pdu| (pdu.itt(), pdu.u32_at(24), pdu.u32_at(32)))
+            .collect();
+        assert_eq!(responses, vec![(3, 40, 5), (1, 41, 5)]);
+    }
+
+    #[test]
+    fn abort_task_of_an_executing_task_waits_for_the_runtime_and_discards_its_response() {
+        let mut session = TargetSession::new(params(), 0, 0, 16);
+        session
+            .handle_pdu(command(1, 0, false, 0, vec![], true))
+            .unwrap();
+        let (task, ..) = executed(&mut session).remove(0);
+        session.handle_pdu(abort_request(1, 0, 1)).unwrap();
+        assert!(
+            drain(&mut session).is_empty(),
+            "no answer before the task is gone"
+        );
+        let in_flight = match session.poll_event() {
+            Some(SessionEvent::TaskManagement { in_flight, .. }) => in_flight,
+            other => panic!("expected a task management event, got {other:?}"),
+        };
+        assert_eq!(in_flight, vec![task]);
+        // The task finishes anyway: its response is discarded; the runtime then answers the TMF.
+        session.complete_command(task, CommandOutcome::default());
+        session.complete_task_management(1001, tmf::FUNCTION_COMPLETE);
+        let sent = drain(&mut session);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].opcode(), Some(Opcode::TaskManagementResponse));
+        assert_eq!(session.pending_tasks(), 0);
     }
 
     fn abort_request(tag: u32, ref_cmd_sn: u32, cmd_sn: u32) -> Pdu {

@@ -678,6 +678,43 @@ impl Command {
     }
 
     /// True for commands that change the medium (refused with DATA PROTECT on a read-only LU).
+    /// Whether executing the command may wait for the disk: store I/O, a flush, or an fsync of saved state
+    /// (PERSISTENT RESERVE OUT with APTPL). The runtime runs these on its I/O engine, never on a reactor thread;
+    /// the others only read or change in-memory state.
+    pub fn may_wait_for_disk(&self) -> bool {
+        match self {
+            Command::Read { .. }
+            | Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::Verify { .. }
+            | Command::OrWrite { .. }
+            | Command::CompareAndWrite { .. }
+            | Command::WriteSame { .. }
+            | Command::Unmap { .. }
+            | Command::GetLbaStatus { .. }
+            | Command::SynchronizeCache { .. }
+            | Command::PreFetch { .. }
+            | Command::PersistentReserveOut(_)
+            | Command::Sanitize { .. } => true,
+            Command::TestUnitReady
+            | Command::RequestSense { .. }
+            | Command::Inquiry { .. }
+            | Command::ReportLuns { .. }
+            | Command::ModeSense { .. }
+            | Command::ModeSelect { .. }
+            | Command::ReportSupportedOpcodes { .. }
+            | Command::ReportSupportedTmfs { .. }
+            | Command::StartStopUnit { .. }
+            | Command::PreventAllowMediumRemoval { .. }
+            | Command::ReadDefectData { .. }
+            | Command::ReadCapacity10
+            | Command::ReadCapacity16 { .. }
+            | Command::PersistentReserveIn(_)
+            | Command::Reserve
+            | Command::Release => false,
+        }
+    }
+
     pub fn writes_medium(&self) -> bool {
         matches!(
             self,

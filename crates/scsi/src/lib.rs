@@ -15,10 +15,11 @@ mod lu;
 mod mode;
 mod opcodes;
 pub mod pr;
-mod range_lock;
+pub mod range_lock;
 mod sanitize;
 pub mod sbc;
 pub mod sense;
+pub mod task_set;
 #[cfg(test)]
 mod test_store;
 #[cfg(test)]
@@ -26,7 +27,7 @@ mod tests;
 pub mod ua;
 
 pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
-pub use lu::{LogicalUnit, LogicalUnitConfig};
+pub use lu::{Admission, Admitted, LogicalUnit, LogicalUnitConfig};
 pub use pr::{decode_pr_state, encode_pr_state, PrPersistence, PrStateError};
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@
 use crate::cdb::Command;
 use crate::pr::unit::{PrPersistence, Refusal, Reservations};
 use crate::pr::{decode_pr_state, PrState, PrStateError};
+use crate::range_lock::{Access, LockRequest, RangeGuard, RangeLocks, Span};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
@@ -41,6 +42,42 @@ pub struct LogicalUnitConfig {
     pub read_only: bool,
     /// Thin provisioning (SBC-4 4.7): UNMAP, WRITE SAME with UNMAP, GET LBA STATUS, LBPME.
     pub thin_provisioned: bool,
+}
+
+/// What [`LogicalUnit::admit`] decided.
+#[derive(Debug)]
+pub enum Admission {
+    /// Answered without touching the medium (unit attention, bad CDB, ...).
+    Done(ScsiResponse),
+    /// Passed the checks: wait for its range, then [`LogicalUnit::run_admitted`].
+    Ready(Admitted),
+}
+
+/// A command that passed admission: decoded, with the Data-Out it will use.
+#[derive(Debug)]
+pub struct Admitted {
+    command: Command,
+    /// How much of the received Data-Out the command uses (a prefix).
+    data_out_len: usize,
+    data_out_wanted: Option<u32>,
+    lock: Option<LockRequest>,
+}
+
+impl Admitted {
+    /// The LBA range the command must hold while it runs, if any.
+    pub fn lock_request(&self) -> Option<LockRequest> {
+        self.lock
+    }
+
+    /// The decoded command.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// Whether running it may wait for the disk (see [`Command::may_wait_for_disk`]).
+    pub fn may_wait_for_disk(&self) -> bool {
+        self.command.may_wait_for_disk()
+    }
 }
 
 /// The outcome of a successfully executed command.
@@ -76,7 +113,7 @@ pub struct LogicalUnit {
     /// Persistent and SCSI-2 reservations.
     pub(crate) reservations: Reservations,
     /// LBA range locks: COMPARE AND WRITE atomicity (see `range_lock`).
-    pub(crate) range_locks: crate::range_lock::RangeLocks,
+    pub(crate) range_locks: RangeLocks,
     /// Sanitize operation state (`crate::sanitize::state`, SBC-4 4.33).
     pub(crate) sanitize: AtomicU8,
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
@@ -115,7 +152,7 @@ impl LogicalUnit {
             prevent_removal: Mutex::new(HashSet::new()),
             mode_select: Mutex::new(()),
             reservations: Reservations::default(),
-            range_locks: crate::range_lock::RangeLocks::default(),
+            range_locks: RangeLocks::default(),
             sanitize: AtomicU8::new(crate::sanitize::state::IDLE),
             offline: None,
         }
@@ -234,8 +271,37 @@ impl LogicalUnit {
         self.offline.as_deref()
     }
 
-    /// Execute one command addressed to this logical unit.
+    /// Executes one command addressed to this logical unit, synchronously: [`LogicalUnit::admit`], then the range
+    /// lock (blocking the thread while an overlapping command holds it), then [`LogicalUnit::run_admitted`].
+    /// The runtime does the same three steps itself, waiting for the range asynchronously.
     pub fn execute(&self, cmd: &ScsiCommand) -> ScsiResponse {
+        match self.admit(cmd) {
+            Admission::Done(response) => response,
+            Admission::Ready(admitted) => {
+                let guard = admitted
+                    .lock_request()
+                    .map(|request| self.range_locks.lock_blocking(request));
+                self.run_admitted(cmd, &admitted, guard.as_ref())
+            }
+        }
+    }
+
+    /// The LBA range locks of this unit, for the runtime to wait on asynchronously.
+    pub fn range_locks(&self) -> &RangeLocks {
+        &self.range_locks
+    }
+
+    /// The checks that need neither the range lock nor the medium (SAM-5 5.14 order: offline, unit attention,
+    /// sanitize in progress, CDB decode, Data-Out length). A command that passes them is [`Admitted`]: it then
+    /// waits for its range and runs with [`LogicalUnit::run_admitted`].
+    pub fn admit(&self, cmd: &ScsiCommand) -> Admission {
+        match self.admission(cmd) {
+            Ok(admitted) => Admission::Ready(admitted),
+            Err(response) => Admission::Done(response),
+        }
+    }
+
+    fn admission(&self, cmd: &ScsiCommand) -> Result<Admitted, ScsiResponse> {
         let opcode = cmd.cdb.first().copied().unwrap_or(0xFF);
         if self.offline.is_some()
             && !matches!(
@@ -243,10 +309,10 @@ impl LogicalUnit {
                 crate::cdb::op::INQUIRY | crate::cdb::op::REPORT_LUNS
             )
         {
-            return self.check_condition(
+            return Err(self.check_condition(
                 Sense::new(Condition::LogicalUnitNotReadyManualInterventionRequired),
                 None,
-            );
+            ));
         }
         let parsed = Command::parse(cmd.cdb);
         let data_out_wanted = parsed
@@ -266,37 +332,56 @@ impl LogicalUnit {
         );
         if !ua_exempt {
             if let Some(condition) = self.unit_attentions.take(cmd.nexus) {
-                return self.check_condition(Sense::new(condition), data_out_wanted);
+                return Err(self.check_condition(Sense::new(condition), data_out_wanted));
             }
         }
         // SBC-4 4.33.2: while a sanitize operation runs, only INQUIRY, REPORT LUNS and REQUEST SENSE proceed.
         if let Some(sense) = self.sanitize_in_progress_refusal(opcode) {
-            return self.check_condition(sense, data_out_wanted);
+            return Err(self.check_condition(sense, data_out_wanted));
         }
         let command = match parsed {
             Ok(command) => command,
-            Err(sense) => return self.check_condition(sense, data_out_wanted),
+            Err(sense) => return Err(self.check_condition(sense, data_out_wanted)),
         };
         // SBC-4 5.3: COMPARE AND WRITE carries exactly twice NUMBER OF LOGICAL BLOCKS of data; a different amount
         // means the field does not describe the data, and an atomic compare cannot run on part of it.
         if matches!(command, Command::CompareAndWrite { .. })
             && cmd.data_out.len() as u64 != data_out_wanted.unwrap_or(0) as u64
         {
-            return self.check_condition(Sense::invalid_cdb_field(13, None), data_out_wanted);
+            return Err(self.check_condition(Sense::invalid_cdb_field(13, None), data_out_wanted));
         }
         let Some((command, data_out)) =
             self.fit_data_out(command, cmd.data_out, data_out_wanted.unwrap_or(0))
         else {
-            return self.check_condition(
+            return Err(self.check_condition(
                 Sense::new(Condition::InvalidFieldInCommandInformationUnit),
                 data_out_wanted,
-            );
+            ));
         };
+        let lock = lock_request(&command);
+        Ok(Admitted {
+            data_out_len: data_out.len(),
+            command,
+            data_out_wanted,
+            lock,
+        })
+    }
+
+    /// Runs an admitted command: the reservation check, then the command itself over the store. Call it while
+    /// holding the guard for [`Admitted::lock_request`] (None when it asks for none). The range lock is taken
+    /// before the reservation check and held through execution, and reservation changes hold the whole medium: a
+    /// reservation cannot change between a command's check and its I/O (a COMPARE AND WRITE's compare and write
+    /// included), and PREEMPT AND ABORT waits for commands in flight.
+    pub fn run_admitted(
+        &self,
+        cmd: &ScsiCommand,
+        admitted: &Admitted,
+        _guard: Option<&RangeGuard>,
+    ) -> ScsiResponse {
+        let data_out_wanted = admitted.data_out_wanted;
+        let command = admitted.command.clone();
+        let data_out = &cmd.data_out[..admitted.data_out_len.min(cmd.data_out.len())];
         let cmd = &ScsiCommand { data_out, ..*cmd };
-        // The range lock is taken before the reservation check and held through execution, and reservation
-        // changes hold the whole medium: a reservation cannot change between a command's check and its I/O (a
-        // COMPARE AND WRITE's compare and write included), and PREEMPT AND ABORT waits for commands in flight.
-        let _range = self.lock_range(&command);
         if let Err(refusal) = self.reservations.check(cmd.nexus, &command) {
             return self.refused(refusal, data_out_wanted);
         }
@@ -332,6 +417,46 @@ impl LogicalUnit {
         }
     }
 
+    /// Runs an admitted READ if the store can serve it without waiting for the disk (the page cache holds it),
+    /// so the runtime may answer it on a reactor thread. None: the command must go through
+    /// [`LogicalUnit::run_admitted`] on the I/O engine; nothing has changed, so that is always safe.
+    pub fn try_run_without_waiting(
+        &self,
+        cmd: &ScsiCommand,
+        admitted: &Admitted,
+        _guard: Option<&RangeGuard>,
+    ) -> Option<ScsiResponse> {
+        let Command::Read {
+            lba,
+            blocks,
+            fua: false,
+        } = admitted.command
+        else {
+            return None;
+        };
+        if blocks.0 == 0 || self.check_transfer(lba, blocks).is_err() {
+            return None;
+        }
+        if self.sanitize_failure_refusal(&admitted.command).is_some()
+            || self
+                .reservations
+                .check(cmd.nexus, &admitted.command)
+                .is_err()
+        {
+            return None;
+        }
+        let mut data = vec![0u8; (blocks.0 * self.block_size) as usize];
+        let served = self
+            .store
+            .read_at_without_waiting(&mut data, lba.0 * self.block_size);
+        matches!(served, Ok(true)).then(|| ScsiResponse {
+            status: ScsiStatus::Good,
+            sense: Vec::new(),
+            data_in: data,
+            data_out_wanted: admitted.data_out_wanted,
+        })
+    }
+
     fn refused(&self, refusal: Refusal, data_out_wanted: Option<u32>) -> ScsiResponse {
         match refusal {
             Refusal::Check(sense) => self.check_condition(sense, data_out_wanted),
@@ -342,36 +467,6 @@ impl LogicalUnit {
                 data_out_wanted,
             },
         }
-    }
-
-    /// Takes the LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads
-    /// share their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its
-    /// parameter list) and SANITIZE hold the whole medium, and so do reservation changes (PERSISTENT RESERVE OUT, RESERVE,
-    /// RELEASE), which must not interleave with any command's check-then-execute. Other commands take nothing.
-    fn lock_range(&self, command: &Command) -> Option<crate::range_lock::RangeGuard<'_>> {
-        use crate::range_lock::Access;
-        let (range, access) = match *command {
-            Command::Read { lba, blocks, .. } | Command::Verify { lba, blocks, .. } => {
-                (Some((lba, blocks)), Access::Shared)
-            }
-            Command::Write { lba, blocks, .. }
-            | Command::WriteAndVerify { lba, blocks, .. }
-            | Command::OrWrite { lba, blocks, .. }
-            | Command::CompareAndWrite { lba, blocks, .. } => {
-                (Some((lba, blocks)), Access::Exclusive)
-            }
-            Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
-                (Some((lba, blocks)), Access::Exclusive)
-            }
-            Command::WriteSame { .. }
-            | Command::Unmap { .. }
-            | Command::Sanitize { .. }
-            | Command::PersistentReserveOut(_)
-            | Command::Reserve
-            | Command::Release => (None, Access::Exclusive),
-            _ => return None,
-        };
-        Some(self.range_locks.lock(range, access))
     }
 
     fn run(&self, command: &Command, cmd: &ScsiCommand) -> Outcome {
@@ -591,6 +686,36 @@ impl LogicalUnit {
             }
         }
     }
+}
+
+/// The LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads share
+/// their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its parameter
+/// list), WRITE SAME of the rest of the medium and SANITIZE hold the whole medium, and so do reservation changes
+/// (PERSISTENT RESERVE OUT, RESERVE, RELEASE), which must not interleave with any command's check-then-execute.
+/// Other commands take nothing.
+fn lock_request(command: &Command) -> Option<LockRequest> {
+    let (span, access) = match *command {
+        Command::Read { lba, blocks, .. } | Command::Verify { lba, blocks, .. } => {
+            (Span::of(lba, blocks), Access::Shared)
+        }
+        Command::Write { lba, blocks, .. }
+        | Command::WriteAndVerify { lba, blocks, .. }
+        | Command::OrWrite { lba, blocks, .. }
+        | Command::CompareAndWrite { lba, blocks, .. } => {
+            (Span::of(lba, blocks), Access::Exclusive)
+        }
+        Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
+            (Span::of(lba, blocks), Access::Exclusive)
+        }
+        Command::WriteSame { .. }
+        | Command::Unmap { .. }
+        | Command::Sanitize { .. }
+        | Command::PersistentReserveOut(_)
+        | Command::Reserve
+        | Command::Release => (Span::Medium, Access::Exclusive),
+        _ => return None,
+    };
+    Some(LockRequest { span, access })
 }
 
 /// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes

@@ -56,6 +56,8 @@ const PAGES: [PageId; 7] = [
 const D_SENSE: u8 = 0x04;
 const SWP: u8 = 0x08;
 const WCE: u8 = 0x04;
+/// Control page byte 2 bits 7..5, TASK SET TYPE 001b (SPC-4 7.5.8).
+const TST_PER_NEXUS: u8 = 0x20;
 
 impl LogicalUnit {
     /// The bytes of one page under the given page control.
@@ -81,6 +83,8 @@ impl LogicalUnit {
                     page[2] = D_SENSE;
                     page[4] = SWP;
                 } else {
+                    // TST 001b: one task set per I_T nexus (task attributes order a session's own commands).
+                    page[2] = TST_PER_NEXUS;
                     page[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                     page[8..10].copy_from_slice(&0xFFFFu16.to_be_bytes()); // BUSY TIMEOUT PERIOD: unlimited
                     if current {

@@ -85,7 +85,7 @@ impl LogicalUnit {
 
     /// Range first (so an out-of-range LBA is reported as such, as libiscsi's BeyondEol tests expect), then the
     /// transfer limit, whose field is the TRANSFER LENGTH (byte 7 of 10-byte CDBs; field pointer left generic).
-    fn check_transfer(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
+    pub(crate) fn check_transfer(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
         self.check_range(lba, blocks)?;
         if blocks.0 > self.max_transfer_blocks() {
             return Err(Sense::new(Condition::InvalidFieldInCdb));

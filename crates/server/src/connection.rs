@@ -1,10 +1,11 @@
 //! One TCP connection: the login phase, then the full feature phase, driving the sans-IO `iscsi` login and
 //! session machines and executing SCSI commands through the target's dispatcher.
 //!
-//! Commands run inline in this task, in CmdSN order: data is normally in the page cache, so a pread/pwrite is
-//! cheaper than handing the command to another thread (see docs/architecture.md). Only commands that may wait for
-//! the disk (SYNCHRONIZE CACHE, FUA writes) run under `block_in_place`, so they do not stall other connections
-//! scheduled on the same worker.
+//! A session is a task set, not a queue: each command becomes a future on its LUN (`task`), polled by this
+//! connection's task beside the others, so commands run concurrently up to the command window and each response
+//! goes out as soon as its command completes (StatSN is assigned as PDUs leave, in the `iscsi` session).
+//! Task attributes order a session's commands per LUN (SAM-5 8.6, `scsi::task_set`). Nothing here waits for the
+//! disk: block I/O runs on each LUN's I/O engine, and page-cache reads complete inline without waiting.
 //!
 //! Failure handling (RFC 7143 7): a header digest error, an oversized data segment or a fatal session error
 //! closes this connection only; a data digest error rejects that PDU and keeps the connection.
@@ -12,13 +13,21 @@
 use crate::fault::{self, Decision, FaultTable, Injected, FAULT_CONTROL_OPCODE};
 use crate::log;
 use crate::server::{isid_text, lock, nexus_lost, SessionSignals, Shared};
+use crate::task::{run_command, wait_until_gone, CommandRequest, Executed, TaskControl};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use lunlock_iscsi::login::{self, LoginOutcome, LoginSettings, SessionKind, TargetLogin};
 use lunlock_iscsi::message::{reject, tmf, LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{self, Digests, FrameError, Opcode, Pdu};
-use lunlock_iscsi::session::{CommandOutcome, SessionEvent, TargetSession};
+use lunlock_iscsi::session::{CommandOutcome, SessionEvent, TargetSession, TaskId};
 use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
-use lunlock_scsi::{Isid, ItNexus, ResetKind, ScsiCommand, ScsiStatus, TaskAttribute};
+use lunlock_scsi::task_set::{self, TaskSet};
+use lunlock_scsi::{
+    Isid, ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, TaskAttribute,
+};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +35,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// PERSISTENT RESERVE OUT's operation code (SPC-4 6.14).
-const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+/// REPORT LUNS's operation code (SPC-4 6.33): answered by the target's dispatcher, for any LUN.
+const REPORT_LUNS: u8 = 0xA0;
 /// A login must finish within this time.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// An idle full-feature connection is pinged this often (NOP-In)...
@@ -197,6 +206,11 @@ pub async fn serve(
         local,
         close_all_after_flush: false,
         reset_requested: false,
+        running: FuturesUnordered::new(),
+        tmfs: FuturesUnordered::new(),
+        task_sets: HashMap::new(),
+        dormant: HashMap::new(),
+        controls: HashMap::new(),
     };
     let signals = (result.kind == SessionKind::Normal)
         .then(|| shared.register_session(&connection.nexus, tsih));
@@ -272,6 +286,31 @@ async fn send_login_response(wire: &mut Wire, response: &LoginResponse) -> Resul
     wire.flush().await
 }
 
+/// A command that finished on its LUN, back at its connection.
+struct Finished {
+    task: TaskId,
+    lun: u64,
+    executed: Executed,
+    /// Fault injection: the command ran, but its response is dropped.
+    drop_response: bool,
+    /// Fault injection: close the connection once this response is sent.
+    reset_after: bool,
+}
+
+/// A task management function that finished (after waiting for the tasks it aborted).
+struct TmfDone {
+    itt: u32,
+    response: u8,
+    /// TARGET COLD RESET: every session of the target closes after the response (RFC 7143 11.5.1).
+    close_all: bool,
+}
+
+/// A command the task set keeps dormant until older tasks complete (SAM-5 8.6).
+struct Dormant {
+    lun: u64,
+    request: CommandRequest,
+}
+
 struct FullFeature {
     session: TargetSession,
     kind: SessionKind,
@@ -282,6 +321,15 @@ struct FullFeature {
     close_all_after_flush: bool,
     /// A reset-after fault fired: close once the responses are sent.
     reset_requested: bool,
+    /// Commands executing, each a future polled by this connection's task.
+    running: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Task management functions waiting for the tasks they aborted.
+    tmfs: FuturesUnordered<BoxFuture<'static, TmfDone>>,
+    /// One task set per LUN: this session's tasks, for SAM-5 task attribute ordering.
+    task_sets: HashMap<u64, TaskSet>,
+    dormant: HashMap<TaskId, Dormant>,
+    /// Controls of this session's running tasks, to abort them.
+    controls: HashMap<TaskId, Arc<TaskControl>>,
 }
 
 impl FullFeature {
@@ -314,7 +362,11 @@ impl FullFeature {
                 _ = abort_requested => {
                     let luns = signals.map(|s| std::mem::take(&mut *lock(&s.abort_luns))).unwrap_or_default();
                     for lun in luns {
-                        self.session.abort_tasks_of_lun(lun);
+                        let aborted = self.session.abort_tasks_of_lun(lun);
+                        self.abort_own(&aborted);
+                    }
+                    if let Err(reason) = self.settle(wire).await {
+                        return reason;
                     }
                 }
                 _ = keepalive.tick() => {
@@ -334,6 +386,24 @@ impl FullFeature {
                         return reason;
                     }
                 }
+                Some(finished) = self.running.next(), if !self.running.is_empty() => {
+                    active_since_tick = true;
+                    self.finish(finished);
+                    if let Err(reason) = self.settle(wire).await {
+                        return reason;
+                    }
+                }
+                Some(done) = self.tmfs.next(), if !self.tmfs.is_empty() => {
+                    self.session.complete_task_management(done.itt, done.response);
+                    self.close_all_after_flush |= done.close_all;
+                    if let Err(reason) = self.settle(wire).await {
+                        return reason;
+                    }
+                    if self.close_all_after_flush {
+                        self.shared.close_target_sessions(&self.nexus.target_name);
+                        return "target cold reset".into();
+                    }
+                }
                 filled = wire.fill() => {
                     if let Err(reason) = filled {
                         return reason;
@@ -345,16 +415,13 @@ impl FullFeature {
                     if self.session.is_logged_out() {
                         return "logged out".into();
                     }
-                    if self.close_all_after_flush {
-                        self.shared.close_target_sessions(&self.nexus.target_name);
-                        return "target cold reset".into();
-                    }
                 }
             }
         }
     }
 
-    /// Handles every complete PDU in the input buffer, then sends all responses in one write.
+    /// Handles every complete PDU in the input buffer, runs what completes at once, then sends all responses in
+    /// one write.
     async fn process_buffered(&mut self, wire: &mut Wire) -> Result<(), Closed> {
         while let Some(framed) = wire.try_decode()? {
             match framed {
@@ -367,7 +434,21 @@ impl FullFeature {
                         .reject_pdu(reject::DATA_DIGEST_ERROR, &rejected);
                 }
             }
-            self.handle_events().await;
+            self.handle_events();
+        }
+        self.settle(wire).await
+    }
+
+    /// Collects every command and task management function that has completed without waiting (page-cache
+    /// reads, in-memory commands), so one write carries a whole burst of responses, then transmits.
+    async fn settle(&mut self, wire: &mut Wire) -> Result<(), Closed> {
+        while let Some(Some(finished)) = self.running.next().now_or_never() {
+            self.finish(finished);
+        }
+        while let Some(Some(done)) = self.tmfs.next().now_or_never() {
+            self.session
+                .complete_task_management(done.itt, done.response);
+            self.close_all_after_flush |= done.close_all;
         }
         self.transmit(wire).await?;
         if self.reset_requested {
@@ -383,7 +464,7 @@ impl FullFeature {
         wire.flush().await
     }
 
-    async fn handle_events(&mut self) {
+    fn handle_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::Execute {
@@ -400,37 +481,38 @@ impl FullFeature {
                         self.session.complete_command(task, outcome);
                         continue;
                     }
-                    let decision = self.consult_faults(lun, &cdb, itt);
-                    if !decision.delay.is_zero() {
-                        tokio::time::sleep(decision.delay).await;
-                    }
-                    self.reset_requested |= decision.reset_after;
-                    if let Some(outcome) = decision.outcome.and_then(injected_outcome) {
-                        self.session.complete_command(task, outcome);
+                    let attribute = task_attribute(attribute);
+                    if let Some(sense) = task_set::aca_refusal(attribute) {
+                        self.session.complete_command(task, check_condition(&sense));
                         continue;
                     }
-                    let outcome = self.execute(
+                    let request = CommandRequest {
+                        nexus: Arc::clone(&self.nexus),
                         lun,
-                        &cdb,
-                        &data_out,
+                        cdb,
+                        data_out,
                         expected_transfer_length,
+                        task_tag: itt as u64,
                         attribute,
-                        itt,
-                    );
-                    if decision.outcome == Some(Injected::DropResponse) {
-                        // Tells the session this task's response was dropped: it stays abortable (ABORT TASK
-                        // answers FUNCTION COMPLETE, RFC 7143 11.5.1, 11.6.1) instead of counting as delivered.
-                        self.session.complete_command_silently(task);
+                    };
+                    let enabled = self
+                        .task_sets
+                        .entry(lun)
+                        .or_default()
+                        .arrive(task.0, attribute);
+                    if enabled {
+                        self.start(task, lun, request);
                     } else {
-                        self.session.complete_command(task, outcome);
+                        self.dormant.insert(task, Dormant { lun, request });
                     }
                 }
                 SessionEvent::TaskManagement {
-                    itt, function, lun, ..
-                } => {
-                    let response = self.task_management(function, lun);
-                    self.session.complete_task_management(itt, response);
-                }
+                    itt,
+                    function,
+                    lun,
+                    in_flight,
+                    ..
+                } => self.task_management(itt, function, lun, in_flight),
                 SessionEvent::Text { itt, data } => {
                     let answer = self.answer_text(&data);
                     self.session.answer_text(itt, answer);
@@ -438,6 +520,216 @@ impl FullFeature {
                 SessionEvent::Logout { .. } => {}
             }
         }
+    }
+
+    /// Starts an enabled command: answered here when no LUN of a served target takes it (discovery sessions,
+    /// REPORT LUNS, LUNs that do not exist), otherwise a future on its LUN.
+    fn start(&mut self, task: TaskId, lun: u64, request: CommandRequest) {
+        let runtime = self
+            .shared
+            .target(&self.nexus.target_name)
+            .filter(|_| self.kind == SessionKind::Normal)
+            .and_then(|target| {
+                let routed = request.cdb.first() != Some(&REPORT_LUNS);
+                routed.then(|| target.luns.get(&lun).cloned()).flatten()
+            });
+        let Some(runtime) = runtime else {
+            let outcome = self.execute_on_target(&request);
+            self.finish(Finished {
+                task,
+                lun,
+                executed: Executed::Done {
+                    response: outcome,
+                    preempted: Vec::new(),
+                },
+                drop_response: false,
+                reset_after: false,
+            });
+            return;
+        };
+        let decision = self.consult_faults(lun, &request.cdb, request.task_tag as u32);
+        let registration = runtime.register(&self.nexus);
+        self.controls
+            .insert(task, Arc::clone(&registration.control));
+        self.running.push(Box::pin(async move {
+            let injected = decision.outcome.and_then(injected_response);
+            if !decision.delay.is_zero() {
+                // Delays only this command: the others of the session keep running.
+                tokio::time::sleep(decision.delay).await;
+            }
+            let executed = match injected {
+                Some(response) => Executed::Done {
+                    response,
+                    preempted: Vec::new(),
+                },
+                None => run_command(runtime, registration, request, decision.stall).await,
+            };
+            Finished {
+                task,
+                lun,
+                executed,
+                drop_response: decision.outcome == Some(Injected::DropResponse),
+                reset_after: decision.reset_after,
+            }
+        }));
+    }
+
+    /// Reports a finished command to the session and starts the dormant tasks it enabled.
+    fn finish(&mut self, finished: Finished) {
+        let Finished {
+            task,
+            lun,
+            executed,
+            drop_response,
+            reset_after,
+        } = finished;
+        self.controls.remove(&task);
+        self.reset_requested |= reset_after;
+        match executed {
+            Executed::Aborted => self.session.end_aborted_command(task),
+            Executed::Done {
+                response,
+                preempted,
+            } => {
+                for nexus in &preempted {
+                    self.shared.request_abort(nexus, lun);
+                }
+                if drop_response {
+                    // Tells the session this task's response was dropped: it stays abortable (ABORT TASK
+                    // answers FUNCTION COMPLETE, RFC 7143 11.5.1, 11.6.1) instead of counting as delivered.
+                    self.session.complete_command_silently(task);
+                } else {
+                    self.session.complete_command(task, outcome_of(response));
+                }
+            }
+        }
+        self.task_completed(task, lun);
+    }
+
+    /// Removes a task from its task set and starts what that enables (SAM-5 8.6).
+    fn task_completed(&mut self, task: TaskId, lun: u64) {
+        let enabled = match self.task_sets.get_mut(&lun) {
+            Some(set) => set.complete(task.0),
+            None => return,
+        };
+        if self.task_sets.get(&lun).is_some_and(TaskSet::is_empty) {
+            self.task_sets.remove(&lun);
+        }
+        for key in enabled {
+            let task = TaskId(key);
+            if let Some(dormant) = self.dormant.remove(&task) {
+                self.start(task, dormant.lun, dormant.request);
+            }
+        }
+    }
+
+    /// Aborts this session's tasks that the session machine marked aborted: dormant ones are dropped here,
+    /// running ones are told to stop. Returns what to wait for.
+    fn abort_own(&mut self, tasks: &[TaskId]) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        let mut gone = Vec::new();
+        for &task in tasks {
+            if let Some(dormant) = self.dormant.remove(&task) {
+                self.session.end_aborted_command(task);
+                self.task_completed(task, dormant.lun);
+            } else if let Some(control) = self.controls.get(&task) {
+                control.abort();
+                gone.push(control.gone());
+            }
+        }
+        gone
+    }
+
+    /// Commands no LUN runtime takes: a discovery session's (it has no logical units, RFC 7143 4.3), REPORT
+    /// LUNS, and commands to LUNs that do not exist, all answered by the target's dispatcher without I/O.
+    fn execute_on_target(&self, request: &CommandRequest) -> ScsiResponse {
+        let target = self
+            .shared
+            .target(&self.nexus.target_name)
+            .filter(|_| self.kind == SessionKind::Normal);
+        let Some(target) = target else {
+            return ScsiResponse {
+                status: ScsiStatus::CheckCondition,
+                sense: Sense::new(Condition::LogicalUnitNotSupported).to_fixed(),
+                data_in: Vec::new(),
+                data_out_wanted: None,
+            };
+        };
+        target.dispatcher.execute(&ScsiCommand {
+            nexus: &request.nexus,
+            lun: request.lun,
+            cdb: &request.cdb,
+            data_out: &request.data_out,
+            expected_transfer_length: request.expected_transfer_length,
+            task_tag: request.task_tag,
+            attribute: request.attribute,
+        })
+    }
+
+    /// Task management (SAM-5 7, RFC 7143 11.5). The tasks it aborts are stopped or waited for before it is
+    /// answered; the answer comes from `tmfs` when they are gone.
+    fn task_management(&mut self, itt: u32, function: u8, lun: u64, in_flight: Vec<TaskId>) {
+        let own = self.abort_own(&in_flight);
+        let Some(target) = self.shared.target(&self.nexus.target_name) else {
+            self.session
+                .complete_task_management(itt, tmf::FUNCTION_REJECTED);
+            return;
+        };
+        let dispatcher = Arc::clone(&target.dispatcher);
+        let lun_exists = dispatcher.lun_exists(lun);
+        let nexus = Arc::clone(&self.nexus);
+        let answer = move |response: u8, close_all: bool| TmfDone {
+            itt,
+            response,
+            close_all,
+        };
+        let future: BoxFuture<'static, TmfDone> = match function {
+            tmf::ABORT_TASK => Box::pin(async move {
+                wait_until_gone(own).await;
+                answer(tmf::FUNCTION_COMPLETE, false)
+            }),
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET if lun_exists => Box::pin(async move {
+                wait_until_gone(own).await;
+                answer(tmf::FUNCTION_COMPLETE, false)
+            }),
+            tmf::LOGICAL_UNIT_RESET if lun_exists => {
+                // SAM-5 6.3.3: a logical unit reset aborts the tasks of every I_T nexus on the unit.
+                let mut gone = own;
+                if let Some(runtime) = target.luns.get(&lun) {
+                    gone.extend(runtime.abort_where(|_| true).0);
+                }
+                self.shared
+                    .request_abort_on_target(&nexus.target_name, lun, &nexus);
+                Box::pin(async move {
+                    wait_until_gone(gone).await;
+                    dispatcher.task_management(&nexus, Some(lun), ResetKind::LogicalUnitReset);
+                    answer(tmf::FUNCTION_COMPLETE, false)
+                })
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
+                Box::pin(async move { answer(tmf::LUN_DOES_NOT_EXIST, false) })
+            }
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                // SAM-5 6.3.2: a hard reset aborts every task of every logical unit.
+                let mut gone = own;
+                for (&lun, runtime) in &target.luns {
+                    gone.extend(runtime.abort_where(|_| true).0);
+                    self.shared
+                        .request_abort_on_target(&nexus.target_name, lun, &nexus);
+                }
+                let kind = if function == tmf::TARGET_COLD_RESET {
+                    ResetKind::TargetColdReset
+                } else {
+                    ResetKind::TargetWarmReset
+                };
+                Box::pin(async move {
+                    wait_until_gone(gone).await;
+                    dispatcher.task_management(&nexus, None, kind);
+                    answer(tmf::FUNCTION_COMPLETE, kind == ResetKind::TargetColdReset)
+                })
+            }
+            _ => Box::pin(async move { answer(tmf::FUNCTION_NOT_SUPPORTED, false) }),
+        };
+        self.tmfs.push(future);
     }
 
     /// The fault table of this session's target (none for discovery sessions).
@@ -494,95 +786,6 @@ impl FullFeature {
         }
     }
 
-    fn execute(
-        &self,
-        lun: u64,
-        cdb: &[u8],
-        data_out: &[u8],
-        expected_transfer_length: u32,
-        attribute: u8,
-        itt: u32,
-    ) -> CommandOutcome {
-        let Some(target) = self
-            .shared
-            .target(&self.nexus.target_name)
-            .filter(|_| self.kind == SessionKind::Normal)
-        else {
-            // A discovery session has no logical units (RFC 7143 4.3).
-            return CommandOutcome {
-                status: ScsiStatus::CheckCondition as u8,
-                sense: Sense::new(Condition::LogicalUnitNotSupported).to_fixed(),
-                ..CommandOutcome::default()
-            };
-        };
-        let command = ScsiCommand {
-            nexus: &self.nexus,
-            lun,
-            cdb,
-            data_out,
-            expected_transfer_length,
-            task_tag: itt as u64,
-            attribute: task_attribute(attribute),
-        };
-        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
-        let response = if multi_thread && may_wait_for_disk(cdb) {
-            tokio::task::block_in_place(|| target.dispatcher.execute(&command))
-        } else {
-            target.dispatcher.execute(&command)
-        };
-        if cdb.first() == Some(&PERSISTENT_RESERVE_OUT) {
-            self.forward_abort_requests(target, lun);
-        }
-        CommandOutcome {
-            status: response.status as u8,
-            sense: response.sense,
-            data_in: response.data_in,
-            data_out_wanted: response.data_out_wanted,
-        }
-    }
-
-    /// PREEMPT AND ABORT (SPC-4 5.13.11.5) aborts the preempted nexuses' tasks: each one's session drops what it
-    /// holds for this LUN. Commands already executing finish first (they run to completion on their connection's
-    /// task); everything they send afterwards meets the new reservation.
-    fn forward_abort_requests(&self, target: &crate::server::ServedTarget, lun: u64) {
-        let Some(unit) = target.dispatcher.logical_unit(lun) else {
-            return;
-        };
-        for nexus in unit.take_abort_requests() {
-            self.shared.request_abort(&nexus, lun);
-        }
-    }
-
-    fn task_management(&mut self, function: u8, lun: u64) -> u8 {
-        let Some(target) = self.shared.target(&self.nexus.target_name) else {
-            return tmf::FUNCTION_REJECTED;
-        };
-        let dispatcher = &target.dispatcher;
-        let lun_exists = dispatcher.lun_ids().contains(&lun);
-        match function {
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET if lun_exists => tmf::FUNCTION_COMPLETE,
-            tmf::LOGICAL_UNIT_RESET if lun_exists => {
-                dispatcher.task_management(&self.nexus, Some(lun), ResetKind::LogicalUnitReset);
-                tmf::FUNCTION_COMPLETE
-            }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
-                tmf::LUN_DOES_NOT_EXIST
-            }
-            tmf::TARGET_WARM_RESET => {
-                dispatcher.task_management(&self.nexus, None, ResetKind::TargetWarmReset);
-                tmf::FUNCTION_COMPLETE
-            }
-            tmf::TARGET_COLD_RESET => {
-                dispatcher.task_management(&self.nexus, None, ResetKind::TargetColdReset);
-                // RFC 7143 11.5.1: after a cold reset the target drops all connections.
-                self.close_all_after_flush = true;
-                tmf::FUNCTION_COMPLETE
-            }
-            _ => tmf::FUNCTION_NOT_SUPPORTED,
-        }
-    }
-
     /// SendTargets (RFC 7143 Appendix C): every target this initiator may use (discovery session), or the
     /// session's own target (normal session, `SendTargets=` empty), with every portal.
     fn answer_text(&self, data: &[u8]) -> Vec<u8> {
@@ -623,22 +826,41 @@ impl FullFeature {
 }
 
 /// The response an injected fault gives instead of executing; None for drop-response, which executes.
-fn injected_outcome(injected: Injected) -> Option<CommandOutcome> {
-    let status = |status: ScsiStatus| CommandOutcome {
-        status: status as u8,
-        ..CommandOutcome::default()
+fn injected_response(injected: Injected) -> Option<ScsiResponse> {
+    let status = |status: ScsiStatus| ScsiResponse {
+        status,
+        sense: Vec::new(),
+        data_in: Vec::new(),
+        data_out_wanted: None,
     };
     match injected {
         Injected::DropResponse => None,
         Injected::Busy => Some(status(ScsiStatus::Busy)),
         Injected::TaskSetFull => Some(status(ScsiStatus::TaskSetFull)),
         // What a buggy array reports: a miscompare at offset 0 without having compared (SBC-4 5.3).
-        Injected::Miscompare => Some(CommandOutcome {
+        Injected::Miscompare => Some(ScsiResponse {
             sense: Sense::new(Condition::Miscompare)
                 .with_information(0)
                 .to_fixed(),
             ..status(ScsiStatus::CheckCondition)
         }),
+    }
+}
+
+fn outcome_of(response: ScsiResponse) -> CommandOutcome {
+    CommandOutcome {
+        status: response.status as u8,
+        sense: response.sense,
+        data_in: response.data_in,
+        data_out_wanted: response.data_out_wanted,
+    }
+}
+
+fn check_condition(sense: &Sense) -> CommandOutcome {
+    CommandOutcome {
+        status: ScsiStatus::CheckCondition as u8,
+        sense: sense.to_fixed(),
+        ..CommandOutcome::default()
     }
 }
 
@@ -649,19 +871,5 @@ fn task_attribute(code: u8) -> TaskAttribute {
         3 => TaskAttribute::HeadOfQueue,
         4 => TaskAttribute::Aca,
         _ => TaskAttribute::Simple,
-    }
-}
-
-/// Commands that may block on the disk rather than the page cache: cache flushes and FUA writes.
-fn may_wait_for_disk(cdb: &[u8]) -> bool {
-    const SYNCHRONIZE_CACHE_10: u8 = 0x35;
-    const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-    // SANITIZE overwrites or deallocates the whole medium: seconds of I/O.
-    const SANITIZE: u8 = 0x48;
-    const FUA_WRITES: [u8; 9] = [0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x89, 0x8B, 0x9C];
-    match cdb.first() {
-        Some(&SYNCHRONIZE_CACHE_10) | Some(&SYNCHRONIZE_CACHE_16) | Some(&SANITIZE) => true,
-        Some(opcode) if FUA_WRITES.contains(opcode) => cdb.get(1).is_some_and(|b| b & 0x08 != 0),
-        _ => false,
     }
 }

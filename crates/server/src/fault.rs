@@ -69,6 +69,9 @@ impl fmt::Display for OpcodeMatch {
 pub enum FaultAction {
     /// Added latency, uniform in `min_ms..=max_ms` (equal bounds: fixed).
     Delay { min_ms: u64, max_ms: u64 },
+    /// A slow disk: the command takes its LBA range lock, then waits `min_ms..=max_ms` before its I/O, so
+    /// overlapping commands wait behind it and others do not.
+    Stall { min_ms: u64, max_ms: u64 },
     /// Execute, then send no response: the lost reply.
     DropResponse,
     /// Answer BUSY without executing.
@@ -88,6 +91,10 @@ impl fmt::Display for FaultAction {
                 write!(f, "delay={min_ms}")
             }
             FaultAction::Delay { min_ms, max_ms } => write!(f, "delay={min_ms}..{max_ms}ms"),
+            FaultAction::Stall { min_ms, max_ms } if min_ms == max_ms => {
+                write!(f, "stall={min_ms}")
+            }
+            FaultAction::Stall { min_ms, max_ms } => write!(f, "stall={min_ms}..{max_ms}ms"),
             FaultAction::DropResponse => f.write_str("drop-response"),
             FaultAction::Busy => f.write_str("busy"),
             FaultAction::TaskSetFull => f.write_str("task-set-full"),
@@ -207,7 +214,12 @@ fn parse_opcode(text: &str) -> Result<OpcodeMatch, String> {
 
 fn parse_action(text: &str) -> Result<FaultAction, String> {
     if let Some(value) = text.strip_prefix("delay=") {
-        return parse_delay(value);
+        let (min_ms, max_ms) = parse_millis(value)?;
+        return Ok(FaultAction::Delay { min_ms, max_ms });
+    }
+    if let Some(value) = text.strip_prefix("stall=") {
+        let (min_ms, max_ms) = parse_millis(value)?;
+        return Ok(FaultAction::Stall { min_ms, max_ms });
     }
     if let Some(value) = text.strip_prefix("reset-after=") {
         return match value.parse::<u64>() {
@@ -221,13 +233,14 @@ fn parse_action(text: &str) -> Result<FaultAction, String> {
         "task-set-full" => Ok(FaultAction::TaskSetFull),
         "miscompare" => Ok(FaultAction::Miscompare),
         _ => Err(format!(
-            "unknown action {text:?} (delay=MS, delay=MIN..MAXms, drop-response, busy, task-set-full, \
-             miscompare, reset-after=N)"
+            "unknown action {text:?} (delay=MS, delay=MIN..MAXms, stall=MS, drop-response, busy, \
+             task-set-full, miscompare, reset-after=N)"
         )),
     }
 }
 
-fn parse_delay(value: &str) -> Result<FaultAction, String> {
+/// MS or MIN..MAXms, at most MAX_DELAY_MS.
+fn parse_millis(value: &str) -> Result<(u64, u64), String> {
     let digits = value.strip_suffix("ms").unwrap_or(value);
     let number = |text: &str| {
         text.parse::<u64>()
@@ -246,7 +259,7 @@ fn parse_delay(value: &str) -> Result<FaultAction, String> {
     if max_ms > MAX_DELAY_MS {
         return Err(format!("delay {value:?} exceeds {MAX_DELAY_MS} ms"));
     }
-    Ok(FaultAction::Delay { min_ms, max_ms })
+    Ok((min_ms, max_ms))
 }
 
 fn parse_probability(text: &str) -> Result<u32, String> {
@@ -273,6 +286,8 @@ fn parse_probability(text: &str) -> Result<u32, String> {
 pub struct Decision {
     /// Wait this long before executing.
     pub delay: Duration,
+    /// Wait this long holding the command's range lock, before its I/O.
+    pub stall: Duration,
     /// Instead of (or, for drop-response, after) executing.
     pub outcome: Option<Injected>,
     /// Close the connection once this command's response is sent.
@@ -408,6 +423,11 @@ impl FaultTable {
                 FaultAction::Delay { min_ms, max_ms } => {
                     let ms = rng.gen_range(min_ms..=max_ms);
                     decision.delay += Duration::from_millis(ms);
+                    true
+                }
+                FaultAction::Stall { min_ms, max_ms } => {
+                    let ms = rng.gen_range(min_ms..=max_ms);
+                    decision.stall += Duration::from_millis(ms);
                     true
                 }
                 FaultAction::ResetAfter(_) => {

@@ -3,10 +3,12 @@
 
 pub mod config;
 mod connection;
+pub mod engine;
 pub mod fault;
 mod log;
 mod pr_state;
 pub mod server;
+mod task;
 
 pub use config::{parse_size, ServeError, ServeOptions, TargetConfig};
 pub use server::{run_blocking, start, RunningTarget};

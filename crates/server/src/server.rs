@@ -7,14 +7,17 @@
 
 use crate::config::{LunConfig, ServeError, ServeOptions, TargetConfig, TargetDefinition};
 use crate::connection;
+use crate::engine::{IoEngine, DEFAULT_THREADS_PER_LUN};
 use crate::fault::FaultTable;
 use crate::log;
 use crate::pr_state::PrStateFile;
+use crate::task::LunRuntime;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
 use lunlock_store::file::FileStore;
 use lunlock_store::identity::LunIdentity;
 use lunlock_store::BlockStore;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -30,6 +33,8 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub struct ServedTarget {
     pub definition: TargetDefinition,
     pub dispatcher: Arc<Dispatcher>,
+    /// Each LUN's unit with its I/O engine and tasks in flight.
+    pub luns: BTreeMap<u64, Arc<LunRuntime>>,
     pub stores: Vec<Arc<dyn BlockStore>>,
     /// Fault injection rules (docs/fault-injection.md), shared by every connection to this target.
     pub faults: FaultTable,
@@ -114,6 +119,17 @@ impl Shared {
         if let Some(handle) = lock(&self.sessions).get(nexus) {
             lock(&handle.signals.abort_luns).push(lun);
             handle.signals.abort.notify_one();
+        }
+    }
+
+    /// Asks every session of `target_name` but `except` to abort what it holds for `lun` (LOGICAL UNIT RESET,
+    /// SAM-5 6.3.3: it aborts the tasks of every I_T nexus).
+    pub fn request_abort_on_target(&self, target_name: &str, lun: u64, except: &ItNexus) {
+        for (key, handle) in lock(&self.sessions).iter() {
+            if key.target_name == target_name && key != except {
+                lock(&handle.signals.abort_luns).push(lun);
+                handle.signals.abort.notify_one();
+            }
         }
     }
 
@@ -279,9 +295,19 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
     let mut served = Vec::new();
     for definition in &config.targets {
         let mut luns = Vec::new();
+        let mut runtimes = BTreeMap::new();
         let mut stores = Vec::new();
         for lun in &definition.luns {
             let (unit, store) = open_lun(definition, lun)?;
+            let engine = IoEngine::with_threads(&format!("lun{}", lun.id), DEFAULT_THREADS_PER_LUN)
+                .map_err(ServeError::Io)?;
+            log::event(format_args!(
+                "{} LUN {}: I/O engine threads ({} threads)",
+                definition.name,
+                lun.id,
+                engine.threads()
+            ));
+            runtimes.insert(lun.id, LunRuntime::new(Arc::clone(&unit), engine));
             luns.push((lun.id, unit));
             stores.push(store);
         }
@@ -289,6 +315,7 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
         served.push(ServedTarget {
             definition: definition.clone(),
             dispatcher,
+            luns: runtimes,
             stores,
             faults: FaultTable::new(definition.fault_injection, &definition.faults, None),
         });

@@ -258,6 +258,11 @@ impl BlockStore for FileStore {
             .map_err(|e| error_at(&self.path, "read", e))
     }
 
+    fn read_at_without_waiting(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.check_range(offset, buf.len() as u64)?;
+        Ok(read_cached(&self.file, buf, offset))
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64)?;
@@ -335,4 +340,20 @@ impl BlockStore for FileStore {
         );
         Ok(extent)
     }
+}
+
+/// preadv2 with RWF_NOWAIT (Linux 4.14): the whole of `buf` from the page cache, or false when any of it would
+/// need the disk (EAGAIN), when the kernel or filesystem does not support it, or when the read came up short.
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of its length for the duration of the call; the
+    // descriptor is owned by `file`, which outlives the call.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    read >= 0 && read as usize == buf.len()
 }

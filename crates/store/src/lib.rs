@@ -34,6 +34,14 @@ pub trait BlockStore: Send + Sync + 'static {
     fn is_read_only(&self) -> bool;
     /// Fill `buf` from `offset`. Holes read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Fills `buf` from `offset` only if that can be done without waiting for the disk (the page cache holds
+    /// it: preadv2 with RWF_NOWAIT for files), so the runtime may call it on a reactor thread. Ok(false): it
+    /// would have to wait (or the store cannot tell); `buf` is then unspecified and the caller reads it through
+    /// its I/O engine with [`BlockStore::read_at`].
+    fn read_at_without_waiting(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let _ = (buf, offset);
+        Ok(false)
+    }
     /// Write `buf` at `offset`. Not durable until [`BlockStore::flush`] returns.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable (fdatasync for files). FUA and SYNCHRONIZE CACHE call this.

@@ -1,0 +1,301 @@
+//! One SCSI command's way through the runtime, and the tasks in flight on each logical unit.
+//!
+//! A command runs as a future owned by its connection task, beside the others of its session:
+//! 1. `LogicalUnit::admit`: unit attention, decode and Data-Out checks (no I/O, no lock);
+//! 2. its LBA range lock, awaited: the command parks, its thread does not (scsi::range_lock);
+//! 3. execution: in-memory commands inline; a READ the page cache holds inline through RWF_NOWAIT; anything else
+//!    that may wait for the disk on the LUN's I/O engine (`engine`).
+//!
+//! Every command in flight is registered with its LUN ([`LunRuntime`]), so task management and PREEMPT AND ABORT
+//! can abort it: a command not yet running stops at its next step, one already running finishes its I/O (its
+//! buffers stay with the engine until then) and its response is discarded. Whoever aborted it waits for it to
+//! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
+
+use crate::engine::IoEngine;
+use lunlock_scsi::sense::{Condition, Sense};
+use lunlock_scsi::{
+    Admission, Admitted, ItNexus, LogicalUnit, ScsiCommand, ScsiResponse, ScsiStatus, TaskAttribute,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// A logical unit as the runtime serves it: the sans-IO unit, its I/O engine and its tasks in flight.
+pub struct LunRuntime {
+    pub unit: Arc<LogicalUnit>,
+    pub engine: Arc<IoEngine>,
+    tasks: Mutex<HashMap<u64, Arc<TaskControl>>>,
+    next_key: AtomicU64,
+}
+
+/// What others can do to a task in flight: abort it, and wait for it to be gone.
+pub struct TaskControl {
+    pub nexus: Arc<ItNexus>,
+    aborted: AtomicBool,
+    abort: Notify,
+    gone: watch::Sender<bool>,
+}
+
+impl TaskControl {
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.abort.notify_waiters();
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `abort` has been called.
+    async fn aborted(&self) {
+        loop {
+            let notified = self.abort.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_aborted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A receiver that sees `true` (or a closed channel) once the task is gone.
+    pub fn gone(&self) -> watch::Receiver<bool> {
+        self.gone.subscribe()
+    }
+}
+
+/// Waits until every task behind `receivers` is gone.
+pub async fn wait_until_gone(receivers: Vec<watch::Receiver<bool>>) {
+    for mut receiver in receivers {
+        // An error means the sender is gone, which is what we wait for.
+        let _ = receiver.wait_for(|gone| *gone).await;
+    }
+}
+
+/// A task's registration with its LUN; dropping it unregisters the task and wakes whoever waits for it.
+pub struct Registration {
+    lun: Arc<LunRuntime>,
+    key: u64,
+    pub control: Arc<TaskControl>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        crate::server::lock(&self.lun.tasks).remove(&self.key);
+        let _ = self.control.gone.send(true);
+    }
+}
+
+impl LunRuntime {
+    pub fn new(unit: Arc<LogicalUnit>, engine: Arc<IoEngine>) -> Arc<LunRuntime> {
+        Arc::new(LunRuntime {
+            unit,
+            engine,
+            tasks: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
+        })
+    }
+
+    /// Registers a task of `nexus` as in flight on this LUN.
+    pub fn register(self: &Arc<Self>, nexus: &Arc<ItNexus>) -> Registration {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(TaskControl {
+            nexus: Arc::clone(nexus),
+            aborted: AtomicBool::new(false),
+            abort: Notify::new(),
+            gone: watch::channel(false).0,
+        });
+        crate::server::lock(&self.tasks).insert(key, Arc::clone(&control));
+        Registration {
+            lun: Arc::clone(self),
+            key,
+            control,
+        }
+    }
+
+    /// Aborts every task in flight that `selected` picks, and returns what to wait on and the nexuses
+    /// whose tasks were aborted (each once).
+    pub fn abort_where(
+        &self,
+        selected: impl Fn(&Arc<TaskControl>) -> bool,
+    ) -> (Vec<watch::Receiver<bool>>, Vec<Arc<ItNexus>>) {
+        let tasks = crate::server::lock(&self.tasks);
+        let mut receivers = Vec::new();
+        let mut nexuses: Vec<Arc<ItNexus>> = Vec::new();
+        for control in tasks.values().filter(|c| selected(c)) {
+            control.abort();
+            receivers.push(control.gone());
+            if !nexuses.iter().any(|n| **n == *control.nexus) {
+                nexuses.push(Arc::clone(&control.nexus));
+            }
+        }
+        (receivers, nexuses)
+    }
+
+    /// Tasks in flight on this LUN now.
+    pub fn tasks_in_flight(&self) -> usize {
+        crate::server::lock(&self.tasks).len()
+    }
+}
+
+/// A command handed to a LUN, owning its CDB and Data-Out.
+pub struct CommandRequest {
+    pub nexus: Arc<ItNexus>,
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub data_out: Vec<u8>,
+    pub expected_transfer_length: u32,
+    pub task_tag: u64,
+    pub attribute: TaskAttribute,
+}
+
+impl CommandRequest {
+    fn as_command(&self) -> ScsiCommand<'_> {
+        ScsiCommand {
+            nexus: &self.nexus,
+            lun: self.lun,
+            cdb: &self.cdb,
+            data_out: &self.data_out,
+            expected_transfer_length: self.expected_transfer_length,
+            task_tag: self.task_tag,
+            attribute: self.attribute,
+        }
+    }
+}
+
+/// How a command ended.
+pub enum Executed {
+    /// It ran (or was refused): its response, and the nexuses a PREEMPT AND ABORT preempted, whose sessions must
+    /// drop what they still hold for this LUN.
+    Done {
+        response: ScsiResponse,
+        preempted: Vec<ItNexus>,
+    },
+    /// It was aborted: no response goes out.
+    Aborted,
+}
+
+/// Runs one command on its LUN (see the module comment). `registration` ties it to the LUN's tasks in flight.
+/// `stall` is fault injection's slow disk: a wait while holding the range, before the I/O.
+pub async fn run_command(
+    lun: Arc<LunRuntime>,
+    registration: Registration,
+    request: CommandRequest,
+    stall: Duration,
+) -> Executed {
+    let control = Arc::clone(&registration.control);
+    let outcome = execute(&lun, &control, request, stall).await;
+    if control.is_aborted() {
+        return Executed::Aborted;
+    }
+    drop(registration);
+    outcome
+}
+
+async fn execute(
+    lun: &Arc<LunRuntime>,
+    control: &Arc<TaskControl>,
+    request: CommandRequest,
+    stall: Duration,
+) -> Executed {
+    if control.is_aborted() {
+        return Executed::Aborted;
+    }
+    let admitted = match lun.unit.admit(&request.as_command()) {
+        Admission::Done(response) => return done(response),
+        Admission::Ready(admitted) => admitted,
+    };
+    let guard = match admitted.lock_request() {
+        None => None,
+        Some(lock) => tokio::select! {
+            guard = lun.unit.range_locks().lock(lock) => Some(guard),
+            _ = control.aborted() => return Executed::Aborted,
+        },
+    };
+    if !stall.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(stall) => {}
+            _ = control.aborted() => return Executed::Aborted,
+        }
+    }
+    if control.is_aborted() {
+        return Executed::Aborted;
+    }
+    let command = request.as_command();
+    if !admitted.may_wait_for_disk() {
+        return done(lun.unit.run_admitted(&command, &admitted, guard.as_ref()));
+    }
+    if let Some(response) = lun
+        .unit
+        .try_run_without_waiting(&command, &admitted, guard.as_ref())
+    {
+        return done(response);
+    }
+    let (response, guard) = run_on_engine(lun, request, admitted, guard).await;
+    let preempted = lun.unit.take_abort_requests();
+    if !preempted.is_empty() {
+        // PREEMPT AND ABORT (SPC-4 5.13.11.5): the preempted nexuses' tasks are aborted before the range is
+        // released, so none of those queued behind it runs; then we wait for them to be gone.
+        abort_preempted(lun, control, &preempted).await;
+    }
+    drop(guard);
+    Executed::Done {
+        response,
+        preempted,
+    }
+}
+
+fn done(response: ScsiResponse) -> Executed {
+    Executed::Done {
+        response,
+        preempted: Vec::new(),
+    }
+}
+
+/// Runs an admitted command on the LUN's I/O engine; the job owns the request and the range guard until the
+/// store calls are done, and gives the guard back so the caller decides when the range is released.
+async fn run_on_engine(
+    lun: &Arc<LunRuntime>,
+    request: CommandRequest,
+    admitted: Admitted,
+    guard: Option<lunlock_scsi::range_lock::RangeGuard>,
+) -> (ScsiResponse, Option<lunlock_scsi::range_lock::RangeGuard>) {
+    let unit = Arc::clone(&lun.unit);
+    let job = move || {
+        let response = unit.run_admitted(&request.as_command(), &admitted, guard.as_ref());
+        (response, guard)
+    };
+    match lun.engine.run(job).await {
+        Ok(done) => done,
+        Err(error) => {
+            crate::log::event(format_args!("{error}"));
+            (internal_failure(&lun.unit), None)
+        }
+    }
+}
+
+fn internal_failure(unit: &LogicalUnit) -> ScsiResponse {
+    ScsiResponse {
+        status: ScsiStatus::CheckCondition,
+        sense: unit.encode_sense(&Sense::new(Condition::InternalTargetFailure)),
+        data_in: Vec::new(),
+        data_out_wanted: None,
+    }
+}
+
+/// Aborts the preempted nexuses' tasks on this LUN (except `own`, the PREEMPT AND ABORT itself, whose nexus may
+/// be among them) and waits for them. The Control mode page reports TAS=0, so they end without status, and each
+/// nexus that lost a task gets COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 5.6; SPC-4 7.5.8).
+async fn abort_preempted(lun: &Arc<LunRuntime>, own: &Arc<TaskControl>, preempted: &[ItNexus]) {
+    let (gone, nexuses) =
+        lun.abort_where(|control| !Arc::ptr_eq(control, own) && preempted.contains(&control.nexus));
+    for nexus in &nexuses {
+        lun.unit
+            .unit_attentions()
+            .establish(nexus, Condition::CommandsClearedByAnotherInitiator);
+    }
+    wait_until_gone(gone).await;
+}
