@@ -23,7 +23,8 @@
 //! and the worker (u32 each) and the worker's sequence number (u64), all big-endian. Images are thus unique in and
 //! across runs, and a block's content names the worker that wrote it. After the run, with no command in flight,
 //! the CAW workloads read their blocks back: an owned block must hold its worker's last image, the contended
-//! block one of the workers' last images. A mismatch counts as an error.
+//! block one of the workers' last images. A mismatch counts as an error. COMPARE AND WRITE carries FUA unless
+//! `--no-fua`: a GOOD one then waited for stable media, which is what a lock write costs.
 //!
 //! Measurement. Commands sent during `--ramp-seconds`, or completing after the end, are not measured. Latency is
 //! from submit to status, in an HDR histogram per worker (merged at the end). MB/s counts 10^6 bytes of blocks
@@ -145,6 +146,9 @@ pub struct BenchArgs {
     /// Milliseconds between one session's heartbeats (heartbeat).
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// Clear FUA on the CAW workloads' COMPARE AND WRITEs (set by default, as a lock write must be durable).
+    #[arg(long)]
+    no_fua: bool,
     /// Seed of the random LBAs and read/write choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -223,6 +227,8 @@ struct LoadPlan {
     region: Region,
     rwmix_read: u8,
     interval: Duration,
+    /// FUA on COMPARE AND WRITE.
+    fua: bool,
     /// Base of every worker's random seed.
     seed: u64,
     /// Part of every CAW image, so images differ between runs.
@@ -250,6 +256,17 @@ impl LoadPlan {
             _ => 1,
         };
         owners as u64 * u64::from(self.command_blocks)
+    }
+
+    /// The blocks the load touches: the whole region, or the CAW workloads' blocks at its start.
+    fn blocks_used(&self) -> Region {
+        if !self.workload.is_caw() {
+            return self.region;
+        }
+        Region {
+            start: self.region.start,
+            blocks: self.caw_blocks_needed(),
+        }
     }
 
     /// The block a CAW worker works on.
@@ -384,6 +401,7 @@ fn plan(
         region: region(args, capacity)?,
         rwmix_read: args.rwmix_read,
         interval: Duration::from_millis(args.interval_ms.max(1)),
+        fua: !args.no_fua,
         seed: args.seed,
         run_id,
     };
@@ -690,16 +708,19 @@ fn caw_answer(result: Result<ScsiOutcome, InitiatorError>) -> CawAnswer {
     }
 }
 
-fn caw_cdb(lba: u64, blocks: u32) -> [u8; 16] {
+fn caw_cdb(plan: &LoadPlan, lba: u64) -> [u8; 16] {
     let mut cdb = compare_and_write_cdb(lba);
     // Checked against MAX_CAW_BLOCKS when planned.
-    cdb[13] = blocks as u8;
+    cdb[13] = plan.command_blocks as u8;
+    if !plan.fua {
+        cdb[1] = 0;
+    }
     cdb
 }
 
 /// Sends one CAW of `current` -> `new` and sorts the answer; the latency is counted for GOOD and MISCOMPARE.
 async fn send_caw(worker: &mut Worker, lba: u64, current: &[u8], new: &[u8]) -> CawAnswer {
-    let cdb = caw_cdb(lba, worker.plan.command_blocks);
+    let cdb = caw_cdb(&worker.plan, lba);
     let data = [current, new].concat();
     let (sent, result, done) = timed(
         &worker.session,
@@ -816,7 +837,7 @@ async fn send_heartbeat(
     new: &[u8],
     due: Instant,
 ) -> CawAnswer {
-    let cdb = caw_cdb(lba, worker.plan.command_blocks);
+    let cdb = caw_cdb(&worker.plan, lba);
     let started = Instant::now();
     let task = match worker
         .session
@@ -1013,12 +1034,15 @@ fn announce(initiator_name: &str, main: &Load, background: Option<&Load>) {
         let (Some(first), Some(last)) = (load.isids.first(), load.isids.last()) else {
             continue;
         };
+        let isids = if first == last {
+            format!("ISID {}", hex(first))
+        } else {
+            format!("ISIDs {}..{}", hex(first), hex(last))
+        };
         eprintln!(
-            "bench: {} on {} session(s) as {initiator_name}, ISIDs {}..{}",
+            "bench: {} on {} session(s) as {initiator_name}, {isids}",
             load.plan.workload.name(),
             load.isids.len(),
-            hex(first),
-            hex(last)
         );
     }
 }
@@ -1105,6 +1129,12 @@ fn spawn_progress(
         ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    bar.set_message(progress_message(
+        clock,
+        workload,
+        &main,
+        background.as_deref(),
+    ));
     bar.enable_steady_tick(Duration::from_millis(100));
     let shown = bar.clone();
     let ticker = tokio::spawn(async move {
@@ -1252,7 +1282,7 @@ impl LoadReport {
             bytes_per_command: load.plan.command_bytes(),
             qd: load.plan.workers_per_session(),
             sessions: load.plan.sessions,
-            region: load.plan.region,
+            region: load.plan.blocks_used(),
             interval: load.plan.interval,
             measured: clock.measured(),
             tally,
@@ -1538,6 +1568,7 @@ mod tests {
             },
             rwmix_read: 70,
             interval: Duration::from_secs(1),
+            fua: true,
             seed: 1,
             run_id: 0,
         };
