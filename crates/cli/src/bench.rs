@@ -588,6 +588,41 @@ impl Worker {
         }
     }
 
+    /// Takes a CAW's answer. On GOOD the new image is the block's content; on anything else the block is read
+    /// again, as another session's image or an unknown outcome may be on it. False when the worker must stop.
+    async fn settle(
+        &mut self,
+        answer: CawAnswer,
+        lba: u64,
+        new: Vec<u8>,
+        current: &mut Vec<u8>,
+    ) -> bool {
+        match answer {
+            CawAnswer::Good => {
+                self.tally.last_written = Some((lba, new.clone()));
+                *current = new;
+                return true;
+            }
+            // Another session won the block: expected, and counted apart from GOOD.
+            CawAnswer::Miscompare if self.plan.workload == Workload::CawContended => {}
+            CawAnswer::Miscompare => self.tally.error(format!(
+                "COMPARE AND WRITE: MISCOMPARE on block {lba}, which no other session writes"
+            )),
+            CawAnswer::Failed(why) => self.tally.error(why),
+            CawAnswer::Lost(why) => {
+                self.tally.error(why);
+                return false;
+            }
+        }
+        match self.read_block(lba).await {
+            Some(now) => {
+                *current = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn image(&self, sequence: u64) -> Vec<u8> {
         image(
             self.plan.run_id,
@@ -742,7 +777,6 @@ async fn caw_worker(mut worker: Worker) -> Tally {
     let lba = worker
         .plan
         .caw_lba(worker.session_index, worker.worker_index);
-    let contended = worker.plan.workload == Workload::CawContended;
     let Some(mut current) = worker.read_block(lba).await else {
         return worker.tally;
     };
@@ -751,34 +785,9 @@ async fn caw_worker(mut worker: Worker) -> Tally {
     while worker.clock.running() {
         sequence += 1;
         let new = worker.image(sequence);
-        let resync = match send_caw(&mut worker, lba, &current, &new).await {
-            CawAnswer::Good => {
-                worker.tally.last_written = Some((lba, new.clone()));
-                current = new;
-                false
-            }
-            CawAnswer::Miscompare if contended => true,
-            CawAnswer::Miscompare => {
-                worker.tally.error(format!(
-                    "COMPARE AND WRITE: MISCOMPARE on block {lba}, which no other session writes"
-                ));
-                true
-            }
-            CawAnswer::Failed(why) => {
-                worker.tally.error(why);
-                true
-            }
-            CawAnswer::Lost(why) => {
-                worker.tally.error(why);
-                break;
-            }
-        };
-        if resync {
-            // Someone else's image (or an unknown outcome) is on the block: compare against what is there now.
-            match worker.read_block(lba).await {
-                Some(now) => current = now,
-                None => break,
-            }
+        let answer = send_caw(&mut worker, lba, &current, &new).await;
+        if !worker.settle(answer, lba, new, &mut current).await {
+            break;
         }
     }
     worker.tally
@@ -798,31 +807,9 @@ async fn heartbeat_worker(mut worker: Worker) -> Tally {
         tokio::time::sleep_until(due.into()).await;
         sequence += 1;
         let new = worker.image(sequence);
-        match send_heartbeat(&mut worker, lba, &current, &new, due).await {
-            CawAnswer::Good => {
-                worker.tally.last_written = Some((lba, new.clone()));
-                current = new;
-            }
-            CawAnswer::Miscompare => {
-                worker.tally.error(format!(
-                    "heartbeat COMPARE AND WRITE: MISCOMPARE on block {lba}, which no other session writes"
-                ));
-                match worker.read_block(lba).await {
-                    Some(now) => current = now,
-                    None => break,
-                }
-            }
-            CawAnswer::Failed(why) => {
-                worker.tally.error(why);
-                match worker.read_block(lba).await {
-                    Some(now) => current = now,
-                    None => break,
-                }
-            }
-            CawAnswer::Lost(why) => {
-                worker.tally.error(why);
-                break;
-            }
+        let answer = send_heartbeat(&mut worker, lba, &current, &new, due).await;
+        if !worker.settle(answer, lba, new, &mut current).await {
+            break;
         }
         due += interval;
     }
@@ -874,6 +861,8 @@ struct Load {
     plan: Arc<LoadPlan>,
     sessions: Vec<Arc<Session>>,
     isids: Vec<[u8; 6]>,
+    /// Measured completions so far, for the progress line.
+    live: Arc<AtomicU64>,
 }
 
 async fn log_in(
@@ -924,60 +913,12 @@ async fn run(args: &BenchArgs) -> Result<Report, String> {
     };
     main_spec.check("")?;
     let background_spec = background_spec(args)?;
-    let run_id = rand::random();
-    let name = &args.client.initiator_name;
-
-    // The main load's first qualifier is 1; the background's follows the main load's last.
-    let main_first = 1u16;
-    let background_first = main_first + args.sessions as u16;
-    let main_isid = |index: usize| with_qualifier(name, main_first + index as u16);
-    let (main_sessions, main_isids, lun) = log_in(args, args.sessions, main_isid).await?;
-    let first = &main_sessions[0];
-    let capacity = first
-        .read_capacity(lun)
-        .await
-        .map_err(|e| format!("READ CAPACITY: {e}"))?;
-    let limits = block_limits(first, lun).await;
-    let main = Load {
-        plan: Arc::new(plan(&main_spec, args, &capacity, limits, run_id)?),
-        sessions: main_sessions,
-        isids: main_isids,
-    };
-    let background = match background_spec {
-        None => None,
-        Some(spec) => {
-            let plan = plan(&spec, args, &capacity, limits, run_id)?;
-            let isid = |index: usize| with_qualifier(name, background_first + index as u16);
-            let (sessions, isids, _) = log_in(args, spec.sessions, isid).await?;
-            Some(Load {
-                plan: Arc::new(plan),
-                sessions,
-                isids,
-            })
-        }
-    };
-    announce(name, &main, background.as_ref());
+    let (main, background, lun) = connect_loads(args, &main_spec, background_spec).await?;
+    announce(&args.client.initiator_name, &main, background.as_ref());
 
     let clock = Clock::new(ramp, measured);
-    let main_live = Arc::new(AtomicU64::new(0));
-    let background_live = Arc::new(AtomicU64::new(0));
-    let mut handles = spawn_load(&main, lun, clock, &main_live, 0);
-    let background_handles = background
-        .as_ref()
-        .map(|load| spawn_load(load, lun, clock, &background_live, 1));
-    let progress = spawn_progress(
-        clock,
-        main.plan.workload,
-        Arc::clone(&main_live),
-        background.as_ref().map(|_| Arc::clone(&background_live)),
-    );
-    let mut main_tallies = join(&mut handles).await;
-    let background_tallies = match background_handles {
-        Some(mut handles) => Some(join(&mut handles).await),
-        None => None,
-    };
-    progress.finish().await;
-
+    let (mut main_tallies, background_tallies) =
+        drive(&main, background.as_ref(), lun, clock).await;
     let verified = verify(&main, lun, &mut main_tallies).await;
     for session in main
         .sessions
@@ -992,10 +933,73 @@ async fn run(args: &BenchArgs) -> Result<Report, String> {
             .as_ref()
             .zip(background_tallies.as_ref())
             .map(|(load, tallies)| LoadReport::new(load, tallies, clock, None)),
-        initiator_name: name.clone(),
+        initiator_name: args.client.initiator_name.clone(),
         ramp,
         seed: args.seed,
     })
+}
+
+/// Logs in every session of both loads and plans them against the LUN; returns the loads and the LUN.
+async fn connect_loads(
+    args: &BenchArgs,
+    main_spec: &LoadSpec,
+    background_spec: Option<LoadSpec>,
+) -> Result<(Load, Option<Load>, u64), String> {
+    let run_id = rand::random();
+    let name = &args.client.initiator_name;
+    // The main load's qualifiers are 1..=K; the background's follow them.
+    let main_first = 1u16;
+    let background_first = main_first + main_spec.sessions as u16;
+    let main_isid = |index: usize| with_qualifier(name, main_first + index as u16);
+    let (sessions, isids, lun) = log_in(args, main_spec.sessions, main_isid).await?;
+    let capacity = sessions[0]
+        .read_capacity(lun)
+        .await
+        .map_err(|e| format!("READ CAPACITY: {e}"))?;
+    let limits = block_limits(&sessions[0], lun).await;
+    let main = Load {
+        plan: Arc::new(plan(main_spec, args, &capacity, limits, run_id)?),
+        sessions,
+        isids,
+        live: Arc::new(AtomicU64::new(0)),
+    };
+    let Some(spec) = background_spec else {
+        return Ok((main, None, lun));
+    };
+    let plan = plan(&spec, args, &capacity, limits, run_id)?;
+    let isid = |index: usize| with_qualifier(name, background_first + index as u16);
+    let (sessions, isids, _) = log_in(args, spec.sessions, isid).await?;
+    let background = Load {
+        plan: Arc::new(plan),
+        sessions,
+        isids,
+        live: Arc::new(AtomicU64::new(0)),
+    };
+    Ok((main, Some(background), lun))
+}
+
+/// Runs both loads to the end of the clock, with the progress line; returns each worker's tally.
+async fn drive(
+    main: &Load,
+    background: Option<&Load>,
+    lun: u64,
+    clock: Clock,
+) -> (Vec<Tally>, Option<Vec<Tally>>) {
+    let mut main_handles = spawn_load(main, lun, clock, 0);
+    let background_handles = background.map(|load| spawn_load(load, lun, clock, 1));
+    let progress = spawn_progress(
+        clock,
+        main.plan.workload,
+        Arc::clone(&main.live),
+        background.map(|load| Arc::clone(&load.live)),
+    );
+    let main_tallies = join(&mut main_handles).await;
+    let background_tallies = match background_handles {
+        Some(mut handles) => Some(join(&mut handles).await),
+        None => None,
+    };
+    progress.finish().await;
+    (main_tallies, background_tallies)
 }
 
 fn with_qualifier(initiator_name: &str, qualifier: u16) -> [u8; 6] {
@@ -1051,7 +1055,6 @@ fn spawn_load(
     load: &Load,
     lun: u64,
     clock: Clock,
-    live: &Arc<AtomicU64>,
     load_index: u64,
 ) -> Vec<tokio::task::JoinHandle<Tally>> {
     let mut handles = Vec::new();
@@ -1063,22 +1066,23 @@ fn spawn_load(
                 lun,
                 plan: Arc::clone(&load.plan),
                 clock,
-                live: Arc::clone(live),
+                live: Arc::clone(&load.live),
                 cursor: Arc::clone(&cursor),
                 session_index,
                 worker_index,
                 tally: Tally::new(),
             };
-            handles.push(tokio::spawn(match load.plan.workload {
-                Workload::Heartbeat => Box::pin(heartbeat_worker(worker))
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = Tally> + Send>>,
-                Workload::CawUncontended | Workload::CawContended => Box::pin(caw_worker(worker)),
+            handles.push(match load.plan.workload {
+                Workload::Heartbeat => tokio::spawn(heartbeat_worker(worker)),
+                Workload::CawUncontended | Workload::CawContended => {
+                    tokio::spawn(caw_worker(worker))
+                }
                 Workload::Randread
                 | Workload::Randwrite
                 | Workload::Seqread
                 | Workload::Seqwrite
-                | Workload::Rw => Box::pin(data_worker(worker, load_index)),
-            }));
+                | Workload::Rw => tokio::spawn(data_worker(worker, load_index)),
+            });
         }
     }
     handles
@@ -1173,64 +1177,79 @@ fn progress_message(
 }
 
 /// Reads the CAW blocks back after the run (nothing in flight) and checks they hold what the workers last wrote;
-/// None when not a CAW workload or when errors leave some outcomes unknown.
+/// None when not a CAW workload or when errors leave some outcomes unknown. A wrong block is counted as an error.
 async fn verify(load: &Load, lun: u64, tallies: &mut [Tally]) -> Option<bool> {
     if !load.plan.workload.is_caw() || tallies.iter().any(|t| t.errors > 0) {
         return None;
     }
     let session = &load.sessions[0];
-    let plan = &load.plan;
-    let mut problem = None;
-    if plan.workload == Workload::CawContended {
-        let lba = plan.caw_lba(0, 0);
-        let written: Vec<&Vec<u8>> = tallies
-            .iter()
-            .filter_map(|t| t.last_written.as_ref().map(|(_, image)| image))
-            .collect();
-        let initial = tallies
-            .iter()
-            .find_map(|t| t.initial.as_ref().map(|(_, i)| i));
-        match read_back(session, lun, plan, lba).await {
-            Err(why) => problem = Some(why),
-            Ok(found) if written.is_empty() && Some(&found) != initial => {
-                problem = Some(format!("block {lba} changed, and no CAW was GOOD"))
-            }
-            Ok(found) if !written.is_empty() && !written.contains(&&found) => {
-                problem = Some(format!(
-                    "block {lba} holds none of the sessions' last images: {}",
-                    describe_image(&found)
-                ))
-            }
-            Ok(_) => {}
-        }
+    let checked = if load.plan.workload == Workload::CawContended {
+        verify_shared(session, lun, &load.plan, tallies).await
     } else {
-        for tally in tallies.iter() {
-            let Some((lba, expected)) = tally.last_written.as_ref().or(tally.initial.as_ref())
-            else {
-                continue;
-            };
-            match read_back(session, lun, plan, *lba).await {
-                Err(why) => problem = Some(why),
-                Ok(found) if &found != expected => {
-                    problem = Some(format!(
-                        "block {lba} holds {}, not its worker's last image",
-                        describe_image(&found)
-                    ))
-                }
-                Ok(_) => continue,
-            }
-            break;
-        }
-    }
-    match problem {
-        None => Some(true),
-        Some(why) => {
+        verify_owned(session, lun, &load.plan, tallies).await
+    };
+    match checked {
+        Ok(()) => Some(true),
+        Err(why) => {
             if let Some(first) = tallies.first_mut() {
                 first.error(format!("verification: {why}"));
             }
             Some(false)
         }
     }
+}
+
+/// The contended block holds one of the workers' last images; or, if no CAW was GOOD, what they first read.
+async fn verify_shared(
+    session: &Session,
+    lun: u64,
+    plan: &LoadPlan,
+    tallies: &[Tally],
+) -> Result<(), String> {
+    let lba = plan.caw_lba(0, 0);
+    let found = read_back(session, lun, plan, lba).await?;
+    let mut written = tallies
+        .iter()
+        .filter_map(|t| t.last_written.as_ref())
+        .peekable();
+    if written.peek().is_none() {
+        let initial = tallies.iter().find_map(|t| t.initial.as_ref());
+        return match initial {
+            Some((_, image)) if *image != found => {
+                Err(format!("block {lba} changed, and no CAW was GOOD"))
+            }
+            _ => Ok(()),
+        };
+    }
+    if written.any(|(_, image)| *image == found) {
+        return Ok(());
+    }
+    Err(format!(
+        "block {lba} holds {}, none of the workers' last images",
+        describe_image(&found)
+    ))
+}
+
+/// Every owned block holds its worker's last image (or, if it wrote none, what it first read).
+async fn verify_owned(
+    session: &Session,
+    lun: u64,
+    plan: &LoadPlan,
+    tallies: &[Tally],
+) -> Result<(), String> {
+    for tally in tallies {
+        let Some((lba, expected)) = tally.last_written.as_ref().or(tally.initial.as_ref()) else {
+            continue;
+        };
+        let found = read_back(session, lun, plan, *lba).await?;
+        if found != *expected {
+            return Err(format!(
+                "block {lba} holds {}, not its worker's last image",
+                describe_image(&found)
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn read_back(

@@ -22,6 +22,7 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, Strin
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir: dir.to_path_buf(),
         lun_size_bytes: 64 << 20,
+        enable_fault_injection: true,
         ..ServeOptions::default()
     };
     let target = runtime
@@ -273,5 +274,44 @@ fn bad_arguments_fail_before_any_load_with_one_clear_line() {
     ]);
     assert!(!writes_beside_caw.status.success());
     assert!(String::from_utf8_lossy(&writes_beside_caw.stderr).contains("overwrite"));
+    runtime.block_on(target.shutdown());
+}
+
+#[test]
+fn errors_are_counted_and_make_the_exit_status_non_zero() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, url) = start(&runtime, dir.path());
+    let fault = lunlock(&["fault", &url, "caw:busy:20%"]);
+    assert!(
+        fault.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fault.stderr)
+    );
+    let output = lunlock(&[
+        "bench",
+        &url,
+        "--workload",
+        "caw-uncontended",
+        "--sessions",
+        "2",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    assert!(!output.status.success(), "BUSY answers must fail the run");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["first_error"].as_str().unwrap().contains("Busy"),
+        "{report}"
+    );
+    // The load went on after each BUSY (re-read, retry): GOOD CAWs were still counted.
+    assert!(report["good"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["verified"],
+        Value::Null,
+        "outcomes were unknown, so nothing is claimed"
+    );
     runtime.block_on(target.shutdown());
 }
