@@ -115,6 +115,7 @@ impl Workload {
 pub struct BenchArgs {
     /// iscsi://host[:port]/target-iqn/lun
     url: String,
+    /// What each session sends (see `lunlock bench` in README.md).
     #[arg(long, value_enum)]
     workload: Workload,
     /// Bytes per command, a multiple of the LUN's block size (default 4k; one block for the CAW workloads).
@@ -123,6 +124,7 @@ pub struct BenchArgs {
     /// Commands each session keeps outstanding (the CAW workloads: workers per session; heartbeat: one).
     #[arg(long, default_value_t = 1)]
     qd: usize,
+    /// Sessions, each its own I_T nexus (ISID qualifier 1 + its index).
     #[arg(long, default_value_t = 1)]
     sessions: usize,
     /// Measured duration.
@@ -158,8 +160,10 @@ pub struct BenchArgs {
     /// A second load run at the same time on the same LUN and region, reported apart (a data workload).
     #[arg(long, value_enum)]
     background_workload: Option<Workload>,
+    /// Sessions of the background load (ISID qualifiers after the main load's).
     #[arg(long, default_value_t = 1)]
     background_sessions: usize,
+    /// Commands each background session keeps outstanding.
     #[arg(long, default_value_t = 1)]
     background_qd: usize,
     /// Bytes per command of the background load (default 4k).
