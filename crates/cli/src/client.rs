@@ -50,12 +50,24 @@ async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), St
 
 /// Logs in to the device a URL names, with the client options (initiator name, digests).
 pub(crate) async fn login(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
+    login_as(url, client, None).await
+}
+
+/// `login` with a chosen ISID (None: a random one), for callers that run several sessions as one initiator.
+pub(crate) async fn login_as(
+    url: &str,
+    client: &ClientOptions,
+    isid: Option<[u8; 6]>,
+) -> Result<(Session, u64), String> {
     let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
     let (target, lun) = url.device().map_err(|e| e.to_string())?;
     let address = url.address().map_err(|e| e.to_string())?;
     let mut options = LoginOptions::new(&client.initiator_name, target);
     options.header_digest = client.header_digest;
     options.data_digest = client.data_digest;
+    if let Some(isid) = isid {
+        options.isid = isid;
+    }
     let session = Session::login(address, &options)
         .await
         .map_err(|e| format!("{address}: {e}"))?;

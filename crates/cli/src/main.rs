@@ -1,5 +1,6 @@
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
+mod bench;
 mod caw;
 mod client;
 mod fault;
@@ -43,6 +44,8 @@ enum TopLevel {
     },
     /// One COMPARE AND WRITE, as sg_compare_and_write: exit status 14 on a miscompare.
     Caw(caw::CawArgs),
+    /// Load generator: K sessions x QD commands of a workload (random/sequential I/O, COMPARE AND WRITE, heartbeats).
+    Bench(Box<bench::BenchArgs>),
     /// The ATS lock manager: lockspace format, heartbeats, locks, status, demo (docs/lockspace-format.md).
     Lock {
         #[command(subcommand)]
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         } => fault::run(&url, &client, &fault::FaultRequest { specs, clear, list }),
         TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
         TopLevel::Caw(args) => return caw::main(args),
+        TopLevel::Bench(args) => return bench::main(*args),
         TopLevel::Standard(Command::Serve {
             listen,
             data_dir,
