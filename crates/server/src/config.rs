@@ -19,6 +19,10 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 512;
 pub const MAX_TARGETS: usize = 256;
 pub const MAX_LUNS_PER_TARGET: usize = 256;
 pub const MAX_PORTALS: usize = 64;
+/// Connections served at once over all portals, unless `max_connections` or `--max-connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The largest `max_connections` accepted: each connection holds a task, buffers and a descriptor.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// What `lunlock serve` was given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub struct ServeOptions {
     pub faults: Vec<FaultRule>,
     /// `--enable-fault-injection`: accept LUNLOCK FAULT CONTROL with no rule configured.
     pub enable_fault_injection: bool,
+    /// `--max-connections N`: overrides the file's `max_connections` and the default.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServeOptions {
@@ -46,6 +52,7 @@ impl Default for ServeOptions {
             allow_any_initiator: false,
             faults: Vec::new(),
             enable_fault_injection: false,
+            max_connections: None,
         }
     }
 }
@@ -54,12 +61,33 @@ impl Default for ServeOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LunConfig {
     pub id: u64,
-    /// Backing file.
+    /// Backing file or block device.
     pub path: PathBuf,
-    /// Size to create the file with when it does not exist; None: the file must exist.
+    /// Size to create the file with when it does not exist, and that an existing file or device must have;
+    /// None: the backing must exist.
     pub create_size_bytes: Option<u64>,
     pub read_only: bool,
     pub block_size: u32,
+    /// Open the backing with O_DIRECT.
+    pub direct_io: bool,
+    /// Where the LUN was configured, for errors found when its backing is opened; None for the embedded default.
+    pub origin: Option<LunOrigin>,
+}
+
+/// A (line, column) in a configuration file, 1-based.
+pub type Position = (usize, usize);
+
+/// Where a LUN's keys are in its configuration file, so a problem found only when the backing is opened (a busy
+/// device, a block size the device cannot do) still names the file, line and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunOrigin {
+    pub file: PathBuf,
+    /// The LUN's `id`, where keys that were not given are reported.
+    pub id: Position,
+    pub path: Option<Position>,
+    pub size: Option<Position>,
+    pub block_size: Option<Position>,
+    pub direct_io: Option<Position>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +111,8 @@ pub struct TargetConfig {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub targets: Vec<TargetDefinition>,
+    /// Connections served at once over all portals; more are refused at accept.
+    pub max_connections: usize,
 }
 
 /// Why the target cannot start: one line for the user.
@@ -169,8 +199,20 @@ impl TargetConfig {
             }
             None => TargetConfig::embedded_default(options)?,
         };
+        let config = config.with_connection_limit(options.max_connections)?;
         config.check_exposure(options.allow_any_initiator)?;
         Ok(config)
+    }
+
+    /// `--max-connections` wins over the file's `max_connections`: it is the one daemon-wide setting an operator
+    /// may want to change for one run without editing the file.
+    fn with_connection_limit(mut self, flag: Option<usize>) -> Result<TargetConfig, ServeError> {
+        if let Some(limit) = flag {
+            check_connection_limit(limit)
+                .map_err(|m| ServeError::Invalid(format!("--max-connections: {m}")))?;
+            self.max_connections = limit;
+        }
+        Ok(self)
     }
 
     fn embedded_default(options: &ServeOptions) -> Result<TargetConfig, ServeError> {
@@ -204,11 +246,14 @@ impl TargetConfig {
                     create_size_bytes: Some(options.lun_size_bytes),
                     read_only: false,
                     block_size: DEFAULT_BLOCK_SIZE,
+                    direct_io: false,
+                    origin: None,
                 }],
                 identity_dir: options.data_dir.join(sanitized(&options.target_name)),
                 faults: options.faults.clone(),
                 fault_injection: options.enable_fault_injection,
             }],
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -229,6 +274,15 @@ impl TargetConfig {
         }
         Ok(())
     }
+}
+
+fn check_connection_limit(limit: usize) -> Result<(), String> {
+    if limit == 0 || limit > MAX_CONNECTIONS_LIMIT {
+        return Err(format!(
+            "{limit} is not between 1 and {MAX_CONNECTIONS_LIMIT}"
+        ));
+    }
+    Ok(())
 }
 
 fn check_iqn(name: &str) -> Result<(), String> {
@@ -270,6 +324,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 struct FileConfig {
     data_dir: Option<Spanned<String>>,
     listen: Spanned<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<usize>>,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<FileTarget>>,
 }
@@ -304,6 +359,7 @@ struct FileLun {
     #[serde(default)]
     read_only: bool,
     block_size: Option<Spanned<u32>>,
+    direct_io: Option<Spanned<bool>>,
 }
 
 struct SourceFile<'a> {
@@ -312,10 +368,15 @@ struct SourceFile<'a> {
 }
 
 impl SourceFile<'_> {
-    fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
+    fn position(&self, offset: usize) -> Position {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
+        let (line, column) = self.position(offset);
         ServeError::Config {
             path: self.path.to_path_buf(),
             line,
@@ -371,6 +432,15 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
     if file.targets.len() > MAX_TARGETS {
         return Err(source.error(0, format!("more than {MAX_TARGETS} targets")));
     }
+    let max_connections = match &file.max_connections {
+        Some(limit) => {
+            check_connection_limit(*limit.get_ref()).map_err(|m| {
+                source.error(limit.span().start, format!("key `max_connections`: {m}"))
+            })?;
+            *limit.get_ref()
+        }
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
     let mut targets: Vec<TargetDefinition> = Vec::new();
     for target in &file.targets {
         let definition = parse_target(&source, &data_dir, target.get_ref())?;
@@ -386,6 +456,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         portals,
         data_dir,
         targets,
+        max_connections,
     })
 }
 
@@ -457,12 +528,22 @@ fn parse_target(
                 ));
             }
         };
+        let at = |span: Option<std::ops::Range<usize>>| span.map(|s| source.position(s.start));
         luns.push(LunConfig {
             id,
             path,
             create_size_bytes,
             read_only: lun.read_only,
             block_size,
+            direct_io: lun.direct_io.as_ref().is_some_and(|d| *d.get_ref()),
+            origin: Some(LunOrigin {
+                file: source.path.to_path_buf(),
+                id: source.position(lun.id.span().start),
+                path: at(lun.path.as_ref().map(Spanned::span)),
+                size: at(lun.size.as_ref().map(Spanned::span)),
+                block_size: at(lun.block_size.as_ref().map(Spanned::span)),
+                direct_io: at(lun.direct_io.as_ref().map(Spanned::span)),
+            }),
         });
     }
     let faults = parse_faults(source, target, &luns)?;

@@ -276,6 +276,16 @@ impl FileStore {
                 ),
             });
         };
+        // A missing /dev path is a device that is not there (unplugged, renamed), never a file to create.
+        if path.starts_with("/dev") {
+            return Err(OpenError {
+                setting: Setting::Path,
+                error: invalid(
+                    path,
+                    "no such device (block devices are never created)".to_string(),
+                ),
+            });
+        }
         drop(FileStore::create_sparse(path, size).map_err(open_error(Setting::Path))?);
         FileStore::open_existing(path, options, false).inspect_err(|_| {
             let _ = std::fs::remove_file(path);
@@ -368,9 +378,11 @@ impl FileStore {
         self.device.as_ref()
     }
 
-    /// True when opened with O_DIRECT.
+    /// True when the descriptor has O_DIRECT set (asked of the kernel, so a test can rely on it).
     pub fn is_direct_io(&self) -> bool {
-        self.direct.is_some()
+        // SAFETY: F_GETFL on a descriptor we own reads its status flags and touches no memory.
+        let flags = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETFL) };
+        flags >= 0 && flags & libc::O_DIRECT != 0
     }
 
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
