@@ -375,6 +375,21 @@ impl SourceFile<'_> {
         (line, column)
     }
 
+    /// A TOML error message with the key it is about, when the message does not say (type errors such as
+    /// `invalid type: string "yes", expected a boolean` do not): the key of the `key = value` line at `offset`.
+    fn with_key(&self, offset: usize, message: &str) -> String {
+        let start = self.text[..offset.min(self.text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("");
+        match line.split_once('=') {
+            Some((key, _)) if !message.contains('`') && !key.trim().is_empty() => {
+                format!("key `{}`: {message}", key.trim())
+            }
+            _ => message.to_string(),
+        }
+    }
+
     fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
         let (line, column) = self.position(offset);
         ServeError::Config {
@@ -391,7 +406,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
     let source = SourceFile { path, text };
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        source.error(offset, e.message().to_string())
+        source.error(offset, source.with_key(offset, e.message()))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let data_dir = match &file.data_dir {
@@ -732,6 +747,91 @@ read_only = true
             err.starts_with("/etc/lunlock.toml:9:") && err.contains("probability"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn direct_io_and_key_positions_are_kept_for_start_up_errors() {
+        let config = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\n\
+             path = \"/dev/sdx\"\nblock_size = 4096\ndirect_io = true\n[[target.lun]]\nid = 1\nsize = \"1M\"\n",
+        )
+        .unwrap();
+        let luns = &config.targets[0].luns;
+        assert!(luns[0].direct_io && !luns[1].direct_io);
+        assert_eq!(
+            luns[0].path,
+            PathBuf::from("/dev/sdx"),
+            "absolute paths stay as given"
+        );
+        assert_eq!(luns[0].create_size_bytes, None);
+        let origin = luns[0].origin.as_ref().unwrap();
+        assert_eq!(origin.file, PathBuf::from("/etc/lunlock.toml"));
+        assert_eq!(origin.id, (5, 6));
+        assert_eq!(origin.path, Some((6, 8)));
+        assert_eq!(origin.size, None);
+        assert_eq!(origin.block_size, Some((7, 14)));
+        assert_eq!(origin.direct_io, Some((8, 13)));
+
+        let err = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n\
+             direct_io = \"yes\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:7:") && err.contains("direct_io"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_connections_comes_from_the_file_or_the_flag_and_is_bounded() {
+        let body = "[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n";
+        let config = parse(&format!("listen = [\"127.0.0.1:1\"]\n{body}")).unwrap();
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let config = parse(&format!(
+            "listen = [\"127.0.0.1:1\"]\nmax_connections = 8\n{body}"
+        ))
+        .unwrap();
+        assert_eq!(config.max_connections, 8);
+        for bad in ["0", "65537"] {
+            let err = parse(&format!(
+                "listen = [\"127.0.0.1:1\"]\nmax_connections = {bad}\n{body}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("/etc/lunlock.toml:2:19") && err.contains("key `max_connections`"),
+                "{err}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lunlock.toml");
+        std::fs::write(
+            &file,
+            format!("listen = [\"127.0.0.1:1\"]\nmax_connections = 8\n{body}"),
+        )
+        .unwrap();
+        let with_flag = |flag| ServeOptions {
+            config: Some(file.clone()),
+            max_connections: flag,
+            ..ServeOptions::default()
+        };
+        let config = TargetConfig::from_options(&with_flag(Some(3))).unwrap();
+        assert_eq!(config.max_connections, 3, "the flag wins over the file");
+        assert_eq!(
+            TargetConfig::from_options(&with_flag(None))
+                .unwrap()
+                .max_connections,
+            8
+        );
+        let err = TargetConfig::from_options(&with_flag(Some(0)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--max-connections:"), "{err}");
+        let default = TargetConfig::from_options(&ServeOptions::default()).unwrap();
+        assert_eq!(default.max_connections, 1024);
     }
 
     #[test]
