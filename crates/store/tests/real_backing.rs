@@ -223,3 +223,68 @@ fn direct_io_on_a_loop_device_round_trips_and_reports_its_write_cache() {
         "{cache:?}"
     );
 }
+
+/// A file system mounted for the test; `Drop` unmounts it (also when the test panics).
+struct Mount {
+    point: std::path::PathBuf,
+}
+
+impl Mount {
+    fn ext4(device: &LoopDevice, point: &std::path::Path) -> Mount {
+        let run = |command: &mut std::process::Command| {
+            let output = command.output().expect("command runs");
+            assert!(
+                output.status.success(),
+                "{command:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(&device.path));
+        std::fs::create_dir_all(point).unwrap();
+        run(std::process::Command::new("mount")
+            .arg(&device.path)
+            .arg(point));
+        Mount {
+            point: point.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let status = std::process::Command::new("umount")
+            .arg(&self.point)
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!(
+                "warning: could not unmount {}: {status:?}",
+                self.point.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_io_on_a_file_system_over_4k_sectors_refuses_512_byte_blocks_at_open() {
+    let dir = scratch_dir();
+    let device = LoopDevice::attach(&dir.path().join("fs.img"), 64 * MIB, 4096);
+    let mount = Mount::ext4(&device, &dir.path().join("mnt"));
+    let path = mount.point.join("lun.img");
+    let err = FileStore::open_backing(&path, &direct(Some(MIB), 512)).unwrap_err();
+    assert_eq!(err.setting, Setting::BlockSize, "{err}");
+    assert!(err.to_string().contains("4096"), "{err}");
+    assert!(
+        !path.exists(),
+        "the file created for the attempt is removed again"
+    );
+    // A mounted device is busy for a LUN.
+    let err = FileStore::open_backing(&device.path, &BackingOptions::new(None, true)).unwrap_err();
+    assert!(err.to_string().contains("busy"), "{err}");
+    // 4096-byte blocks work, buffered 512-byte blocks too.
+    let store = FileStore::open_backing(&path, &direct(Some(MIB), 4096)).unwrap();
+    store.write_at(&pattern(8192, 7), 4096).unwrap();
+    drop(store);
+    FileStore::open_backing(&path, &BackingOptions::new(Some(MIB), false)).unwrap();
+}
