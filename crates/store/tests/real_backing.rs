@@ -253,15 +253,24 @@ impl Mount {
 }
 
 impl Drop for Mount {
+    /// udev may still be probing the new file system, which makes umount fail with EBUSY for a moment: retry, and
+    /// detach lazily as a last resort so the loop device (autoclear after `losetup -d`) goes away.
     fn drop(&mut self) {
-        let status = std::process::Command::new("umount")
-            .arg(&self.point)
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!(
-                "warning: could not unmount {}: {status:?}",
-                self.point.display()
-            );
+        let umount = |lazy: bool| {
+            let mut command = std::process::Command::new("umount");
+            if lazy {
+                command.arg("--lazy");
+            }
+            matches!(command.arg(&self.point).status(), Ok(s) if s.success())
+        };
+        for _ in 0..20 {
+            if umount(false) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !umount(true) {
+            eprintln!("warning: could not unmount {}", self.point.display());
         }
     }
 }
