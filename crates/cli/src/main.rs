@@ -97,6 +97,9 @@ enum Command {
         /// Accept `lunlock fault` commands even with no --fault given.
         #[arg(long)]
         enable_fault_injection: bool,
+        /// Connections served at once over all portals (default 1024; overrides the file's max_connections).
+        #[arg(long, value_name = "N")]
+        max_connections: Option<usize>,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
             allow_any_initiator,
             faults,
             enable_fault_injection,
+            max_connections,
         }) => {
             let defaults = lunlock_server::ServeOptions::default();
             let options = lunlock_server::ServeOptions {
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
                 allow_any_initiator,
                 faults,
                 enable_fault_injection,
+                max_connections,
             };
             lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }

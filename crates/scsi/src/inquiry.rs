@@ -144,7 +144,7 @@ impl LogicalUnit {
         body[4..8].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
         body[8..12].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
         body[12..16].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes()); // MAXIMUM PREFETCH LENGTH
-        if self.config.thin_provisioned {
+        if self.thin_provisioned() {
             body[16..20].copy_from_slice(&(limits::MAX_UNMAP_BLOCKS as u32).to_be_bytes());
             body[20..24].copy_from_slice(&(limits::MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
             body[24..28].copy_from_slice(&(granularity as u32).to_be_bytes());
@@ -165,11 +165,15 @@ impl LogicalUnit {
         vpd_page(0xB1, &body)
     }
 
-    /// Logical Block Provisioning VPD page (SBC-4 6.6.6).
+    /// Logical Block Provisioning VPD page (SBC-4 6.6.6): only what the store can do. LBPRZ 001b only when
+    /// deallocated blocks read as zeros; 000b (vendor specific) after a plain discard.
     fn logical_block_provisioning(&self) -> Vec<u8> {
         let mut body = vec![0u8; 4];
-        if self.config.thin_provisioned {
-            body[1] = 0x80 | 0x40 | 0x20 | 0x04; // LBPU, LBPWS, LBPWS10, LBPRZ (ANC_SUP 0, DP 0)
+        if self.thin_provisioned() {
+            body[1] = 0x80 | 0x40 | 0x20; // LBPU, LBPWS, LBPWS10 (ANC_SUP 0, DP 0)
+            if self.unmapped_reads_zero() {
+                body[1] |= 0x04; // LBPRZ 001b
+            }
             body[2] = 0x02; // PROVISIONING TYPE: thin
         }
         vpd_page(0xB2, &body)

@@ -15,6 +15,8 @@ mod lu;
 mod mode;
 mod opcodes;
 pub mod pr;
+#[cfg(test)]
+mod provisioning_tests;
 pub mod range_lock;
 mod sanitize;
 pub mod sbc;

@@ -1,12 +1,18 @@
 //! Mode parameters: MODE SENSE (6)/(10) (SPC-4 6.11, 6.12) and MODE SELECT (6)/(10) (SPC-4 6.9, 6.10).
 //!
-//! Pages (SPC-4 7.5, SBC-4 6.5): 01h Read-Write Error Recovery, 02h Disconnect-Reconnect, 08h Caching (WCE=1),
+//! Pages (SPC-4 7.5, SBC-4 6.5): 01h Read-Write Error Recovery, 02h Disconnect-Reconnect, 08h Caching (WCE),
 //! 0Ah Control (D_SENSE and SWP changeable), 0Ah/01h Control Extension, 1Ah Power Condition, 1Ch Informational
 //! Exceptions Control; 3Fh returns them all. Saved values are not implemented (PC=11b -> SAVING PARAMETERS NOT
 //! SUPPORTED, SPC-4 6.11.2).
 //!
 //! Invariant: a MODE SELECT either applies every page of its parameter list or none: all pages are validated
 //! against the changeable masks first, then applied.
+//!
+//! WCE tells the truth about the store (SBC-4 6.5.6: WCE=1 means GOOD may be returned before the data is on the
+//! medium): 1 when completed writes can sit in a volatile cache (the page cache of a buffered LUN, a write-back
+//! device under O_DIRECT), 0 for an O_DIRECT LUN on a write-through device. It is not changeable, because lunlock
+//! cannot turn a device's cache off; a MODE SELECT that tries is refused like any unchangeable field. FUA and
+//! SYNCHRONIZE CACHE flush before GOOD whatever WCE says (`crate::sbc`).
 
 use crate::cdb::PageControl;
 use crate::lu::{truncate, Completed, LogicalUnit, Outcome};
@@ -70,6 +76,7 @@ impl LogicalUnit {
             (0x08, _) => {
                 let mut page = vec![0u8; 20];
                 if !changeable
+                    && self.store.volatile_write_cache()
                     && (!current || self.mode.write_cache_enabled.load(Ordering::Relaxed))
                 {
                     page[2] = WCE;

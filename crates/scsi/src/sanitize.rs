@@ -190,10 +190,11 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// BLOCK ERASE and CRYPTOGRAPHIC ERASE: deallocate everything on a thin LU (LBPRZ=1), else write zeros.
+    /// BLOCK ERASE and CRYPTOGRAPHIC ERASE: deallocate everything when deallocated blocks read as zeros (LBPRZ=1),
+    /// else write zeros: a discard whose blocks read back as anything could leave the old data readable.
     fn erase_medium(&self) -> std::io::Result<()> {
         let capacity = self.capacity_blocks * self.block_size;
-        if self.config.thin_provisioned {
+        if self.unmapped_reads_zero() {
             if capacity > 0 {
                 self.store.deallocate(0, capacity)?;
             }

@@ -75,6 +75,18 @@ impl LogicalUnit {
         0
     }
 
+    /// Logical block provisioning management as reported (SBC-4 4.7.3: LBPME, UNMAP, WRITE SAME with UNMAP): the
+    /// configuration asks for it and the store can give blocks back. Never claimed for a store that cannot.
+    pub(crate) fn thin_provisioned(&self) -> bool {
+        self.config.thin_provisioned && self.store.supports_deallocate()
+    }
+
+    /// LBPRZ (SBC-4 4.7.4.5, 5.20.2): a deallocated block reads as zeros. False for a device whose discarded
+    /// blocks read back as whatever the device chooses.
+    pub(crate) fn unmapped_reads_zero(&self) -> bool {
+        self.thin_provisioned() && self.store.deallocated_reads_zero()
+    }
+
     /// SBC-4 4.5: the whole range must lie inside the medium.
     pub(crate) fn check_range(&self, lba: Lba, blocks: BlockCount) -> Result<(), Sense> {
         match lba.0.checked_add(blocks.0) {
@@ -231,7 +243,7 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         }
         // UNMAP needs thin provisioning (SBC-4 4.7.3.4.x, LBPWS/LBPWS10).
-        if unmap && !self.config.thin_provisioned {
+        if unmap && !self.thin_provisioned() {
             return Err(Sense::invalid_cdb_field(1, Some(3)));
         }
         // SBC-4 5.51: NDOB=1 with UNMAP=0 writes zeros; both are fine.
@@ -254,7 +266,9 @@ impl LogicalUnit {
         }
         let offset = self.offset(lba);
         let length = blocks.0 * self.block_size;
-        if unmap {
+        // With LBPRZ=0 a deallocated block could read back as anything, so the blocks are written instead: SBC-4
+        // 5.50 lets the device server write rather than unmap ("may"), and the Data-Out is then what reads back.
+        if unmap && self.unmapped_reads_zero() {
             // LBPRZ=1: deallocated blocks read as zeros, which is what SBC-4 4.7.3.5 lets an unmapping WRITE SAME
             // leave behind regardless of the Data-Out (libiscsi WriteSame*.Unmap* check exactly this).
             self.store.deallocate(offset, length).map_err(write_error)?;
@@ -281,7 +295,7 @@ impl LogicalUnit {
 
     /// UNMAP (SBC-4 5.32) with its parameter list checks (SBC-4 5.32.2).
     pub(crate) fn unmap(&self, anchor: bool, parameters: &[u8]) -> Outcome {
-        if !self.config.thin_provisioned {
+        if !self.thin_provisioned() {
             return Err(Sense::new(Condition::InvalidCommandOperationCode));
         }
         if anchor {
@@ -385,14 +399,18 @@ impl LogicalUnit {
         data
     }
 
-    /// READ CAPACITY (16), SBC-4 5.20: 32 bytes; LBPME and LBPRZ when thin provisioned.
+    /// READ CAPACITY (16), SBC-4 5.20: 32 bytes; LBPME when thin provisioned, LBPRZ when deallocated blocks also
+    /// read as zeros.
     pub(crate) fn read_capacity_16(&self, allocation_length: u32) -> Vec<u8> {
         let mut data = vec![0u8; 32];
         data[0..8].copy_from_slice(&self.capacity_blocks.saturating_sub(1).to_be_bytes());
         data[8..12].copy_from_slice(&(self.block_size as u32).to_be_bytes());
         data[13] = self.physical_exponent() & 0x0F;
-        if self.config.thin_provisioned {
-            data[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        if self.thin_provisioned() {
+            data[14] = 0x80; // LBPME
+        }
+        if self.unmapped_reads_zero() {
+            data[14] |= 0x40; // LBPRZ
         }
         truncate(data, allocation_length)
     }

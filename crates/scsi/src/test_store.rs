@@ -17,6 +17,16 @@ pub struct TestStore {
     pub writes: AtomicUsize,
     pub fail_reads: AtomicBool,
     pub fail_writes: AtomicBool,
+    /// What the store reports through `BlockStore::supports_deallocate`, `deallocated_reads_zero` and
+    /// `volatile_write_cache` (all true unless a test says otherwise).
+    pub capabilities: Capabilities,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    pub deallocate: bool,
+    pub deallocated_reads_zero: bool,
+    pub volatile_write_cache: bool,
 }
 
 impl TestStore {
@@ -32,7 +42,17 @@ impl TestStore {
             writes: AtomicUsize::new(0),
             fail_reads: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
+            capabilities: Capabilities {
+                deallocate: true,
+                deallocated_reads_zero: true,
+                volatile_write_cache: true,
+            },
         }
+    }
+
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> TestStore {
+        self.capabilities = capabilities;
+        self
     }
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -105,5 +125,14 @@ impl BlockStore for TestStore {
             mapped: state,
             len_bytes: end - offset,
         })
+    }
+    fn supports_deallocate(&self) -> bool {
+        self.capabilities.deallocate
+    }
+    fn deallocated_reads_zero(&self) -> bool {
+        self.capabilities.deallocated_reads_zero
+    }
+    fn volatile_write_cache(&self) -> bool {
+        self.capabilities.volatile_write_cache
     }
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 512;
 pub const MAX_TARGETS: usize = 256;
 pub const MAX_LUNS_PER_TARGET: usize = 256;
 pub const MAX_PORTALS: usize = 64;
+/// Connections served at once over all portals, unless `max_connections` or `--max-connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The largest `max_connections` accepted: each connection holds a task, buffers and a descriptor.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// What `lunlock serve` was given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub struct ServeOptions {
     pub faults: Vec<FaultRule>,
     /// `--enable-fault-injection`: accept LUNLOCK FAULT CONTROL with no rule configured.
     pub enable_fault_injection: bool,
+    /// `--max-connections N`: overrides the file's `max_connections` and the default.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServeOptions {
@@ -46,6 +52,7 @@ impl Default for ServeOptions {
             allow_any_initiator: false,
             faults: Vec::new(),
             enable_fault_injection: false,
+            max_connections: None,
         }
     }
 }
@@ -54,12 +61,33 @@ impl Default for ServeOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LunConfig {
     pub id: u64,
-    /// Backing file.
+    /// Backing file or block device.
     pub path: PathBuf,
-    /// Size to create the file with when it does not exist; None: the file must exist.
+    /// Size to create the file with when it does not exist, and that an existing file or device must have;
+    /// None: the backing must exist.
     pub create_size_bytes: Option<u64>,
     pub read_only: bool,
     pub block_size: u32,
+    /// Open the backing with O_DIRECT.
+    pub direct_io: bool,
+    /// Where the LUN was configured, for errors found when its backing is opened; None for the embedded default.
+    pub origin: Option<LunOrigin>,
+}
+
+/// A (line, column) in a configuration file, 1-based.
+pub type Position = (usize, usize);
+
+/// Where a LUN's keys are in its configuration file, so a problem found only when the backing is opened (a busy
+/// device, a block size the device cannot do) still names the file, line and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunOrigin {
+    pub file: PathBuf,
+    /// The LUN's `id`, where keys that were not given are reported.
+    pub id: Position,
+    pub path: Option<Position>,
+    pub size: Option<Position>,
+    pub block_size: Option<Position>,
+    pub direct_io: Option<Position>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +111,8 @@ pub struct TargetConfig {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub targets: Vec<TargetDefinition>,
+    /// Connections served at once over all portals; more are refused at accept.
+    pub max_connections: usize,
 }
 
 /// Why the target cannot start: one line for the user.
@@ -169,8 +199,20 @@ impl TargetConfig {
             }
             None => TargetConfig::embedded_default(options)?,
         };
+        let config = config.with_connection_limit(options.max_connections)?;
         config.check_exposure(options.allow_any_initiator)?;
         Ok(config)
+    }
+
+    /// `--max-connections` wins over the file's `max_connections`: it is the one daemon-wide setting an operator
+    /// may want to change for one run without editing the file.
+    fn with_connection_limit(mut self, flag: Option<usize>) -> Result<TargetConfig, ServeError> {
+        if let Some(limit) = flag {
+            check_connection_limit(limit)
+                .map_err(|m| ServeError::Invalid(format!("--max-connections: {m}")))?;
+            self.max_connections = limit;
+        }
+        Ok(self)
     }
 
     fn embedded_default(options: &ServeOptions) -> Result<TargetConfig, ServeError> {
@@ -204,11 +246,14 @@ impl TargetConfig {
                     create_size_bytes: Some(options.lun_size_bytes),
                     read_only: false,
                     block_size: DEFAULT_BLOCK_SIZE,
+                    direct_io: false,
+                    origin: None,
                 }],
                 identity_dir: options.data_dir.join(sanitized(&options.target_name)),
                 faults: options.faults.clone(),
                 fault_injection: options.enable_fault_injection,
             }],
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -229,6 +274,15 @@ impl TargetConfig {
         }
         Ok(())
     }
+}
+
+fn check_connection_limit(limit: usize) -> Result<(), String> {
+    if limit == 0 || limit > MAX_CONNECTIONS_LIMIT {
+        return Err(format!(
+            "{limit} is not between 1 and {MAX_CONNECTIONS_LIMIT}"
+        ));
+    }
+    Ok(())
 }
 
 fn check_iqn(name: &str) -> Result<(), String> {
@@ -270,6 +324,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 struct FileConfig {
     data_dir: Option<Spanned<String>>,
     listen: Spanned<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<usize>>,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<FileTarget>>,
 }
@@ -304,6 +359,7 @@ struct FileLun {
     #[serde(default)]
     read_only: bool,
     block_size: Option<Spanned<u32>>,
+    direct_io: Option<Spanned<bool>>,
 }
 
 struct SourceFile<'a> {
@@ -312,10 +368,30 @@ struct SourceFile<'a> {
 }
 
 impl SourceFile<'_> {
-    fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
+    fn position(&self, offset: usize) -> Position {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    /// A TOML error message with the key it is about, when the message does not say (type errors such as
+    /// `invalid type: string "yes", expected a boolean` do not): the key of the `key = value` line at `offset`.
+    fn with_key(&self, offset: usize, message: &str) -> String {
+        let start = self.text[..offset.min(self.text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("");
+        match line.split_once('=') {
+            Some((key, _)) if !message.contains('`') && !key.trim().is_empty() => {
+                format!("key `{}`: {message}", key.trim())
+            }
+            _ => message.to_string(),
+        }
+    }
+
+    fn error(&self, offset: usize, message: impl Into<String>) -> ServeError {
+        let (line, column) = self.position(offset);
         ServeError::Config {
             path: self.path.to_path_buf(),
             line,
@@ -330,7 +406,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
     let source = SourceFile { path, text };
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        source.error(offset, e.message().to_string())
+        source.error(offset, source.with_key(offset, e.message()))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let data_dir = match &file.data_dir {
@@ -371,6 +447,15 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
     if file.targets.len() > MAX_TARGETS {
         return Err(source.error(0, format!("more than {MAX_TARGETS} targets")));
     }
+    let max_connections = match &file.max_connections {
+        Some(limit) => {
+            check_connection_limit(*limit.get_ref()).map_err(|m| {
+                source.error(limit.span().start, format!("key `max_connections`: {m}"))
+            })?;
+            *limit.get_ref()
+        }
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
     let mut targets: Vec<TargetDefinition> = Vec::new();
     for target in &file.targets {
         let definition = parse_target(&source, &data_dir, target.get_ref())?;
@@ -386,6 +471,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         portals,
         data_dir,
         targets,
+        max_connections,
     })
 }
 
@@ -457,12 +543,22 @@ fn parse_target(
                 ));
             }
         };
+        let at = |span: Option<std::ops::Range<usize>>| span.map(|s| source.position(s.start));
         luns.push(LunConfig {
             id,
             path,
             create_size_bytes,
             read_only: lun.read_only,
             block_size,
+            direct_io: lun.direct_io.as_ref().is_some_and(|d| *d.get_ref()),
+            origin: Some(LunOrigin {
+                file: source.path.to_path_buf(),
+                id: source.position(lun.id.span().start),
+                path: at(lun.path.as_ref().map(Spanned::span)),
+                size: at(lun.size.as_ref().map(Spanned::span)),
+                block_size: at(lun.block_size.as_ref().map(Spanned::span)),
+                direct_io: at(lun.direct_io.as_ref().map(Spanned::span)),
+            }),
         });
     }
     let faults = parse_faults(source, target, &luns)?;
@@ -651,6 +747,91 @@ read_only = true
             err.starts_with("/etc/lunlock.toml:9:") && err.contains("probability"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn direct_io_and_key_positions_are_kept_for_start_up_errors() {
+        let config = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\n\
+             path = \"/dev/sdx\"\nblock_size = 4096\ndirect_io = true\n[[target.lun]]\nid = 1\nsize = \"1M\"\n",
+        )
+        .unwrap();
+        let luns = &config.targets[0].luns;
+        assert!(luns[0].direct_io && !luns[1].direct_io);
+        assert_eq!(
+            luns[0].path,
+            PathBuf::from("/dev/sdx"),
+            "absolute paths stay as given"
+        );
+        assert_eq!(luns[0].create_size_bytes, None);
+        let origin = luns[0].origin.as_ref().unwrap();
+        assert_eq!(origin.file, PathBuf::from("/etc/lunlock.toml"));
+        assert_eq!(origin.id, (5, 6));
+        assert_eq!(origin.path, Some((6, 8)));
+        assert_eq!(origin.size, None);
+        assert_eq!(origin.block_size, Some((7, 14)));
+        assert_eq!(origin.direct_io, Some((8, 13)));
+
+        let err = parse(
+            "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n\
+             direct_io = \"yes\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/lunlock.toml:7:") && err.contains("direct_io"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_connections_comes_from_the_file_or_the_flag_and_is_bounded() {
+        let body = "[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n";
+        let config = parse(&format!("listen = [\"127.0.0.1:1\"]\n{body}")).unwrap();
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let config = parse(&format!(
+            "listen = [\"127.0.0.1:1\"]\nmax_connections = 8\n{body}"
+        ))
+        .unwrap();
+        assert_eq!(config.max_connections, 8);
+        for bad in ["0", "65537"] {
+            let err = parse(&format!(
+                "listen = [\"127.0.0.1:1\"]\nmax_connections = {bad}\n{body}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("/etc/lunlock.toml:2:19") && err.contains("key `max_connections`"),
+                "{err}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lunlock.toml");
+        std::fs::write(
+            &file,
+            format!("listen = [\"127.0.0.1:1\"]\nmax_connections = 8\n{body}"),
+        )
+        .unwrap();
+        let with_flag = |flag| ServeOptions {
+            config: Some(file.clone()),
+            max_connections: flag,
+            ..ServeOptions::default()
+        };
+        let config = TargetConfig::from_options(&with_flag(Some(3))).unwrap();
+        assert_eq!(config.max_connections, 3, "the flag wins over the file");
+        assert_eq!(
+            TargetConfig::from_options(&with_flag(None))
+                .unwrap()
+                .max_connections,
+            8
+        );
+        let err = TargetConfig::from_options(&with_flag(Some(0)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--max-connections:"), "{err}");
+        let default = TargetConfig::from_options(&ServeOptions::default()).unwrap();
+        assert_eq!(default.max_connections, 1024);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! Portal N (1-based, in configuration order) is target portal group N and relative target port N (SPC-4
 //! 7.8.6.4), so several portals give an initiator several paths for multipath.
 
-use crate::config::{LunConfig, ServeError, ServeOptions, TargetConfig, TargetDefinition};
+use crate::config::{
+    LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig, TargetDefinition,
+};
 use crate::connection;
 use crate::engine::{IoEngine, DEFAULT_THREADS_PER_LUN};
 use crate::fault::FaultTable;
@@ -14,7 +16,7 @@ use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
-use lunlock_store::file::FileStore;
+use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
 use lunlock_store::BlockStore;
 use std::collections::BTreeMap;
@@ -25,9 +27,6 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
-
-/// Connections served at once, over all portals.
-pub const MAX_CONNECTIONS: usize = 1024;
 
 /// A target as the runtime holds it.
 pub struct ServedTarget {
@@ -198,36 +197,20 @@ fn open_lun(
             target.name, lun.id
         ))
     };
-    if let Some(parent) = lun.path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| storage(&format!("cannot create {}", parent.display()), &e))?;
+    if lun.create_size_bytes.is_some() && !lun.read_only {
+        if let Some(parent) = lun.path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| storage(&format!("cannot create {}", parent.display()), &e))?;
+        }
     }
-    let store = match (lun.create_size_bytes, lun.read_only) {
-        (Some(size), false) => FileStore::open_or_create(&lun.path, size),
-        (Some(size), true) => FileStore::open(&lun.path, true).and_then(|s| {
-            if lunlock_store::BlockStore::capacity_bytes(&s) != size {
-                Err(std::io::Error::other(format!(
-                    "{}: is {} bytes, configured size is {size}",
-                    lun.path.display(),
-                    lunlock_store::BlockStore::capacity_bytes(&s)
-                )))
-            } else {
-                Ok(s)
-            }
-        }),
-        (None, read_only) => FileStore::open(&lun.path, read_only),
-    }
-    .map_err(|e| storage("backing file", &e))?;
-    if !store.capacity_bytes().is_multiple_of(lun.block_size as u64) {
-        return Err(storage(
-            "backing file",
-            &format!(
-                "{} bytes is not a multiple of the block size {}",
-                store.capacity_bytes(),
-                lun.block_size
-            ),
-        ));
-    }
+    let options = BackingOptions {
+        size_bytes: lun.create_size_bytes,
+        read_only: lun.read_only,
+        direct_io: lun.direct_io,
+        block_size: lun.block_size,
+    };
+    let store =
+        FileStore::open_backing(&lun.path, &options).map_err(|e| backing_error(target, lun, &e))?;
     std::fs::create_dir_all(&target.identity_dir).map_err(|e| {
         storage(
             &format!("cannot create {}", target.identity_dir.display()),
@@ -236,6 +219,9 @@ fn open_lun(
     })?;
     let identity = LunIdentity::load_or_create(&target.identity_dir, lun.id)
         .map_err(|e| storage("identity", &e))?;
+    log_backing(target, lun, &store);
+    // SBC-4 4.7: logical block provisioning management only where the store can give blocks back.
+    let thin_provisioned = store.supports_deallocate();
     let store: Arc<dyn BlockStore> = Arc::new(store);
     let config = LogicalUnitConfig {
         block_size: lun.block_size,
@@ -249,10 +235,69 @@ fn open_lun(
         serial: identity.serial,
         naa: identity.naa,
         read_only: lun.read_only,
-        thin_provisioned: true,
+        thin_provisioned,
     };
     let unit = unit_with_reservations(target, lun, config, Arc::clone(&store));
     Ok((Arc::new(unit), store))
+}
+
+/// A backing that cannot be opened as configured: with a config file, the file, line and key to change (the
+/// LUN's `id` line when the key was left at its default); for the embedded default, the target and LUN.
+fn backing_error(target: &TargetDefinition, lun: &LunConfig, error: &OpenError) -> ServeError {
+    let what = format!("target {} LUN {}: {error}", target.name, lun.id);
+    let Some(origin) = &lun.origin else {
+        return ServeError::Storage(what);
+    };
+    let (key, position) = setting_position(origin, error.setting);
+    let (line, column) = position.unwrap_or(origin.id);
+    let default = if position.is_none() {
+        " (not given)"
+    } else {
+        ""
+    };
+    ServeError::Config {
+        path: origin.file.clone(),
+        line,
+        column,
+        message: format!("key `{key}`{default}: {what}"),
+    }
+}
+
+fn setting_position(origin: &LunOrigin, setting: Setting) -> (&'static str, Option<Position>) {
+    match setting {
+        Setting::Path => ("path", origin.path),
+        Setting::Size => ("size", origin.size),
+        Setting::BlockSize => ("block_size", origin.block_size),
+        Setting::DirectIo => ("direct_io", origin.direct_io),
+    }
+}
+
+/// One line per LUN at start: what the backing is and what the LUN will claim about it.
+fn log_backing(target: &TargetDefinition, lun: &LunConfig, store: &FileStore) {
+    let kind = match store.device() {
+        Some(device) => format!(
+            "block device, {}-byte sectors, deallocation {:?}",
+            device.logical_block_bytes, device.deallocation
+        ),
+        None => "file".to_string(),
+    };
+    log::event(format_args!(
+        "target {} LUN {}: {} ({kind}, {} bytes, {}, write cache {})",
+        target.name,
+        lun.id,
+        lun.path.display(),
+        store.capacity_bytes(),
+        if store.is_direct_io() {
+            "O_DIRECT"
+        } else {
+            "buffered"
+        },
+        if store.volatile_write_cache() {
+            "volatile (WCE=1)"
+        } else {
+            "write-through (WCE=0)"
+        },
+    ));
 }
 
 /// Builds the LU with its APTPL state file installed and what the file holds restored (SPC-4 5.13.5). A state
@@ -349,7 +394,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         next_tsih: AtomicU16::new(1),
     });
     let (shutdown, shutdown_watch) = watch::channel(false);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for (listener, address, tag) in listeners {
@@ -361,6 +406,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
             Arc::clone(&shared),
             shutdown_watch.clone(),
             Arc::clone(&limit),
+            config.max_connections,
         ));
     }
     Ok(RunningTarget {
@@ -377,6 +423,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     limit: Arc<Semaphore>,
+    max_connections: usize,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -392,7 +439,7 @@ async fn accept_loop(
                     }
                 };
                 let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                    log::event(format_args!("refusing connection from {peer}: {MAX_CONNECTIONS} connections open"));
+                    log::event(format_args!("refusing connection from {peer}: {max_connections} connections open"));
                     continue;
                 };
                 let shared = Arc::clone(&shared);

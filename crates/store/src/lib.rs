@@ -3,8 +3,11 @@
 //! The `scsi` crate executes commands over the [`BlockStore`] trait; this crate has its implementations:
 //! [`file::FileStore`] (a sparse file: pread/pwrite, fdatasync, hole punching, SEEK_DATA/SEEK_HOLE) and
 //! [`memory::MemoryStore`] (for tests and the simulator). [`metadata`] writes small metadata files crash-safely
-//! (temp file, fsync, rename, directory fsync, version and checksum).
+//! (temp file, fsync, rename, directory fsync, version and checksum). A `FileStore` can also sit on a block device
+//! ([`block_device`]) and do its I/O with O_DIRECT through [`aligned`] buffers.
 
+pub mod aligned;
+pub mod block_device;
 pub mod file;
 pub mod identity;
 pub mod memory;
@@ -50,6 +53,25 @@ pub trait BlockStore: Send + Sync + 'static {
     fn deallocate(&self, offset: u64, len_bytes: u64) -> io::Result<()>;
     /// The allocation state at `offset` and how far it extends (SEEK_DATA/SEEK_HOLE for files).
     fn allocation_at(&self, offset: u64) -> io::Result<Extent>;
+
+    /// True when [`BlockStore::deallocate`] gives storage back. When false, `deallocate` still works (it writes
+    /// zeros), but the LUN must not claim logical block provisioning management (SBC-4 4.7.3: LBPME, LBPU, UNMAP).
+    fn supports_deallocate(&self) -> bool {
+        true
+    }
+
+    /// True when a deallocated range reads back as zeros, which is what LBPRZ=1 promises (SBC-4 4.7.4.5, VPD B2h,
+    /// READ CAPACITY (16)). False when what reads back is up to the device (a plain discard).
+    fn deallocated_reads_zero(&self) -> bool {
+        true
+    }
+
+    /// True when a completed write may still sit in a volatile cache (the page cache, a disk's write-back cache)
+    /// until [`BlockStore::flush`]: the Caching mode page then reports WCE=1 (SBC-4 6.5.6). FUA and SYNCHRONIZE
+    /// CACHE flush either way.
+    fn volatile_write_cache(&self) -> bool {
+        true
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies inside `capacity_bytes` without overflowing; `store` names the store
