@@ -375,24 +375,22 @@ async fn heartbeat_until_interrupted(host: &Host<IscsiDisk, TokioClock>) -> Resu
         "lunlock: heartbeating in slot {slot} every {} ms; Ctrl-C gives the slot up",
         host.heartbeat_interval().as_millis()
     );
-    let beat = async {
-        loop {
-            let started = tokio::time::Instant::now();
-            host.heartbeat().await?;
-            host.observe_slots().await?;
-            tokio::time::sleep_until(started + host.heartbeat_interval()).await;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), ClusterError>(())
-    };
-    tokio::select! {
-        result = beat => result.map_err(text),
-        _ = tokio::signal::ctrl_c() => {
-            host.leave().await.map_err(text)?;
-            eprintln!("lunlock: slot {slot} given up");
-            Ok(())
+    // The interrupt is taken only between heartbeats: a heartbeat whose answer is dropped would land after the
+    // leave had compared against the image before it.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let started = tokio::time::Instant::now();
+        host.heartbeat().await.map_err(text)?;
+        host.observe_slots().await.map_err(text)?;
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + host.heartbeat_interval()) => {}
+            _ = &mut interrupted => break,
         }
     }
+    host.leave().await.map_err(text)?;
+    eprintln!("lunlock: slot {slot} given up");
+    Ok(())
 }
 
 /// The demo against a real target: formats a lockspace when the LUN has none, gives each host its own session

@@ -80,6 +80,9 @@ impl HostConfig {
     }
 }
 
+/// Tries of `leave` against newer images of this host's own slot.
+const LEAVE_ATTEMPTS: usize = 4;
+
 /// The slot this host holds.
 #[derive(Clone, Debug)]
 pub(crate) struct OwnSlot {
@@ -384,24 +387,42 @@ impl<D: Disk, C: Clock> Host<D, C> {
     }
 
     /// Gives the slot up (clean shutdown): observers then see it free at once instead of waiting for dead_after.
+    ///
+    /// A heartbeat of ours whose answer was never awaited (its future was dropped, say by an interrupt) may land
+    /// after the image we compare against was taken: the slot then holds a newer image of this very host, and the
+    /// leave is retried against it. An image of another host means the slot is no longer ours: nothing to give up.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        let Some(own) = lock(&self.own).clone() else {
+        let Some(mut own) = lock(&self.own).clone() else {
             return Ok(());
         };
-        let mut next = own.slot.clone();
-        next.state = SlotState::Free;
-        next.sequence += 1;
-        next.nonce = self.nonce();
-        let new = self.block_of(next.encode());
-        let request = AtsRequest {
-            op: "leave",
-            target: format!("slot {}", own.slot.index),
-            lba: self.superblock.slot_block(own.slot.index),
-            expected: &own.image,
-            new: &new,
-            policy: self.config.io_policy,
-        };
-        self.resolved_ats(request).await?;
+        for _ in 0..LEAVE_ATTEMPTS {
+            let mut next = own.slot.clone();
+            next.state = SlotState::Free;
+            next.sequence = own.slot.sequence + 1;
+            next.nonce = self.nonce();
+            let new = self.block_of(next.encode());
+            let request = AtsRequest {
+                op: "leave",
+                target: format!("slot {}", own.slot.index),
+                lba: self.superblock.slot_block(own.slot.index),
+                expected: &own.image,
+                new: &new,
+                policy: self.config.io_policy,
+            };
+            let found = match self.resolved_ats(request).await? {
+                AtsResult::Landed { .. } => break,
+                AtsResult::Conflict { found } => found,
+            };
+            let slot =
+                Slot::decode(&found, own.slot.index).map_err(|error| ClusterError::Format {
+                    lba: self.absolute_lba(self.superblock.slot_block(own.slot.index)),
+                    error,
+                })?;
+            if slot.host_id != own.slot.host_id || slot.state == SlotState::Free {
+                break;
+            }
+            own = OwnSlot { slot, image: found };
+        }
         *lock(&self.own) = None;
         Ok(())
     }
