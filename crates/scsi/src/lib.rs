@@ -31,6 +31,7 @@ pub mod ua;
 pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
 pub use lu::{Admission, Admitted, LogicalUnit, LogicalUnitConfig};
 pub use pr::{decode_pr_state, encode_pr_state, PrPersistence, PrStateError};
+pub use sanitize::SanitizeOperation;
 
 use std::sync::Arc;
 

@@ -21,7 +21,7 @@ use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
 use lunlock_store::BlockStore;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Identity and behaviour of one logical unit, chosen by the target's configuration.
@@ -74,6 +74,15 @@ impl Admitted {
         &self.command
     }
 
+    /// The part of the received Data-Out the command uses.
+    pub(crate) fn data_out<'d>(&self, cmd: &ScsiCommand<'d>) -> &'d [u8] {
+        &cmd.data_out[..self.data_out_len.min(cmd.data_out.len())]
+    }
+
+    pub(crate) fn data_out_wanted(&self) -> Option<u32> {
+        self.data_out_wanted
+    }
+
     /// Whether running it may wait for the disk (see [`Command::may_wait_for_disk`]).
     pub fn may_wait_for_disk(&self) -> bool {
         self.command.may_wait_for_disk()
@@ -116,6 +125,8 @@ pub struct LogicalUnit {
     pub(crate) range_locks: RangeLocks,
     /// Sanitize operation state (`crate::sanitize::state`, SBC-4 4.33).
     pub(crate) sanitize: AtomicU8,
+    /// Progress of the sanitize operation in progress, in 65536ths (SBC-4 4.33.2, SPC-4 4.5.2.4.4).
+    pub(crate) sanitize_progress: AtomicU32,
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
     /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
     pub(crate) offline: Option<String>,
@@ -154,6 +165,7 @@ impl LogicalUnit {
             reservations: Reservations::default(),
             range_locks: RangeLocks::default(),
             sanitize: AtomicU8::new(crate::sanitize::state::IDLE),
+            sanitize_progress: AtomicU32::new(0),
             offline: None,
         }
     }
@@ -380,7 +392,7 @@ impl LogicalUnit {
     ) -> ScsiResponse {
         let data_out_wanted = admitted.data_out_wanted;
         let command = admitted.command.clone();
-        let data_out = &cmd.data_out[..admitted.data_out_len.min(cmd.data_out.len())];
+        let data_out = admitted.data_out(cmd);
         let cmd = &ScsiCommand { data_out, ..*cmd };
         if let Err(refusal) = self.reservations.check(cmd.nexus, &command) {
             return self.refused(refusal, data_out_wanted);
@@ -400,6 +412,32 @@ impl LogicalUnit {
                 .map(|()| Completed::Good(Vec::new())),
             _ => self.run(&command, cmd).map_err(Refusal::Check),
         };
+        self.response_of(result, data_out_wanted)
+    }
+
+    /// The reservation check, write protection and the sanitize failure mode: what refuses a command that passed
+    /// admission before it touches the medium.
+    pub(crate) fn refuse_before_running(
+        &self,
+        cmd: &ScsiCommand,
+        admitted: &Admitted,
+    ) -> Result<(), Refusal> {
+        self.reservations.check(cmd.nexus, &admitted.command)?;
+        if admitted.command.writes_medium() && self.write_protected() {
+            return Err(Refusal::Check(Sense::new(Condition::WriteProtected)));
+        }
+        match self.sanitize_failure_refusal(&admitted.command) {
+            Some(sense) => Err(Refusal::Check(sense)),
+            None => Ok(()),
+        }
+    }
+
+    /// The response for a command's result.
+    pub(crate) fn response_of(
+        &self,
+        result: Result<Completed, Refusal>,
+        data_out_wanted: Option<u32>,
+    ) -> ScsiResponse {
         match result {
             Ok(Completed::Good(data_in)) => ScsiResponse {
                 status: ScsiStatus::Good,
@@ -457,7 +495,7 @@ impl LogicalUnit {
         })
     }
 
-    fn refused(&self, refusal: Refusal, data_out_wanted: Option<u32>) -> ScsiResponse {
+    pub(crate) fn refused(&self, refusal: Refusal, data_out_wanted: Option<u32>) -> ScsiResponse {
         match refusal {
             Refusal::Check(sense) => self.check_condition(sense, data_out_wanted),
             Refusal::Conflict => ScsiResponse {
@@ -608,7 +646,7 @@ impl LogicalUnit {
         let sense = match self.unit_attentions.take(nexus) {
             Some(condition) => Sense::new(condition),
             // SBC-4 4.33.2: REQUEST SENSE reports a sanitize operation in progress.
-            None if self.sanitize_in_progress() => Sense::new(Condition::SanitizeInProgress),
+            None if self.sanitize_in_progress() => self.sanitize_in_progress_sense(),
             None => Sense::new(Condition::NoAdditionalSense),
         };
         let mut data = if descriptor {

@@ -105,6 +105,9 @@ pub struct Sense {
     /// INFORMATION field (VALID=1 when present): e.g. offset of the first miscompared byte.
     pub information: Option<u64>,
     pub field_pointer: Option<FieldPointer>,
+    /// PROGRESS INDICATION in the sense-key specific bytes (SPC-4 4.5.2.4.4): the fraction of an operation done,
+    /// in 65536ths, e.g. of a sanitize operation in progress (SBC-4 4.33.2).
+    pub progress: Option<u16>,
 }
 
 impl Sense {
@@ -113,6 +116,7 @@ impl Sense {
             condition,
             information: None,
             field_pointer: None,
+            progress: None,
         }
     }
 
@@ -126,6 +130,7 @@ impl Sense {
                 byte,
                 bit,
             }),
+            progress: None,
         }
     }
 
@@ -139,11 +144,17 @@ impl Sense {
                 byte,
                 bit,
             }),
+            progress: None,
         }
     }
 
     pub const fn with_information(mut self, information: u64) -> Self {
         self.information = Some(information);
+        self
+    }
+
+    pub const fn with_progress(mut self, progress: u16) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -171,6 +182,9 @@ impl Sense {
             }
             sense[15] = byte15;
             sense[16..18].copy_from_slice(&pointer.byte.to_be_bytes());
+        } else if let Some(progress) = self.progress {
+            sense[15] = 0x80; // SKSV
+            sense[16..18].copy_from_slice(&progress.to_be_bytes());
         }
         sense
     }
@@ -202,6 +216,9 @@ impl Sense {
             }
             let [high, low] = pointer.byte.to_be_bytes();
             sense.extend_from_slice(&[0x02, 0x06, 0x00, 0x00, byte4, high, low, 0x00]);
+        } else if let Some(progress) = self.progress {
+            let [high, low] = progress.to_be_bytes();
+            sense.extend_from_slice(&[0x02, 0x06, 0x00, 0x00, 0x80, high, low, 0x00]);
         }
         sense[7] = (sense.len() - 8) as u8;
         sense

@@ -12,9 +12,11 @@
 //! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
 
 use crate::engine::IoEngine;
+use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
-    Admission, Admitted, ItNexus, LogicalUnit, ScsiCommand, ScsiResponse, ScsiStatus, TaskAttribute,
+    Admission, Admitted, ItNexus, LogicalUnit, SanitizeOperation, ScsiCommand, ScsiResponse,
+    ScsiStatus, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -225,6 +227,12 @@ async fn execute(
         return Executed::Aborted;
     }
     let command = request.as_command();
+    if let Some(started) = lun.unit.start_sanitize(&command, &admitted, guard.as_ref()) {
+        return match started {
+            Err(refused) => done(refused),
+            Ok(operation) => run_sanitize(lun, control, operation, guard).await,
+        };
+    }
     if !admitted.may_wait_for_disk() {
         return done(lun.unit.run_admitted(&command, &admitted, guard.as_ref()));
     }
@@ -248,6 +256,39 @@ async fn execute(
     }
 }
 
+/// A sanitize operation is not a task (SBC-4 4.33.2): it runs on the engine to its end, holding the whole medium,
+/// whatever happens to the command that started it (an abort, a reset, the connection's loss). With IMMED=1 the
+/// command is answered GOOD at once; otherwise it waits for the operation, unless it is aborted first.
+async fn run_sanitize(
+    lun: &Arc<LunRuntime>,
+    control: &Arc<TaskControl>,
+    operation: SanitizeOperation,
+    guard: Option<RangeGuard>,
+) -> Executed {
+    let started = operation.started_response();
+    let immediate = operation.immediate();
+    let unit = Arc::clone(&lun.unit);
+    let engine = Arc::clone(&lun.engine);
+    let running = tokio::spawn(async move {
+        let job = move || {
+            let response = operation.run(&unit);
+            drop(guard);
+            response
+        };
+        engine.run(job).await
+    });
+    if immediate {
+        return done(started);
+    }
+    tokio::select! {
+        finished = running => match finished {
+            Ok(Ok(response)) => done(response),
+            _ => done(internal_failure(&lun.unit)),
+        },
+        _ = control.aborted() => Executed::Aborted,
+    }
+}
+
 fn done(response: ScsiResponse) -> Executed {
     Executed::Done {
         response,
@@ -261,8 +302,8 @@ async fn run_on_engine(
     lun: &Arc<LunRuntime>,
     request: CommandRequest,
     admitted: Admitted,
-    guard: Option<lunlock_scsi::range_lock::RangeGuard>,
-) -> (ScsiResponse, Option<lunlock_scsi::range_lock::RangeGuard>) {
+    guard: Option<RangeGuard>,
+) -> (ScsiResponse, Option<RangeGuard>) {
     let unit = Arc::clone(&lun.unit);
     let job = move || {
         let response = unit.run_admitted(&request.as_command(), &admitted, guard.as_ref());

@@ -14,10 +14,14 @@ const BLOCK: usize = 512;
 const GOOD: u8 = 0x00;
 
 async fn start(dir: &Path, faults: &[&str]) -> RunningTarget {
+    start_sized(dir, faults, 1 << 20).await
+}
+
+async fn start_sized(dir: &Path, faults: &[&str], lun_size_bytes: u64) -> RunningTarget {
     let options = ServeOptions {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir: dir.to_path_buf(),
-        lun_size_bytes: 1 << 20,
+        lun_size_bytes,
         faults: faults
             .iter()
             .map(|s| FaultRule::parse(s).unwrap())
@@ -311,5 +315,103 @@ async fn caws_on_adjacent_blocks_do_not_wait_for_each_other() {
     assert_eq!(statuses[3], 0x02);
     assert_eq!(read_block(&writer, 11).await, vec![0x99; BLOCK]);
     assert_eq!(read_block(&writer, 10).await, vec![0x77; BLOCK]);
+    target.shutdown().await;
+}
+
+/// SANITIZE OVERWRITE (SBC-4 5.30.2) of the whole medium with `passes` passes of the pattern 0xA5.
+fn sanitize_overwrite(immediate: bool, passes: u8) -> ([u8; 10], DataDirection) {
+    let parameters = vec![passes & 0x1F, 0, 0, 1, 0xA5];
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x48;
+    cdb[1] = 0x01 | if immediate { 0x80 } else { 0 };
+    cdb[7..9].copy_from_slice(&(parameters.len() as u16).to_be_bytes());
+    (cdb, DataDirection::Write(parameters))
+}
+
+/// Asserts TEST UNIT READY gets NOT READY, SANITIZE IN PROGRESS with a progress indication (SBC-4 4.33.2).
+async fn assert_sanitize_in_progress(session: &Session) {
+    let outcome = session
+        .execute(0, &[0u8; 6], DataDirection::None)
+        .await
+        .unwrap();
+    let sense = outcome
+        .sense_summary()
+        .expect("TEST UNIT READY during SANITIZE has sense");
+    assert_eq!((sense.key, sense.asc, sense.ascq), (0x02, 0x04, 0x1B));
+    assert_eq!(
+        outcome.sense[15] & 0x80,
+        0x80,
+        "SKSV: the progress indication is valid"
+    );
+}
+
+async fn wait_until_ready(session: &Session) {
+    for _ in 0..600 {
+        let outcome = session
+            .execute(0, &[0u8; 6], DataDirection::None)
+            .await
+            .unwrap();
+        if outcome.is_good() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sanitize operation did not finish in 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sanitize_with_immed_runs_in_the_background_and_the_same_session_sees_it_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start_sized(dir.path(), &[], 64 << 20).await;
+    let session = login(&target, "iqn.2026-11.io.lunlock:sanitize-immed").await;
+    let (cdb, parameters) = sanitize_overwrite(true, 31);
+    let answer = session.execute(0, &cdb, parameters).await.unwrap();
+    assert!(
+        answer.is_good(),
+        "IMMED=1: GOOD once the operation has started"
+    );
+    assert_sanitize_in_progress(&session).await;
+    // The operation is not a task: a LUN reset answers at once and the operation goes on (SBC-4 4.33.2).
+    let reset = tokio::time::timeout(Duration::from_millis(500), session.lun_reset(0)).await;
+    assert_eq!(reset.unwrap().unwrap(), TmfResponse::FunctionComplete);
+    let _unit_attention = session.execute(0, &[0u8; 6], DataDirection::None).await;
+    assert_sanitize_in_progress(&session).await;
+    wait_until_ready(&session).await;
+    assert_eq!(read_block(&session, 12345).await, vec![0xA5; BLOCK]);
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sanitize_without_immed_still_lets_the_same_session_see_it_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start_sized(dir.path(), &[], 64 << 20).await;
+    let session = login(&target, "iqn.2026-11.io.lunlock:sanitize-wait").await;
+    let (cdb, parameters) = sanitize_overwrite(false, 31);
+    let sanitize = session.submit(0, &cdb, parameters).await.unwrap();
+    // The operation starts once the SANITIZE holds the medium; poll until TEST UNIT READY sees it.
+    let mut seen = false;
+    for _ in 0..100 {
+        let outcome = session
+            .execute(0, &[0u8; 6], DataDirection::None)
+            .await
+            .unwrap();
+        if !outcome.is_good() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen, "TEST UNIT READY never saw the sanitize in progress");
+    assert_sanitize_in_progress(&session).await;
+    assert!(
+        sanitize.wait().await.unwrap().is_good(),
+        "the SANITIZE completes when the operation does"
+    );
+    assert!(session
+        .execute(0, &[0u8; 6], DataDirection::None)
+        .await
+        .unwrap()
+        .is_good());
+    assert_eq!(read_block(&session, 999).await, vec![0xA5; BLOCK]);
     target.shutdown().await;
 }
