@@ -100,6 +100,10 @@ enum Command {
         /// Connections served at once over all portals (default 1024; overrides the file's max_connections).
         #[arg(long, value_name = "N")]
         max_connections: Option<usize>,
+        /// Record how long the locks shared by a LUN's sessions are held; write the histograms to FILE as JSON at
+        /// shutdown.
+        #[arg(long, value_name = "FILE")]
+        lock_stats: Option<PathBuf>,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
             faults,
             enable_fault_injection,
             max_connections,
+            lock_stats,
         }) => {
             let defaults = lunlock_server::ServeOptions::default();
             let options = lunlock_server::ServeOptions {
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
                 faults,
                 enable_fault_injection,
                 max_connections,
+                lock_stats,
             };
             lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }

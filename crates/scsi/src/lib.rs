@@ -10,6 +10,7 @@
 
 pub mod cdb;
 mod dispatcher;
+pub mod hold_time;
 mod inquiry;
 mod lu;
 mod mode;

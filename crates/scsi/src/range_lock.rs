@@ -16,6 +16,7 @@
 //! I/O or a wait: the hot path is one lookup. Nothing here blocks except `lock_blocking`, by design.
 
 use crate::cdb::{BlockCount, Lba};
+use crate::hold_time::{timed, SharedLock, Timed};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -167,10 +168,11 @@ pub struct RangeLocks {
 }
 
 impl RangeLocks {
-    fn table(&self) -> MutexGuard<'_, Table> {
+    fn table(&self) -> Timed<MutexGuard<'_, Table>> {
         // A panic while the table was locked cannot leave it half-updated in a way that matters more than
         // refusing every later command would: every update is a push or a remove.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        timed(SharedLock::RangeTable, guard)
     }
 
     /// Waits (asynchronously) for `request` and returns its guard.

@@ -16,6 +16,7 @@
 //! Concurrency: the map is split into shards, each behind its own small mutex, so commands of different sessions
 //! almost never contend; a lock is never held across storage I/O.
 
+use crate::hold_time::{timed, SharedLock, Timed};
 use crate::sense::Condition;
 use crate::ItNexus;
 use std::collections::hash_map::DefaultHasher;
@@ -69,14 +70,15 @@ impl UnitAttentions {
         }
     }
 
-    fn shard(&self, nexus: &ItNexus) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, nexus: &ItNexus) -> Timed<std::sync::MutexGuard<'_, Shard>> {
         let mut hasher = DefaultHasher::new();
         nexus.hash(&mut hasher);
         let index = (hasher.finish() as usize) % SHARD_COUNT;
         // A poisoned shard only means another thread panicked mid-update of plain data; the data stays usable.
-        self.shards[index]
+        let guard = self.shards[index]
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        timed(SharedLock::UnitAttentions, guard)
     }
 
     /// The condition to report to `nexus` now, if any, removing it (the command that receives it is terminated

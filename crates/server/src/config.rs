@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub enable_fault_injection: bool,
     /// `--max-connections N`: overrides the file's `max_connections` and the default.
     pub max_connections: Option<usize>,
+    /// `--lock-stats FILE`: record how long the locks shared by a LUN's sessions are held, and write the
+    /// histograms there as JSON at shutdown (`server::lock_stats`).
+    pub lock_stats: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +56,7 @@ impl Default for ServeOptions {
             faults: Vec::new(),
             enable_fault_injection: false,
             max_connections: None,
+            lock_stats: None,
         }
     }
 }

@@ -34,7 +34,8 @@ pub enum EngineError {
 /// A bounded pool of blocking threads serving one LUN.
 pub struct IoEngine {
     name: String,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// The queue the workers take jobs from (`Sender` is `Sync`: no lock of ours on the submit path).
+    jobs: mpsc::Sender<Job>,
     threads: usize,
 }
 
@@ -62,7 +63,7 @@ impl IoEngine {
         }
         Ok(Arc::new(IoEngine {
             name: name.to_string(),
-            jobs: Mutex::new(sender),
+            jobs: sender,
             threads,
         }))
     }
@@ -82,7 +83,7 @@ impl IoEngine {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
             let _ = done.send(outcome);
         });
-        let sent = crate::server::lock(&self.jobs).send(wrapped);
+        let sent = self.jobs.send(wrapped);
         if sent.is_err() {
             return Err(EngineError::Stopped(self.name.clone()));
         }

@@ -7,6 +7,7 @@
 //! RNG so tests are deterministic.
 
 use crate::log;
+use lunlock_scsi::hold_time::{timed, SharedLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::fmt;
@@ -405,7 +406,7 @@ impl FaultTable {
             return Decision::default();
         }
         let mut decision = Decision::default();
-        let mut rules = crate::server::lock(&self.rules);
+        let mut rules = timed(SharedLock::FaultTable, crate::server::lock(&self.rules));
         let mut rng = crate::server::lock(&self.rng);
         for state in rules.iter_mut() {
             if !state.rule.matches(lun, opcode) {

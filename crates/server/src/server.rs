@@ -467,6 +467,9 @@ pub fn nexus_lost(shared: &Shared, nexus: &Arc<ItNexus>) {
 /// Runs the target until SIGINT or SIGTERM.
 pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
     let config = TargetConfig::from_options(&options)?;
+    if options.lock_stats.is_some() {
+        crate::lock_stats::enable();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -476,6 +479,14 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
         wait_for_signal().await.map_err(ServeError::Io)?;
         log::event(format_args!("shutting down"));
         running.shutdown().await;
+        if let Some(path) = &options.lock_stats {
+            crate::lock_stats::write(path).map_err(|e| {
+                ServeError::Storage(format!(
+                    "cannot write lock statistics to {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
         Ok(())
     })
 }

@@ -12,6 +12,7 @@
 //! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
 
 use crate::engine::IoEngine;
+use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
@@ -86,7 +87,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        crate::server::lock(&self.lun.tasks).remove(&self.key);
+        self.lun.tasks().remove(&self.key);
         let _ = self.control.gone.send(true);
     }
 }
@@ -110,7 +111,7 @@ impl LunRuntime {
             abort: Notify::new(),
             gone: watch::channel(false).0,
         });
-        crate::server::lock(&self.tasks).insert(key, Arc::clone(&control));
+        self.tasks().insert(key, Arc::clone(&control));
         Registration {
             lun: Arc::clone(self),
             key,
@@ -124,7 +125,7 @@ impl LunRuntime {
         &self,
         selected: impl Fn(&Arc<TaskControl>) -> bool,
     ) -> (Vec<watch::Receiver<bool>>, Vec<Arc<ItNexus>>) {
-        let tasks = crate::server::lock(&self.tasks);
+        let tasks = self.tasks();
         let mut receivers = Vec::new();
         let mut nexuses: Vec<Arc<ItNexus>> = Vec::new();
         for control in tasks.values().filter(|c| selected(c)) {
@@ -139,7 +140,11 @@ impl LunRuntime {
 
     /// Tasks in flight on this LUN now.
     pub fn tasks_in_flight(&self) -> usize {
-        crate::server::lock(&self.tasks).len()
+        self.tasks().len()
+    }
+
+    fn tasks(&self) -> Timed<std::sync::MutexGuard<'_, HashMap<u64, Arc<TaskControl>>>> {
+        timed(SharedLock::LunTasks, crate::server::lock(&self.tasks))
     }
 }
 

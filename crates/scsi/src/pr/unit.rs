@@ -11,6 +11,7 @@ use super::conflict::{self, Role};
 use super::state::{Effects, PrError, PrState, Registration};
 use super::wire::{PrIn, PrOutCdb};
 use crate::cdb::Command;
+use crate::hold_time::{timed, SharedLock, Timed};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind};
@@ -64,10 +65,12 @@ pub(crate) struct Reservations {
 }
 
 impl Reservations {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
+    fn lock(&self) -> Timed<MutexGuard<'_, Inner>> {
+        let guard = self
+            .inner
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        timed(SharedLock::Reservations, guard)
     }
 
     fn refresh_active(&self, inner: &Inner) {
@@ -167,18 +170,23 @@ impl Reservations {
             };
             return Err(Sense::invalid_parameter_field(byte, Some(0)).into());
         }
-        let mut inner = self.lock();
-        let mut next = inner.pr.clone();
+        let current = self.lock().pr.clone();
+        let mut next = current.clone();
         let effects = next.apply(nexus, &command)?;
+        // The state is saved (an fsync) without holding the mutex, so commands that only read the reservations
+        // (PERSISTENT RESERVE IN, TEST UNIT READY, ...) never wait for the disk behind it. Nothing else can change
+        // the PR state meanwhile: it changes only here, and every PERSISTENT RESERVE OUT holds the whole medium's
+        // range lock (see `lu::lock_request`); resets touch only the SCSI-2 reservation.
         if let Some(persistence) = &self.persistence {
             let saved = persisted_view(&next);
-            if saved != persisted_view(&inner.pr) {
+            if saved != persisted_view(&current) {
                 let bytes = super::encode_pr_state(&saved);
                 if persistence.save(&bytes).is_err() {
                     return Err(Sense::new(Condition::InternalTargetFailure).into());
                 }
             }
         }
+        let mut inner = self.lock();
         inner.pr = next;
         self.refresh_active(&inner);
         drop(inner);

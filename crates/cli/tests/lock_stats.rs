@@ -1,0 +1,87 @@
+//! `lunlock serve --lock-stats FILE`: the hold-time histograms of the locks a LUN's sessions share, written as JSON
+//! at shutdown, move with traffic.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("lunlock serve did not listen on {port}");
+}
+
+#[test]
+fn lock_statistics_are_written_at_shutdown_and_count_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("locks.json");
+    let port = free_port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_lunlock"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--lun-size",
+            "16M",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--lock-stats")
+        .arg(&stats)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let url = format!("iscsi://127.0.0.1:{port}/iqn.2026-11.io.lunlock:default/0");
+    let bench = Command::new(env!("CARGO_BIN_EXE_lunlock"))
+        .args([
+            "bench",
+            &url,
+            "--workload",
+            "randread",
+            "--qd",
+            "4",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    assert!(Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(serve.wait().unwrap().success());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let locks = json["locks"].as_array().unwrap();
+    let range_table = locks
+        .iter()
+        .find(|l| l["name"] == "range lock table")
+        .expect("the range lock table is reported");
+    assert!(range_table["acquisitions"].as_u64().unwrap() > 100);
+    let hold = &range_table["hold_ns"];
+    let (p50, max) = (hold["p50"].as_u64().unwrap(), hold["max"].as_u64().unwrap());
+    assert!(p50 <= max, "{hold}");
+    for lock in locks {
+        assert!(
+            lock["hold_ns"]["p999"].as_u64().unwrap() <= lock["hold_ns"]["max"].as_u64().unwrap()
+        );
+    }
+}
