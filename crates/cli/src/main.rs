@@ -104,6 +104,9 @@ enum Command {
         /// shutdown.
         #[arg(long, value_name = "FILE")]
         lock_stats: Option<PathBuf>,
+        /// I/O engine for READ and WRITE: uring or threads (default: io_uring when it works here).
+        #[arg(long, value_name = "ENGINE")]
+        io_engine: Option<lunlock_server::engine::IoEngineKind>,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             enable_fault_injection,
             max_connections,
             lock_stats,
+            io_engine,
         }) => {
             let defaults = lunlock_server::ServeOptions::default();
             let options = lunlock_server::ServeOptions {
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
                 enable_fault_injection,
                 max_connections,
                 lock_stats,
+                io_engine,
             };
             lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }

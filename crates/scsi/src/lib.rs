@@ -8,6 +8,7 @@
 //!
 //! Types below are the contract with the `server` and `sim` crates; keep them stable.
 
+mod block_io;
 pub mod cdb;
 mod dispatcher;
 pub mod hold_time;
@@ -29,6 +30,7 @@ mod test_store;
 mod tests;
 pub mod ua;
 
+pub use block_io::BlockIo;
 pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
 pub use lu::{Admission, Admitted, LogicalUnit, LogicalUnitConfig};
 pub use pr::{decode_pr_state, encode_pr_state, PrPersistence, PrStateError};

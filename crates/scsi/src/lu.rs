@@ -75,7 +75,7 @@ impl Admitted {
     }
 
     /// The part of the received Data-Out the command uses.
-    pub(crate) fn data_out<'d>(&self, cmd: &ScsiCommand<'d>) -> &'d [u8] {
+    pub fn data_out<'d>(&self, cmd: &ScsiCommand<'d>) -> &'d [u8] {
         &cmd.data_out[..self.data_out_len.min(cmd.data_out.len())]
     }
 

@@ -3,6 +3,7 @@
 //!
 //! Every error names where it comes from: for a file, the path, line and key; for flags, the flag.
 
+use crate::engine::IoEngineKind;
 use crate::fault::FaultRule;
 use serde::Deserialize;
 use std::fmt;
@@ -42,6 +43,8 @@ pub struct ServeOptions {
     /// `--lock-stats FILE`: record how long the locks shared by a LUN's sessions are held, and write the
     /// histograms there as JSON at shutdown (`server::lock_stats`).
     pub lock_stats: Option<PathBuf>,
+    /// `--io-engine uring|threads`: force an I/O engine (default: io_uring when a probe succeeds).
+    pub io_engine: Option<IoEngineKind>,
 }
 
 impl Default for ServeOptions {
@@ -57,6 +60,7 @@ impl Default for ServeOptions {
             enable_fault_injection: false,
             max_connections: None,
             lock_stats: None,
+            io_engine: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct TargetConfig {
     pub targets: Vec<TargetDefinition>,
     /// Connections served at once over all portals; more are refused at accept.
     pub max_connections: usize,
+    /// `--io-engine`: None probes io_uring at start and falls back to threads.
+    pub io_engine: Option<IoEngineKind>,
 }
 
 /// Why the target cannot start: one line for the user.
@@ -203,7 +209,8 @@ impl TargetConfig {
             }
             None => TargetConfig::embedded_default(options)?,
         };
-        let config = config.with_connection_limit(options.max_connections)?;
+        let mut config = config.with_connection_limit(options.max_connections)?;
+        config.io_engine = options.io_engine;
         config.check_exposure(options.allow_any_initiator)?;
         Ok(config)
     }
@@ -258,6 +265,7 @@ impl TargetConfig {
                 fault_injection: options.enable_fault_injection,
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            io_engine: None,
         })
     }
 
@@ -476,6 +484,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         data_dir,
         targets,
         max_connections,
+        io_engine: None,
     })
 }
 

@@ -15,6 +15,26 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+/// The I/O engine for READ and WRITE (`--io-engine`); the thread pool always serves the other commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEngineKind {
+    /// io_uring: submitted from the reactor to the backing's descriptor, no thread hand-off.
+    Uring,
+    /// The bounded blocking-thread pool.
+    Threads,
+}
+
+impl std::str::FromStr for IoEngineKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<IoEngineKind, String> {
+        match text {
+            "uring" => Ok(IoEngineKind::Uring),
+            "threads" => Ok(IoEngineKind::Threads),
+            _ => Err(format!("unknown I/O engine {text:?} (uring or threads)")),
+        }
+    }
+}
+
 /// Threads per LUN: enough to keep a queue depth of 32 in flight on a disk, as fio's QD32 comparison needs.
 pub const DEFAULT_THREADS_PER_LUN: usize = 32;
 /// Stack of each engine thread: jobs are store calls with heap buffers, so they need little.

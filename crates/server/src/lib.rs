@@ -10,6 +10,7 @@ mod log;
 mod pr_state;
 pub mod server;
 mod task;
+pub mod uring;
 
 pub use config::{parse_size, ServeError, ServeOptions, TargetConfig};
 pub use server::{run_blocking, start, RunningTarget};

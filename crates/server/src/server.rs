@@ -9,11 +9,12 @@ use crate::config::{
     LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig, TargetDefinition,
 };
 use crate::connection;
-use crate::engine::{IoEngine, DEFAULT_THREADS_PER_LUN};
+use crate::engine::{IoEngine, IoEngineKind, DEFAULT_THREADS_PER_LUN};
 use crate::fault::FaultTable;
 use crate::log;
 use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
+use crate::uring::Uring;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
@@ -330,7 +331,53 @@ fn unit_with_reservations(
     unit().offline(reason)
 }
 
+/// The I/O engine: io_uring when asked for or, by default, when it works here (a probe: io_uring_setup can be
+/// refused, e.g. by seccomp); the thread pool otherwise.
+fn choose_engine(requested: Option<IoEngineKind>) -> Result<IoEngineKind, ServeError> {
+    if requested == Some(IoEngineKind::Threads) {
+        return Ok(IoEngineKind::Threads);
+    }
+    match (requested, crate::uring::probe()) {
+        (_, Ok(())) => Ok(IoEngineKind::Uring),
+        (Some(_), Err(error)) => Err(ServeError::Invalid(format!(
+            "--io-engine uring: io_uring is not available here: {error}"
+        ))),
+        (None, Err(error)) => {
+            log::event(format_args!(
+                "io_uring is not available ({error}); using the thread engine"
+            ));
+            Ok(IoEngineKind::Threads)
+        }
+    }
+}
+
+/// A LUN's runtime: its thread pool always, and a ring for READ and WRITE with the io_uring engine when the
+/// store has a descriptor.
+fn lun_runtime(
+    name: &str,
+    unit: Arc<LogicalUnit>,
+    store: &Arc<dyn BlockStore>,
+    kind: IoEngineKind,
+) -> Result<Arc<LunRuntime>, ServeError> {
+    let engine = IoEngine::with_threads(name, DEFAULT_THREADS_PER_LUN).map_err(ServeError::Io)?;
+    let uring = match (kind, store.raw_io()) {
+        (IoEngineKind::Uring, Some(io)) => Some(Uring::start(name, io).map_err(ServeError::Io)?),
+        _ => None,
+    };
+    log::event(format_args!(
+        "{name}: I/O engine {} ({} threads for the other commands)",
+        if uring.is_some() {
+            "io_uring"
+        } else {
+            "threads"
+        },
+        engine.threads()
+    ));
+    Ok(LunRuntime::new(unit, engine, uring))
+}
+
 fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {
+    let engine_kind = choose_engine(config.io_engine)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServeError::Storage(format!(
             "cannot create data directory {}: {e}",
@@ -344,15 +391,9 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
         let mut stores = Vec::new();
         for lun in &definition.luns {
             let (unit, store) = open_lun(definition, lun)?;
-            let engine = IoEngine::with_threads(&format!("lun{}", lun.id), DEFAULT_THREADS_PER_LUN)
-                .map_err(ServeError::Io)?;
-            log::event(format_args!(
-                "{} LUN {}: I/O engine threads ({} threads)",
-                definition.name,
-                lun.id,
-                engine.threads()
-            ));
-            runtimes.insert(lun.id, LunRuntime::new(Arc::clone(&unit), engine));
+            let name = format!("{} LUN {}", definition.name, lun.id);
+            let runtime = lun_runtime(&name, unit.clone(), &store, engine_kind)?;
+            runtimes.insert(lun.id, runtime);
             luns.push((lun.id, unit));
             stores.push(store);
         }

@@ -12,12 +12,13 @@
 //! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
 
 use crate::engine::IoEngine;
+use crate::uring::Uring;
 use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
-    Admission, Admitted, ItNexus, LogicalUnit, SanitizeOperation, ScsiCommand, ScsiResponse,
-    ScsiStatus, TaskAttribute,
+    Admission, Admitted, BlockIo, ItNexus, LogicalUnit, SanitizeOperation, ScsiCommand,
+    ScsiResponse, ScsiStatus, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +30,8 @@ use tokio::sync::{watch, Notify};
 pub struct LunRuntime {
     pub unit: Arc<LogicalUnit>,
     pub engine: Arc<IoEngine>,
+    /// With the io_uring engine: READ and WRITE go through this ring; everything else through `engine`.
+    pub uring: Option<Arc<Uring>>,
     tasks: Mutex<HashMap<u64, Arc<TaskControl>>>,
     next_key: AtomicU64,
 }
@@ -93,10 +96,15 @@ impl Drop for Registration {
 }
 
 impl LunRuntime {
-    pub fn new(unit: Arc<LogicalUnit>, engine: Arc<IoEngine>) -> Arc<LunRuntime> {
+    pub fn new(
+        unit: Arc<LogicalUnit>,
+        engine: Arc<IoEngine>,
+        uring: Option<Arc<Uring>>,
+    ) -> Arc<LunRuntime> {
         Arc::new(LunRuntime {
             unit,
             engine,
+            uring,
             tasks: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
         })
@@ -247,6 +255,11 @@ async fn execute(
     {
         return done(response);
     }
+    if let Some(uring) = &lun.uring {
+        if let Some(answer) = run_on_ring(lun, uring, &command, &admitted).await {
+            return done(answer);
+        }
+    }
     let (response, guard) = run_on_engine(lun, request, admitted, guard).await;
     let preempted = lun.unit.take_abort_requests();
     if !preempted.is_empty() {
@@ -299,6 +312,34 @@ fn done(response: ScsiResponse) -> Executed {
         response,
         preempted: Vec::new(),
     }
+}
+
+/// READ and WRITE through the LUN's ring (the caller holds the range). None: not such a command, or the ring
+/// could not take it now (the thread engine runs it instead; nothing was done).
+async fn run_on_ring(
+    lun: &LunRuntime,
+    uring: &Uring,
+    command: &ScsiCommand<'_>,
+    admitted: &Admitted,
+) -> Option<ScsiResponse> {
+    let io = match lun.unit.plan_block_io(command, admitted)? {
+        Ok(io) => io,
+        Err(refused) => return Some(refused),
+    };
+    let result = match io {
+        BlockIo::Read { offset, len } => uring.read(offset, len).await,
+        BlockIo::Write { offset, len, fua } => {
+            let data = &admitted.data_out(command)[..len];
+            uring.write(offset, data, fua).await.map(|()| Vec::new())
+        }
+    };
+    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+        return None;
+    }
+    if let Err(error) = &result {
+        crate::log::event(format_args!("{uring:?}: {io:?}: {error}"));
+    }
+    Some(lun.unit.finish_block_io(admitted, io, result))
 }
 
 /// Runs an admitted command on the LUN's I/O engine; the job owns the request and the range guard until the

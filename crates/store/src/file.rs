@@ -726,6 +726,14 @@ impl BlockStore for FileStore {
             .map_err(|e| error_at(&self.path, "read", e))
     }
 
+    fn raw_io(&self) -> Option<crate::RawIo> {
+        Some(crate::RawIo {
+            fd: self.file.as_raw_fd(),
+            alignment: self.direct.map(|direct| direct.alignment),
+            read_only: self.read_only,
+        })
+    }
+
     fn read_at_without_waiting(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         // O_DIRECT bypasses the page cache: a read always waits for the device, RWF_NOWAIT or not.
         if self.direct.is_some() {

@@ -15,6 +15,15 @@ pub mod metadata;
 
 use std::io;
 
+/// A store's descriptor for direct submission (io_uring), valid as long as the store lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawIo {
+    pub fd: std::os::fd::RawFd,
+    /// Buffer address alignment O_DIRECT requires (None: buffered, any address).
+    pub alignment: Option<usize>,
+    pub read_only: bool,
+}
+
 /// One run of blocks that share an allocation state, as reported by [`BlockStore::allocation_at`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -44,6 +53,11 @@ pub trait BlockStore: Send + Sync + 'static {
     fn read_at_without_waiting(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         let _ = (buf, offset);
         Ok(false)
+    }
+    /// The descriptor an io_uring engine may read and write directly, and how its buffers must be aligned. None:
+    /// the store has no descriptor (memory stores), and I/O goes through its methods on blocking threads.
+    fn raw_io(&self) -> Option<RawIo> {
+        None
     }
     /// Write `buf` at `offset`. Not durable until [`BlockStore::flush`] returns.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
