@@ -625,7 +625,7 @@ impl FullFeature {
 
     /// Aborts this session's tasks that the session machine marked aborted: dormant ones are dropped here,
     /// running ones are told to stop. Returns what to wait for.
-    fn abort_own(&mut self, tasks: &[TaskId]) -> Vec<tokio::sync::watch::Receiver<bool>> {
+    fn abort_own(&mut self, tasks: &[TaskId]) -> Vec<Arc<TaskControl>> {
         let mut gone = Vec::new();
         for &task in tasks {
             if let Some(dormant) = self.dormant.remove(&task) {
@@ -633,7 +633,7 @@ impl FullFeature {
                 self.task_completed(task, dormant.lun);
             } else if let Some(control) = self.controls.get(&task) {
                 control.abort();
-                gone.push(control.gone());
+                gone.push(Arc::clone(control));
             }
         }
         gone

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// A logical unit as the runtime serves it: the sans-IO unit, its I/O engine and its tasks in flight.
 pub struct LunRuntime {
@@ -41,7 +41,8 @@ pub struct TaskControl {
     pub nexus: Arc<ItNexus>,
     aborted: AtomicBool,
     abort: Notify,
-    gone: watch::Sender<bool>,
+    finished: AtomicBool,
+    finish: Notify,
 }
 
 impl TaskControl {
@@ -67,17 +68,29 @@ impl TaskControl {
         }
     }
 
-    /// A receiver that sees `true` (or a closed channel) once the task is gone.
-    pub fn gone(&self) -> watch::Receiver<bool> {
-        self.gone.subscribe()
+    /// Resolves once the task is gone (its registration dropped: finished, aborted, or its connection closed).
+    async fn gone(&self) {
+        loop {
+            let notified = self.finish.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.finished.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark_gone(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.finish.notify_waiters();
     }
 }
 
-/// Waits until every task behind `receivers` is gone.
-pub async fn wait_until_gone(receivers: Vec<watch::Receiver<bool>>) {
-    for mut receiver in receivers {
-        // An error means the sender is gone, which is what we wait for.
-        let _ = receiver.wait_for(|gone| *gone).await;
+/// Waits until every task in `tasks` is gone.
+pub async fn wait_until_gone(tasks: Vec<Arc<TaskControl>>) {
+    for task in tasks {
+        task.gone().await;
     }
 }
 
@@ -91,7 +104,7 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.lun.tasks().remove(&self.key);
-        let _ = self.control.gone.send(true);
+        self.control.mark_gone();
     }
 }
 
@@ -117,7 +130,8 @@ impl LunRuntime {
             nexus: Arc::clone(nexus),
             aborted: AtomicBool::new(false),
             abort: Notify::new(),
-            gone: watch::channel(false).0,
+            finished: AtomicBool::new(false),
+            finish: Notify::new(),
         });
         self.tasks().insert(key, Arc::clone(&control));
         Registration {
@@ -132,13 +146,13 @@ impl LunRuntime {
     pub fn abort_where(
         &self,
         selected: impl Fn(&Arc<TaskControl>) -> bool,
-    ) -> (Vec<watch::Receiver<bool>>, Vec<Arc<ItNexus>>) {
+    ) -> (Vec<Arc<TaskControl>>, Vec<Arc<ItNexus>>) {
         let tasks = self.tasks();
         let mut receivers = Vec::new();
         let mut nexuses: Vec<Arc<ItNexus>> = Vec::new();
         for control in tasks.values().filter(|c| selected(c)) {
             control.abort();
-            receivers.push(control.gone());
+            receivers.push(Arc::clone(control));
             if !nexuses.iter().any(|n| **n == *control.nexus) {
                 nexuses.push(Arc::clone(&control.nexus));
             }
