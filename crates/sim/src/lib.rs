@@ -15,4 +15,4 @@ pub mod store;
 pub mod world;
 
 pub use run::{run_seed, SeedReport, SimOptions};
-pub use world::FaultKind;
+pub use world::{BrokenTarget, FaultKind};
