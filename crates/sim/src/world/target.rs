@@ -586,3 +586,180 @@ impl World {
         self.send_reply(request, reply);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::FaultPlan;
+    use lunlock_initiator::pr::{basic_prout, PrOutAction, PrType};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    /// A fault-free world of three actors; each nexus has seen its power-on unit attention.
+    fn quiet_world() -> World {
+        let mut world = World::new(
+            StdRng::seed_from_u64(5),
+            FaultPlan::default(),
+            3,
+            Vec::new(),
+        );
+        world.quiet = true;
+        for actor in 0..3 {
+            for lun in 0..LUNS {
+                let id = world.submit(request(actor, lun, vec![0; 6], Vec::new()));
+                run_until_idle(&mut world);
+                assert!(world.take_reply(id).is_some());
+            }
+        }
+        world
+    }
+
+    fn request(actor: usize, lun: usize, cdb: Vec<u8>, data_out: Vec<u8>) -> Request {
+        Request {
+            id: 0,
+            actor,
+            incarnation: 0,
+            lun,
+            cdb,
+            expected_length: data_out.len() as u32,
+            data_out,
+        }
+    }
+
+    fn write(actor: usize, lba: u64) -> Request {
+        let cdb = rw16_cdb(0x8A, lba, 1, false).to_vec();
+        request(actor, 0, cdb, vec![actor as u8 + 1; BLOCK as usize])
+    }
+
+    fn prout(actor: usize, action: PrOutAction, pr_type: PrType, key: u64, sark: u64) -> Request {
+        let (cdb, parameters) = basic_prout(action, pr_type, key, sark, false);
+        request(actor, 1, cdb.to_vec(), parameters)
+    }
+
+    fn run_until_idle(world: &mut World) {
+        while world.step().is_some() {}
+    }
+
+    fn step_until(world: &mut World, done: impl Fn(&World) -> bool) {
+        while !done(world) {
+            assert!(world.step().is_some(), "the world ran out of events");
+        }
+    }
+
+    fn arrived(world: &World, id: u64) -> bool {
+        world.in_flight.contains_key(&id)
+    }
+
+    fn status(world: &mut World, id: u64) -> Option<u8> {
+        world.take_reply(id).map(|reply| reply.status)
+    }
+
+    #[test]
+    fn a_write_to_a_block_another_write_holds_waits_and_one_to_another_block_does_not() {
+        let mut world = quiet_world();
+        let first = world.submit(write(0, 10));
+        step_until(&mut world, |w| arrived(w, first));
+        let elsewhere = world.submit(write(1, 11));
+        step_until(&mut world, |w| {
+            arrived(w, elsewhere) || w.stats.commands > 6
+        });
+        assert_eq!(world.stats.lock_waits, 0, "block 11 is free");
+        let same = world.submit(write(2, 10));
+        step_until(&mut world, |w| arrived(w, same) || w.stats.lock_waits > 0);
+        run_until_idle(&mut world);
+        assert_eq!(
+            world.stats.lock_waits, 1,
+            "block 10 is held by the first write"
+        );
+        assert!(world.stats.max_in_flight >= 2);
+        for id in [first, elsewhere, same] {
+            assert_eq!(status(&mut world, id), Some(0x00));
+        }
+        // The waiting write executed after the first one: block 10 holds its image.
+        let block = world.target.units[0].store.block(10);
+        assert_eq!(block, vec![3u8; BLOCK as usize]);
+        assert!(world.in_flight.is_empty());
+        assert_eq!(world.target.units[0].lu.range_locks().occupancy(), (0, 0));
+    }
+
+    #[test]
+    fn preempt_and_abort_aborts_the_victims_commands_parked_behind_it_without_a_reply() {
+        let mut world = quiet_world();
+        let (a, b) = (0xAu64, 0xBu64);
+        for (actor, key) in [(0, a), (1, b)] {
+            let id = world.submit(prout(actor, PrOutAction::Register, PrType(0), 0, key));
+            run_until_idle(&mut world);
+            assert_eq!(status(&mut world, id), Some(0x00));
+        }
+        let reserve = world.submit(prout(
+            1,
+            PrOutAction::Reserve,
+            PrType::WRITE_EXCLUSIVE,
+            b,
+            0,
+        ));
+        run_until_idle(&mut world);
+        assert_eq!(status(&mut world, reserve), Some(0x00));
+        // a0's PREEMPT AND ABORT takes the medium and waits for its I/O; a1's WRITE parks behind it.
+        let preempt = world.submit(prout(
+            0,
+            PrOutAction::PreemptAndAbort,
+            PrType::WRITE_EXCLUSIVE,
+            a,
+            b,
+        ));
+        step_until(&mut world, |w| arrived(w, preempt));
+        let mut victim = write(1, 3);
+        victim.lun = 1;
+        let victim = world.submit(victim);
+        step_until(&mut world, |w| {
+            w.stats.lock_waits == 1 || !arrived(w, preempt)
+        });
+        assert!(arrived(&world, preempt) && arrived(&world, victim));
+        run_until_idle(&mut world);
+        assert_eq!(status(&mut world, preempt), Some(0x00));
+        assert_eq!(status(&mut world, victim), None, "TAS=0: no status");
+        assert_eq!(world.stats.aborted_in_flight, 1);
+        assert_eq!(
+            world.target.units[1].store.block(3),
+            vec![0u8; BLOCK as usize]
+        );
+        assert_eq!(world.target.units[1].lu.range_locks().occupancy(), (0, 0));
+        // The victim's nexus learns that it was preempted (06/2A/05) and that its commands were cleared
+        // (06/2F/00), one unit attention per command.
+        let mut attentions = Vec::new();
+        for _ in 0..3 {
+            let next = world.submit(request(1, 1, vec![0; 6], Vec::new()));
+            run_until_idle(&mut world);
+            let reply = world.take_reply(next).expect("a reply");
+            if reply.status == 0x02 {
+                attentions.push((reply.sense[2] & 0x0F, reply.sense[12], reply.sense[13]));
+            }
+        }
+        assert_eq!(attentions, [(0x06, 0x2A, 0x05), (0x06, 0x2F, 0x00)]);
+    }
+
+    #[test]
+    fn a_power_loss_drops_the_commands_in_flight_and_their_locks() {
+        let mut world = quiet_world();
+        let first = world.submit(write(0, 10));
+        step_until(&mut world, |w| arrived(w, first));
+        let second = world.submit(write(1, 10));
+        step_until(&mut world, |w| {
+            w.stats.lock_waits == 1 || !arrived(w, first)
+        });
+        world.crash_target();
+        assert!(world.in_flight.is_empty());
+        world.restart_target();
+        run_until_idle(&mut world);
+        assert_eq!(
+            (status(&mut world, first), status(&mut world, second)),
+            (None, None)
+        );
+        assert!(
+            world.checks.violations.is_empty(),
+            "{:?}",
+            world.checks.violations
+        );
+    }
+}
