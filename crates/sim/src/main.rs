@@ -9,7 +9,7 @@ const USAGE: &str = "usage: lunlock-sim (--seeds A..B | --seed S) [--steps N] [-
 [--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease|unlocked-caw]
   --seeds A..B   run seeds A to B-1
   --seed S       replay one seed; with --echo print every event
-  --steps N      events with faults on per seed (default 3000); a quiet phase follows
+  --steps N      events with faults on per seed (default 3800); a quiet phase follows
   --faults LIST  comma-separated: lost-request,lost-reply,delay,pause,host-crash,target-crash,partition,busy,miscompare";
 
 struct Args {
