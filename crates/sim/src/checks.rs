@@ -1,4 +1,5 @@
-//! The checkers that run at every command the target executes, at target restarts and on every ATS verdict:
+//! The checkers that run at every command the target executes (at the step where its effect happens, while other
+//! commands are in flight), at target restarts and on every ATS verdict:
 //! CAW linearizability, fencing of the protected counters, PR invariants, durability, and the resolver's verdicts
 //! against what really happened. Mutual exclusion and liveness are checked by the actors' referee (`actors.rs`).
 
@@ -74,9 +75,12 @@ impl Checks {
         }
     }
 
-    /// CAW linearizability: the target executes commands one at a time here, so its results must match the block
-    /// as it was just before (SBC-4 5.3): GOOD exactly when it held the expected image, then it holds the new image;
-    /// MISCOMPARE leaves it untouched and reports the first differing byte.
+    /// CAW linearizability (SBC-4 5.3). The target runs many commands at once, but each command's effect on the
+    /// medium happens in one simulation step (for a correct target, its execution under its range lock), and
+    /// `pre` is the block just before that step: a GOOD CAW is linearized at its write, so the block must have held
+    /// the expected image right before it and hold the new image right after; a MISCOMPARE is linearized at its
+    /// compare, leaves the block untouched and reports the first differing byte. A target that compares and writes
+    /// in separate steps lets another write in between, and its GOOD then replaces an image it never compared.
     fn compare_and_write(
         &mut self,
         now: Duration,

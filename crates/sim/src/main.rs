@@ -1,15 +1,15 @@
 //! `lunlock-sim --seeds A..B [--steps N] [--faults LIST]`, or `--seed S` to replay one seed bit for bit.
 
 use lunlock_cluster::BrokenVariant;
-use lunlock_sim::{run_seed, FaultKind, SeedReport, SimOptions};
+use lunlock_sim::{run_seed, BrokenTarget, FaultKind, SeedReport, SimOptions};
 use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: lunlock-sim (--seeds A..B | --seed S) [--steps N] [--faults all|none|LIST] [--hosts N] \
-[--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease]
+[--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease|unlocked-caw]
   --seeds A..B   run seeds A to B-1
   --seed S       replay one seed; with --echo print every event
-  --steps N      events with faults on per seed (default 3000); a quiet phase follows
+  --steps N      events with faults on per seed (default 3800); a quiet phase follows
   --faults LIST  comma-separated: lost-request,lost-reply,delay,pause,host-crash,target-crash,partition,busy,miscompare";
 
 struct Args {
@@ -67,9 +67,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     "naive-resolver" => options.broken.naive_resolver = true,
                     "ignore-dead-after" => options.broken.ignore_dead_after = true,
                     "revive-lapsed-lease" => options.broken.revive_lapsed_lease = true,
+                    "unlocked-caw" => {
+                        options.broken_target = BrokenTarget {
+                            unlocked_compare_and_write: true,
+                        }
+                    }
                     _ => {
                         return Err(format!(
-                        "--broken {text}: naive-resolver, ignore-dead-after or revive-lapsed-lease"
+                        "--broken {text}: naive-resolver, ignore-dead-after, revive-lapsed-lease or unlocked-caw"
                     ))
                     }
                 }
@@ -123,24 +128,35 @@ fn main() -> ExitCode {
     let _ = BrokenVariant::default();
     let started = Instant::now();
     let (mut steps, mut faults, mut violations, mut seeds) = (0u64, 0u64, 0u64, 0u64);
+    let (mut max_in_flight, mut lock_waits, mut out_of_order, mut aborted_in_flight) =
+        (0u64, 0u64, 0u64, 0u64);
     let single = args.seeds.end - args.seeds.start == 1;
     for seed in args.seeds.clone() {
         let report = run_seed(seed, &args.options);
         seeds += 1;
         steps += report.steps;
         faults += report.faults;
+        max_in_flight = max_in_flight.max(report.max_in_flight);
+        lock_waits += report.lock_waits;
+        out_of_order += report.out_of_order;
+        aborted_in_flight += report.aborted_in_flight;
         if !report.violations.is_empty() {
             violations += report.violations.len() as u64;
             report_violation(&report);
         }
         if single {
             println!(
-                "seed {} steps={} faults={} commands={} grants={} simulated={:.3}s trace_digest={:08x}",
+                "seed {} steps={} faults={} commands={} grants={} max_in_flight={} lock_waits={} out_of_order={} \
+                 aborted_in_flight={} simulated={:.3}s trace_digest={:08x}",
                 report.seed,
                 report.steps,
                 report.faults,
                 report.commands,
                 report.grants,
+                report.max_in_flight,
+                report.lock_waits,
+                report.out_of_order,
+                report.aborted_in_flight,
                 report.simulated.as_secs_f64(),
                 report.digest
             );
@@ -150,6 +166,11 @@ fn main() -> ExitCode {
     eprintln!(
         "{:.0} steps per second ({steps} steps in {elapsed:.1} s)",
         steps as f64 / elapsed.max(1e-9)
+    );
+    // The target's concurrency, on its own line: scripts/test checks the format of the last one.
+    println!(
+        "target max_in_flight={max_in_flight} lock_waits={lock_waits} out_of_order={out_of_order} \
+         aborted_in_flight={aborted_in_flight}"
     );
     println!("sim seeds={seeds} steps={steps} faults={faults} violations={violations}");
     if violations > 0 {

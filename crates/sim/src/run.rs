@@ -4,7 +4,7 @@
 use crate::actors::{caw_client, lock_host, pr_client, Referee, Shared};
 use crate::executor::Executor;
 use crate::io::{SimDisk, SimHandle};
-use crate::world::{lock, Control, FaultKind, FaultPlan, World};
+use crate::world::{lock, BrokenTarget, Control, FaultKind, FaultPlan, World};
 use lunlock_cluster::events::{AtsEvent, EventLog};
 use lunlock_cluster::space::{format_seeded, FormatOptions};
 use lunlock_cluster::{BrokenVariant, Uuid};
@@ -24,6 +24,8 @@ pub struct SimOptions {
     pub lock_hosts: usize,
     pub locks: u32,
     pub broken: BrokenVariant,
+    /// A deliberately broken target (the lock manager's broken variants are in `broken`).
+    pub broken_target: BrokenTarget,
     /// Print every event as it happens.
     pub echo: bool,
 }
@@ -31,11 +33,15 @@ pub struct SimOptions {
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
-            steps: 3000,
+            // The target's own events (range-lock grants, I/O completions) are steps too: 3800 covers about as
+            // much simulated time with faults, and injects about as many, as 3000 did before the target ran
+            // commands concurrently.
+            steps: 3800,
             faults: FaultKind::ALL.to_vec(),
             lock_hosts: 4,
             locks: 2,
             broken: BrokenVariant::default(),
+            broken_target: BrokenTarget::default(),
             echo: false,
         }
     }
@@ -49,6 +55,12 @@ pub struct SeedReport {
     pub faults: u64,
     pub commands: u64,
     pub grants: u64,
+    /// How concurrent the target was: the most commands in flight at once, the commands that waited for a range
+    /// lock, those that executed before a command admitted earlier, and those PREEMPT AND ABORT took out of flight.
+    pub max_in_flight: u64,
+    pub lock_waits: u64,
+    pub out_of_order: u64,
+    pub aborted_in_flight: u64,
     pub simulated: Duration,
     /// (step, message)
     pub violations: Vec<(u64, String)>,
@@ -74,7 +86,11 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
         actors,
         (0..hosts).collect(),
     )));
-    lock(&world).trace.echo = options.echo;
+    {
+        let mut w = lock(&world);
+        w.trace.echo = options.echo;
+        w.broken = options.broken_target;
+    }
     let superblock = format_lockspace(&world, hosts, options.locks, rng.gen());
     let counter_lba = superblock.total_blocks() + 4;
     lock(&world).checks.counter_lbas = counter_lba..counter_lba + u64::from(options.locks);
@@ -423,6 +439,10 @@ fn finish(
         faults: w.stats.faults,
         commands: w.stats.commands,
         grants: referee.grants,
+        max_in_flight: w.stats.max_in_flight,
+        lock_waits: w.stats.lock_waits,
+        out_of_order: w.stats.out_of_order,
+        aborted_in_flight: w.stats.aborted_in_flight,
         simulated: w.now,
         violations,
         trace: w.trace.lines().cloned().collect(),

@@ -1,25 +1,22 @@
-//! The simulated world: time, the event queue, the network between actors and the target, the target itself (the
-//! real `scsi` LogicalUnits over tracking stores), and the faults. Everything is driven by one seeded generator.
+//! The simulated world: time, the event queue, the network between actors and the target, the target itself
+//! (`target`: the real `scsi` LogicalUnits over tracking stores, running many commands at once), and the faults.
+//! Everything is driven by one seeded generator.
+
+mod target;
 
 use crate::checks::Checks;
-use crate::store::TrackingStore;
-use lunlock_scsi::{
-    pr::PrPersistence, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ScsiCommand, TaskAttribute,
-};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::Waker;
 use std::time::Duration;
+pub use target::{BrokenTarget, SavedState, Target, Unit};
+use target::{InFlight, LockWakes};
 
 pub const BLOCK: u32 = 512;
-const TARGET_NAME: &str = "iqn.2026-11.io.lunlock:sim";
-/// LUN 0 holds the lockspace, the lock counters and the CAW client's counter; LUN 1 is the PR clients'.
-pub const LUNS: usize = 2;
-const LUN_BYTES: [u64; LUNS] = [1 << 20, 64 << 10];
 /// How many trace lines a violation report shows.
 pub const TRACE_LINES: usize = 60;
 
@@ -158,6 +155,10 @@ pub enum Control {
 enum Event {
     Timer(Waker),
     AtTarget(Request),
+    /// The range lock that command `id` is parked on was granted: its waker asked for this event.
+    LockGranted(u64),
+    /// Command `id`'s simulated I/O completed: it executes now.
+    IoDone(u64),
     AtActor {
         actor: usize,
         incarnation: u64,
@@ -175,95 +176,6 @@ pub struct ActorState {
     pub partitioned: bool,
     /// Bumped at each restart: replies addressed to an earlier incarnation are dropped.
     pub incarnation: u64,
-}
-
-/// APTPL state as the target's persistence saved it: durable at the moment `save` returns.
-#[derive(Default)]
-pub struct SavedState(Mutex<Option<Vec<u8>>>);
-
-impl SavedState {
-    pub fn bytes(&self) -> Option<Vec<u8>> {
-        lock(&self.0).clone()
-    }
-}
-
-impl PrPersistence for SavedState {
-    fn save(&self, state: &[u8]) -> std::io::Result<()> {
-        *lock(&self.0) = Some(state.to_vec());
-        Ok(())
-    }
-}
-
-pub struct Unit {
-    pub lu: Arc<LogicalUnit>,
-    pub store: Arc<TrackingStore>,
-    pub saved: Arc<SavedState>,
-}
-
-pub struct Target {
-    pub up: bool,
-    pub units: Vec<Unit>,
-    pub nexus: Vec<Arc<ItNexus>>,
-}
-
-fn lu_config(lun: usize) -> LogicalUnitConfig {
-    LogicalUnitConfig {
-        block_size: BLOCK,
-        vendor: "LUNLOCK".into(),
-        product: "sim".into(),
-        revision: "0.1".into(),
-        serial: format!("sim-{lun}"),
-        naa: [0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, lun as u8],
-        read_only: false,
-        thin_provisioned: true,
-    }
-}
-
-impl Target {
-    pub fn new(actors: usize) -> Target {
-        let units = (0..LUNS)
-            .map(|lun| {
-                let store = Arc::new(TrackingStore::new(LUN_BYTES[lun]));
-                let saved = Arc::new(SavedState::default());
-                let lu = LogicalUnit::new(lu_config(lun), store.clone())
-                    .with_persistence(saved.clone(), None)
-                    .expect("an empty APTPL state restores");
-                Unit {
-                    lu: Arc::new(lu),
-                    store,
-                    saved,
-                }
-            })
-            .collect();
-        let nexus = (0..actors)
-            .map(|actor| {
-                Arc::new(ItNexus {
-                    initiator_name: format!("iqn.2026-11.sim:actor-{actor}"),
-                    isid: Isid([0x80, 0, 0, 0, (actor >> 8) as u8, actor as u8]),
-                    target_name: TARGET_NAME.into(),
-                    relative_target_port: 1,
-                })
-            })
-            .collect();
-        Target {
-            up: true,
-            units,
-            nexus,
-        }
-    }
-
-    /// Rebuilds every logical unit after a power loss, restoring the saved APTPL state.
-    pub fn restart(&mut self) -> Result<(), String> {
-        for (lun, unit) in self.units.iter_mut().enumerate() {
-            let restored = unit.saved.bytes();
-            let lu = LogicalUnit::new(lu_config(lun), unit.store.clone())
-                .with_persistence(unit.saved.clone(), restored.as_deref())
-                .map_err(|e| format!("LUN {lun}: the saved APTPL state does not restore: {e}"))?;
-            unit.lu = Arc::new(lu);
-        }
-        self.up = true;
-        Ok(())
-    }
 }
 
 /// The last events, for the violation report.
@@ -298,6 +210,15 @@ pub struct Stats {
     pub steps: u64,
     pub faults: u64,
     pub commands: u64,
+    /// The most commands admitted at the target and not yet executed at one time (parked on a range lock or
+    /// waiting for their I/O).
+    pub max_in_flight: u64,
+    /// Commands that found their range busy and parked until it was released.
+    pub lock_waits: u64,
+    /// Commands that executed while a command admitted before them was still in flight.
+    pub out_of_order: u64,
+    /// Commands PREEMPT AND ABORT took out of the target after admission, before they executed.
+    pub aborted_in_flight: u64,
 }
 
 pub struct World {
@@ -317,6 +238,14 @@ pub struct World {
     /// Actors subject to pauses, crashes and partitions (the lock hosts).
     pub faultable: Vec<usize>,
     pub target: Target,
+    /// Commands admitted at the target and not yet executed, by request id.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Commands whose range lock was granted, in the order the lock table granted them; turned into
+    /// [`Event::LockGranted`] events at the end of each step.
+    lock_wakes: LockWakes,
+    /// Admissions so far: orders the commands in flight by arrival.
+    admissions: u64,
+    pub broken: BrokenTarget,
     pub checks: Checks,
     pub trace: Trace,
     pub stats: Stats,
@@ -339,6 +268,10 @@ impl World {
             actors: vec![ActorState::default(); actors],
             faultable,
             target: Target::new(actors),
+            in_flight: BTreeMap::new(),
+            lock_wakes: LockWakes::default(),
+            admissions: 0,
+            broken: BrokenTarget::default(),
             checks: Checks::default(),
             trace: Trace::default(),
             stats: Stats::default(),
@@ -361,6 +294,17 @@ impl World {
 
     pub fn next_event_time(&self) -> Option<Duration> {
         self.queue.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// One command's I/O at the target (the store call on the LUN's engine): 20 to 400 µs, and one in ten waits
+    /// 0.5 to 5 ms more (a queue or a flush ahead of it). Not a fault: drawn in the quiet phase too, so the order in
+    /// which concurrent commands complete always comes from the seed.
+    fn io_latency(&mut self) -> Duration {
+        let mut micros = self.rng.gen_range(20..400);
+        if self.rng.gen_bool(0.1) {
+            micros += self.rng.gen_range(500..5_000);
+        }
+        Duration::from_micros(micros)
     }
 
     /// One network hop: 50 to 500 µs, and with the delay fault up to 200 ms more (which also reorders).
@@ -437,6 +381,8 @@ impl World {
         match event {
             Event::Timer(waker) => waker.wake(),
             Event::AtTarget(request) => self.arrive_at_target(request),
+            Event::LockGranted(id) => self.lock_granted(id),
+            Event::IoDone(id) => self.io_done(id),
             Event::AtActor {
                 actor,
                 incarnation,
@@ -458,143 +404,23 @@ impl World {
             }
             Event::Control(control) => return Some(Some(control)),
         }
+        self.schedule_lock_wakes();
         Some(None)
     }
 
-    fn arrive_at_target(&mut self, request: Request) {
-        let what = describe_cdb(&request.cdb);
-        let (actor, id) = (request.actor, request.id);
-        if !self.target.up {
-            self.trace.record(
-                self.now,
-                format_args!("a{actor} #{id} {what} refused: target down"),
-            );
-            return;
-        }
-        let reply = if self.chance(self.plan.busy) {
-            self.stats.faults += 1;
-            self.trace.record(
-                self.now,
-                format_args!("a{actor} #{id} {what} -> BUSY (injected)"),
-            );
-            Reply {
-                status: 0x08,
-                sense: Vec::new(),
-                data_in: Vec::new(),
-            }
-        } else if request.cdb[0] == 0x89 && self.chance(self.plan.miscompare) {
-            self.stats.faults += 1;
-            self.trace.record(
-                self.now,
-                format_args!("a{actor} #{id} {what} -> MISCOMPARE (injected, nothing written)"),
-            );
-            Reply {
-                status: 0x02,
-                sense: miscompare_sense(),
-                data_in: Vec::new(),
-            }
-        } else {
-            self.execute(&request)
-        };
-        if self.chance(self.plan.lost_reply) {
-            self.stats.faults += 1;
-            self.trace
-                .record(self.now, format_args!("a{actor} #{id} reply lost"));
-            return;
-        }
-        let at = self.now + self.latency();
-        let incarnation = request.incarnation;
-        self.schedule(
-            at,
-            Event::AtActor {
-                actor,
-                incarnation,
-                id,
-                reply,
-            },
-        );
-    }
-
-    fn execute(&mut self, request: &Request) -> Reply {
-        self.stats.commands += 1;
-        let unit = &self.target.units[request.lun];
-        let lu = Arc::clone(&unit.lu);
-        let store = Arc::clone(&unit.store);
-        let nexus = Arc::clone(&self.target.nexus[request.actor]);
-        let before = self.checks.before_command(request, &store);
-        let response = lu.execute(&ScsiCommand {
-            nexus: &nexus,
-            lun: request.lun as u64,
-            cdb: &request.cdb,
-            data_out: &request.data_out,
-            expected_transfer_length: request.expected_length,
-            task_tag: request.id,
-            attribute: TaskAttribute::Simple,
-        });
-        let reply = Reply {
-            status: response.status as u8,
-            sense: response.sense,
-            data_in: response.data_in,
-        };
-        self.trace.record(
-            self.now,
-            format_args!(
-                "a{} #{} lun{} {} -> {}",
-                request.actor,
-                request.id,
-                request.lun,
-                describe_cdb(&request.cdb),
-                describe_status(&reply)
-            ),
-        );
-        self.checks
-            .after_command(self.now, request, &reply, before, &store, &lu);
-        let aborted = lu.take_abort_requests();
-        if !aborted.is_empty() {
-            self.abort_queued(request.lun, &aborted);
-        }
-        reply
-    }
-
-    /// PREEMPT AND ABORT: commands of the preempted nexuses still on their way to this LUN never execute
-    /// (SPC-4 5.13.11.5, the task set of those nexuses is aborted).
-    fn abort_queued(&mut self, lun: usize, aborted: &[ItNexus]) {
-        let actors: Vec<usize> = self
-            .target
-            .nexus
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| aborted.iter().any(|a| a == n.as_ref()))
-            .map(|(i, _)| i)
-            .collect();
-        let doomed: Vec<u64> = self
-            .events
-            .iter()
-            .filter(|(_, e)| matches!(e, Event::AtTarget(r) if r.lun == lun && actors.contains(&r.actor)))
-            .map(|(seq, _)| *seq)
-            .collect::<std::collections::BTreeSet<u64>>()
-            .into_iter()
-            .collect();
-        for seq in doomed {
-            if let Some(Event::AtTarget(r)) = self.events.remove(&seq) {
-                self.trace.record(
-                    self.now,
-                    format_args!("a{} #{} aborted by PREEMPT AND ABORT", r.actor, r.id),
-                );
-            }
-        }
-        // Their queue entries stay; `step` skips entries without payloads.
-        self.queue
-            .retain(|Reverse((_, seq))| self.events.contains_key(seq));
-    }
-
-    /// Power loss of the target: in-flight commands are lost, unflushed blocks kept or lost one by one.
+    /// Power loss of the target: in-flight commands are lost (on the way, parked on a lock, or in their I/O),
+    /// unflushed blocks kept or lost one by one.
     pub fn crash_target(&mut self) {
         self.target.up = false;
         let seqs: Vec<u64> = self
             .events
             .iter()
-            .filter(|(_, e)| matches!(e, Event::AtTarget(_)))
+            .filter(|(_, e)| {
+                matches!(
+                    e,
+                    Event::AtTarget(_) | Event::LockGranted(_) | Event::IoDone(_)
+                )
+            })
             .map(|(s, _)| *s)
             .collect();
         for seq in seqs {
@@ -602,6 +428,9 @@ impl World {
         }
         self.queue
             .retain(|Reverse((_, seq))| self.events.contains_key(seq));
+        // Their guards and lock requests belong to the lock tables of the units about to be rebuilt.
+        self.in_flight.clear();
+        self.lock_wakes.clear();
         let pr_before: Vec<_> = self.target.units.iter().map(|u| u.lu.pr_state()).collect();
         let rng = &mut self.rng;
         let mut wrong = Vec::new();
@@ -636,15 +465,6 @@ impl World {
         let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
         Some(Duration::from_secs_f64(-u.ln() / rate))
     }
-}
-
-fn miscompare_sense() -> Vec<u8> {
-    let mut sense = vec![0u8; 18];
-    sense[0] = 0x70;
-    sense[2] = 0x0E;
-    sense[7] = 10;
-    sense[12] = 0x1D;
-    sense
 }
 
 pub fn describe_cdb(cdb: &[u8]) -> String {

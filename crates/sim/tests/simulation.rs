@@ -1,8 +1,8 @@
-//! The simulator's own guarantees: a seed replays bit for bit, the checkers catch deliberately broken lock
-//! managers, and the seeds that found real bugs stay clean.
+//! The simulator's own guarantees: a seed replays bit for bit, the target runs commands concurrently, the checkers
+//! catch deliberately broken lock managers and a broken target, and the seeds that found real bugs stay clean.
 
 use lunlock_cluster::BrokenVariant;
-use lunlock_sim::{run_seed, SimOptions};
+use lunlock_sim::{run_seed, BrokenTarget, SimOptions};
 use std::process::Command;
 
 fn options(broken: BrokenVariant) -> SimOptions {
@@ -47,6 +47,48 @@ fn the_binary_prints_byte_identical_output_for_a_replayed_seed() {
     let last = text.lines().last().unwrap();
     assert!(last.starts_with("sim seeds=1 steps="), "{last}");
     assert!(last.ends_with(" violations=0"), "{last}");
+}
+
+/// The simulated target runs commands as the server does, many at once: on every seed several commands are in
+/// flight at the target together, some park on a range lock another command holds, and some complete before
+/// commands admitted earlier. Without this the CAW and PR checkers would only ever see one command at a time.
+#[test]
+fn the_target_runs_commands_concurrently_on_every_seed() {
+    let (mut max_in_flight, mut lock_waits) = (0, 0);
+    for seed in 0..50 {
+        let report = run_seed(seed, &SimOptions::default());
+        assert!(
+            report.max_in_flight > 1 && report.lock_waits > 0 && report.out_of_order > 0,
+            "seed {seed} ran its commands one at a time: {report:?}"
+        );
+        max_in_flight = max_in_flight.max(report.max_in_flight);
+        lock_waits += report.lock_waits;
+    }
+    assert!(max_in_flight > 2, "{max_in_flight}");
+    assert!(lock_waits > 50 * 10, "{lock_waits}");
+}
+
+/// A target whose COMPARE AND WRITE skips its range lock, comparing and then writing one I/O later: two
+/// concurrent CAWs of the same block both compare against the old image and both report GOOD, which the CAW
+/// linearizability checker must see (the second write replaced an image other than the one it compared).
+#[test]
+fn a_compare_and_write_without_its_range_lock_is_caught_within_five_seeds() {
+    let options = SimOptions {
+        broken_target: BrokenTarget {
+            unlocked_compare_and_write: true,
+        },
+        ..SimOptions::default()
+    };
+    let caught = (0..5).find(|&seed| {
+        run_seed(seed, &options)
+            .violations
+            .iter()
+            .any(|(_, m)| m.contains("CAW #") && m.contains("GOOD although the block differed"))
+    });
+    assert!(
+        caught.is_some(),
+        "no seed of 0..5 caught the unlocked COMPARE AND WRITE"
+    );
 }
 
 /// The resolver disabled (a naive retry): its verdicts contradict what the simulator saw land.
