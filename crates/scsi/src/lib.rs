@@ -18,6 +18,7 @@ pub mod pr;
 #[cfg(test)]
 mod provisioning_tests;
 pub mod range_lock;
+pub mod registry;
 mod sanitize;
 pub mod sbc;
 pub mod sense;

@@ -15,7 +15,7 @@
 use crate::cdb::Command;
 use crate::pr::unit::{PrPersistence, Refusal, Reservations};
 use crate::pr::{decode_pr_state, PrState, PrStateError};
-use crate::range_lock::{Access, LockRequest, RangeGuard, RangeLocks, Span};
+use crate::range_lock::{LockRequest, RangeGuard, RangeLocks};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
@@ -390,11 +390,11 @@ impl LogicalUnit {
                 .reservations
                 .persistent_reserve_out(cmd.nexus, prout, cmd.data_out, &self.unit_attentions)
                 .map(|()| Completed::Good(Vec::new())),
-            Command::Reserve => self
+            Command::Reserve { .. } => self
                 .reservations
                 .reserve_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
-            Command::Release => self
+            Command::Release { .. } => self
                 .reservations
                 .release_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
@@ -430,6 +430,7 @@ impl LogicalUnit {
             lba,
             blocks,
             fua: false,
+            ..
         } = admitted.command
         else {
             return None;
@@ -566,8 +567,12 @@ impl LogicalUnit {
             Command::ReadCapacity16 { allocation_length } => {
                 Ok(Completed::Good(self.read_capacity_16(allocation_length)))
             }
-            Command::Read { lba, blocks, fua } => self.read(lba, blocks, fua),
-            Command::Write { lba, blocks, fua } => self.write(lba, blocks, fua, cmd.data_out),
+            Command::Read {
+                lba, blocks, fua, ..
+            } => self.read(lba, blocks, fua),
+            Command::Write {
+                lba, blocks, fua, ..
+            } => self.write(lba, blocks, fua, cmd.data_out),
             Command::WriteAndVerify { lba, blocks, .. } => {
                 self.write(lba, blocks, true, cmd.data_out)
             }
@@ -575,6 +580,7 @@ impl LogicalUnit {
                 lba,
                 blocks,
                 byte_check,
+                ..
             } => self.verify(lba, blocks, byte_check, cmd.data_out),
             Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
             Command::WriteSame {
@@ -590,15 +596,15 @@ impl LogicalUnit {
                 lba,
                 allocation_length,
             } => self.get_lba_status(lba, allocation_length),
-            Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
-            Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks),
+            Command::SynchronizeCache { lba, blocks, .. } => self.synchronize_cache(lba, blocks),
+            Command::PreFetch { lba, blocks, .. } => self.pre_fetch(lba, blocks),
             Command::PersistentReserveIn(command) => Ok(Completed::Good(
                 self.reservations.persistent_reserve_in(command),
             )),
             // Executed by `execute`, which alone can answer RESERVATION CONFLICT.
-            Command::PersistentReserveOut(_) | Command::Reserve | Command::Release => {
-                Ok(Completed::Good(Vec::new()))
-            }
+            Command::PersistentReserveOut(_)
+            | Command::Reserve { .. }
+            | Command::Release { .. } => Ok(Completed::Good(Vec::new())),
         }
     }
 
@@ -688,34 +694,11 @@ impl LogicalUnit {
     }
 }
 
-/// The LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads share
-/// their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its parameter
-/// list), WRITE SAME of the rest of the medium and SANITIZE hold the whole medium, and so do reservation changes
-/// (PERSISTENT RESERVE OUT, RESERVE, RELEASE), which must not interleave with any command's check-then-execute.
-/// Other commands take nothing.
+/// The LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3), from the command's
+/// row in [`crate::registry`]: reads share their range, commands that change the medium hold theirs exclusively,
+/// UNMAP, WRITE SAME of the rest of the medium, SANITIZE and reservation changes hold the whole medium.
 fn lock_request(command: &Command) -> Option<LockRequest> {
-    let (span, access) = match *command {
-        Command::Read { lba, blocks, .. } | Command::Verify { lba, blocks, .. } => {
-            (Span::of(lba, blocks), Access::Shared)
-        }
-        Command::Write { lba, blocks, .. }
-        | Command::WriteAndVerify { lba, blocks, .. }
-        | Command::OrWrite { lba, blocks, .. }
-        | Command::CompareAndWrite { lba, blocks, .. } => {
-            (Span::of(lba, blocks), Access::Exclusive)
-        }
-        Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
-            (Span::of(lba, blocks), Access::Exclusive)
-        }
-        Command::WriteSame { .. }
-        | Command::Unmap { .. }
-        | Command::Sanitize { .. }
-        | Command::PersistentReserveOut(_)
-        | Command::Reserve
-        | Command::Release => (Span::Medium, Access::Exclusive),
-        _ => return None,
-    };
-    Some(LockRequest { span, access })
+    command.lock_request()
 }
 
 /// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes

@@ -103,8 +103,8 @@ impl Reservations {
             command,
             Command::PersistentReserveIn(_)
                 | Command::PersistentReserveOut(_)
-                | Command::Reserve
-                | Command::Release
+                | Command::Reserve { .. }
+                | Command::Release { .. }
         );
         if !self.active.load(Ordering::Acquire) && !reservation_command {
             return Ok(());
@@ -123,7 +123,7 @@ impl Reservations {
             }
         }
         // SPC-3 5.6.3: while any registration exists, RESERVE and RELEASE conflict for everyone.
-        if matches!(command, Command::Reserve | Command::Release)
+        if matches!(command, Command::Reserve { .. } | Command::Release { .. })
             && !inner.pr.registrations.is_empty()
         {
             return Err(Refusal::Conflict);
