@@ -442,6 +442,35 @@ impl Command {
         }
     }
 
+    /// READ(16) (SBC-4 5.16), the read lunlock's clients send.
+    pub fn read_16(lba: u64, blocks: u32, fua: bool) -> Command {
+        Command::Read {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+            cdb: RwCdb::Sixteen,
+        }
+    }
+
+    /// WRITE(16) (SBC-4 5.42), the write lunlock's clients send.
+    pub fn write_16(lba: u64, blocks: u32, fua: bool) -> Command {
+        Command::Write {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+            cdb: RwCdb::Sixteen,
+        }
+    }
+
+    /// COMPARE AND WRITE (SBC-4 5.3) of `blocks` blocks at `lba`.
+    pub fn compare_and_write(lba: u64, blocks: u8, fua: bool) -> Command {
+        Command::CompareAndWrite {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+        }
+    }
+
     /// The CDB that [`Command::parse`] decodes back to this command (SPC-4 4.2), control byte 0: what initiators
     /// and the simulator send. Opcode, service action and length come from the command's row in
     /// [`crate::registry`]. Each value is written in its field's width (a value that does not fit is cut; READ(6)

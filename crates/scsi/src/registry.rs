@@ -443,12 +443,16 @@ pub(crate) fn first_row(opcode: u8) -> Option<&'static Row> {
     }
 }
 
-/// The rows of one opcode (one, or one per service action).
+/// The rows of one opcode (one, or one per service action; they are adjacent in [`TABLE`]).
 pub fn rows_of(opcode: u8) -> impl Iterator<Item = &'static Row> {
-    TABLE
+    let start = match FIRST_ROW[opcode as usize] {
+        NO_ROW => TABLE.len(),
+        at => at as usize,
+    };
+    TABLE[start..]
         .iter()
         .copied()
-        .filter(move |row| row.opcode == opcode)
+        .take_while(move |row| row.opcode == opcode)
 }
 
 /// Whether `opcode` has service actions (SPC-4 4.2.5.2).
@@ -671,6 +675,13 @@ mod tests {
                     assert!(std::ptr::fn_addr_eq(row.parse, other.parse), "{}", row.name);
                 }
             }
+            let of_opcode = TABLE.iter().filter(|r| r.opcode == row.opcode).count();
+            assert_eq!(
+                rows_of(row.opcode).count(),
+                of_opcode,
+                "{}: rows not adjacent",
+                row.name
+            );
         }
     }
 

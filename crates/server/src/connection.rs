@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// REPORT LUNS's operation code (SPC-4 6.33): answered by the target's dispatcher, for any LUN.
-const REPORT_LUNS: u8 = 0xA0;
+const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
 /// A login must finish within this time.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// An idle full-feature connection is pinged this often (NOP-In)...
