@@ -358,7 +358,9 @@ impl LogicalUnit {
                 data_out_wanted,
             ));
         };
-        let lock = lock_request(&command);
+        // The range lock comes from the command's row in the registry (SBC-4 5.3: reads share their blocks, writers
+        // hold them exclusively; UNMAP, WRITE SAME to the end, SANITIZE and reservation changes hold the medium).
+        let lock = command.lock_request();
         Ok(Admitted {
             data_out_len: data_out.len(),
             command,
@@ -692,13 +694,6 @@ impl LogicalUnit {
             }
         }
     }
-}
-
-/// The LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3), from the command's
-/// row in [`crate::registry`]: reads share their range, commands that change the medium hold theirs exclusively,
-/// UNMAP, WRITE SAME of the rest of the medium, SANITIZE and reservation changes hold the whole medium.
-fn lock_request(command: &Command) -> Option<LockRequest> {
-    command.lock_request()
 }
 
 /// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes
