@@ -35,10 +35,9 @@
 use crate::ClientOptions;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb, Class};
-use lunlock_initiator::{
-    commands::rw16_cdb, Capacity, DataDirection, InitiatorError, ScsiOutcome, Session,
-};
+use lunlock_cluster::iscsi_disk::{classify_status, Class};
+use lunlock_initiator::{Capacity, DataDirection, InitiatorError, ScsiOutcome, Session};
+use lunlock_scsi::cdb::Command as Cdb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -64,8 +63,6 @@ const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
 const PROGRESS_REFRESH: Duration = Duration::from_millis(250);
 const IMAGE_MAGIC: &[u8; 8] = b"LLBENCH1";
 const STAMP_BYTES: usize = 32;
-const READ_16: u8 = 0x88;
-const WRITE_16: u8 = 0x8A;
 /// Block Limits VPD page (SBC-4 6.6.4).
 const VPD_BLOCK_LIMITS: u8 = 0xB0;
 
@@ -567,7 +564,7 @@ impl Worker {
     /// Reads the worker's CAW block; None (the error counted) if that failed.
     async fn read_block(&mut self, lba: u64) -> Option<Vec<u8>> {
         let bytes = self.plan.command_bytes() as u32;
-        let cdb = rw16_cdb(READ_16, lba, self.plan.command_blocks, false);
+        let cdb = Cdb::read_16(lba, self.plan.command_blocks, false).encode();
         let (_, result, _) = timed(&self.session, self.lun, &cdb, DataDirection::Read(bytes)).await;
         match result {
             Ok(outcome) if outcome.is_good() && outcome.data_in.len() == bytes as usize => {
@@ -696,12 +693,17 @@ async fn data_worker(mut worker: Worker, load_index: u64) -> Tally {
     let pattern: Vec<u8> = (0..bytes).map(|_| rng.gen()).collect();
     while worker.clock.running() {
         let (lba, write) = next_data_command(&worker, &mut rng);
-        let (opcode, name, direction) = if write {
-            (WRITE_16, "WRITE(16)", DataDirection::Write(pattern.clone()))
+        let blocks = worker.plan.command_blocks;
+        let (command, direction) = if write {
+            (
+                Cdb::write_16(lba, blocks, false),
+                DataDirection::Write(pattern.clone()),
+            )
         } else {
-            (READ_16, "READ(16)", DataDirection::Read(bytes))
+            (Cdb::read_16(lba, blocks, false), DataDirection::Read(bytes))
         };
-        let cdb = rw16_cdb(opcode, lba, worker.plan.command_blocks, false);
+        let name = command.row().name;
+        let cdb = command.encode();
         let (sent, result, done) = timed(&worker.session, worker.lun, &cdb, direction).await;
         match result {
             Ok(outcome) if !outcome.is_good() => worker
@@ -747,14 +749,9 @@ fn caw_answer(result: Result<ScsiOutcome, InitiatorError>) -> CawAnswer {
     }
 }
 
-fn caw_cdb(plan: &LoadPlan, lba: u64) -> [u8; 16] {
-    let mut cdb = compare_and_write_cdb(lba);
+fn caw_cdb(plan: &LoadPlan, lba: u64) -> Vec<u8> {
     // Checked against MAX_CAW_BLOCKS when planned.
-    cdb[13] = plan.command_blocks as u8;
-    if !plan.fua {
-        cdb[1] = 0;
-    }
-    cdb
+    Cdb::compare_and_write(lba, plan.command_blocks as u8, plan.fua).encode()
 }
 
 /// Sends one CAW of `current` -> `new` and sorts the answer; the latency is counted for GOOD and MISCOMPARE.

@@ -3,8 +3,9 @@
 //! byte is printed), 1 on any other failure.
 
 use crate::ClientOptions;
-use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb, Class};
+use lunlock_cluster::iscsi_disk::{classify_status, Class};
 use lunlock_initiator::DataDirection;
+use lunlock_scsi::cdb::Command as Cdb;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -89,11 +90,7 @@ async fn run(args: &CawArgs) -> Result<Option<Option<u64>>, String> {
             capacity.block_size
         ));
     }
-    let mut cdb = compare_and_write_cdb(args.lba);
-    cdb[13] = args.num;
-    if args.no_fua {
-        cdb[1] = 0;
-    }
+    let cdb = Cdb::compare_and_write(args.lba, args.num, !args.no_fua).encode();
     let outcome = session
         .execute(lun, &cdb, DataDirection::Write(data))
         .await

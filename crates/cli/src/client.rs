@@ -2,7 +2,9 @@
 //! commands and logs out. SCSI errors are printed decoded, as sg3_utils does.
 
 use crate::{ClientOptions, Command};
+use lunlock_initiator::commands::inquiry_cdb;
 use lunlock_initiator::{status, DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
+use lunlock_scsi::cdb::{BlockCount, Command as Cdb, Lba};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -135,11 +137,6 @@ async fn discover(url: &str, client: &ClientOptions) -> Result<(), String> {
 
 fn ascii(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
-}
-
-fn inquiry_cdb(evpd: bool, page: u8, allocation: u16) -> [u8; 6] {
-    let [high, low] = allocation.to_be_bytes();
-    [0x12, evpd as u8, page, high, low, 0]
 }
 
 async fn inquiry(url: &str, client: &ClientOptions) -> Result<(), String> {
@@ -282,14 +279,6 @@ async fn readcap(url: &str, client: &ClientOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = opcode;
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    cdb
-}
-
 fn check_range(capacity: &Capacity, lba: u64, blocks: u64) -> Result<(), String> {
     match lba.checked_add(blocks) {
         Some(end) if end <= capacity.blocks => Ok(()),
@@ -329,10 +318,12 @@ async fn read(
         while next < end && in_flight.len() < COPY_QUEUE_DEPTH {
             let blocks = chunk_blocks.min(end - next);
             let session = Arc::clone(&session);
-            let cdb = rw16(0x88, next, blocks as u32);
+            let command = Cdb::read_16(next, blocks as u32, false);
             let length = (blocks * block_size) as u32;
             in_flight.push_back(tokio::spawn(async move {
-                checked(&session, lun, "READ(16)", &cdb, DataDirection::Read(length)).await
+                let cdb = command.encode();
+                let name = command.row().name;
+                checked(&session, lun, name, &cdb, DataDirection::Read(length)).await
             }));
             next += blocks;
         }
@@ -378,16 +369,18 @@ async fn write(url: &str, client: &ClientOptions, input: &Path, lba: u64) -> Res
             let mut data = vec![0u8; length.div_ceil(block_size) as usize * block_size as usize];
             file.read_exact(&mut data[..length as usize])
                 .map_err(|e| format!("{}: {e}", input.display()))?;
-            let cdb = rw16(
-                0x8A,
+            let command = Cdb::write_16(
                 lba + offset / block_size,
                 (data.len() as u64 / block_size) as u32,
+                false,
             );
             let session = Arc::clone(&session);
             in_flight.push_back((
                 length,
                 tokio::spawn(async move {
-                    checked(&session, lun, "WRITE(16)", &cdb, DataDirection::Write(data)).await
+                    let cdb = command.encode();
+                    let name = command.row().name;
+                    checked(&session, lun, name, &cdb, DataDirection::Write(data)).await
                 }),
             ));
             offset += length;
@@ -398,13 +391,16 @@ async fn write(url: &str, client: &ClientOptions, input: &Path, lba: u64) -> Res
         task.await.map_err(|e| e.to_string())??;
         progress.advance(length);
     }
-    let mut sync = [0u8; 10];
-    sync[0] = 0x35;
+    let sync = Cdb::SynchronizeCache {
+        lba: Lba(0),
+        blocks: BlockCount(0),
+        ten: true,
+    };
     checked(
         &session,
         lun,
-        "SYNCHRONIZE CACHE(10)",
-        &sync,
+        sync.row().name,
+        &sync.encode(),
         DataDirection::None,
     )
     .await?;

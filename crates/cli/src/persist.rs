@@ -1157,7 +1157,7 @@ async fn run_commands(request: &Request, session: &Session, lun: u64) -> u8 {
         return status;
     }
     if request.inquiry {
-        let cdb = [0x12, 0, 0, 0, 36, 0];
+        let cdb = lunlock_initiator::commands::inquiry_cdb(false, 0, 36);
         match session.execute(lun, &cdb, DataDirection::Read(36)).await {
             Ok(outcome) if outcome.is_good() => print!("{}", format_inquiry(&outcome.data_in)),
             Ok(outcome) => {
@@ -1271,13 +1271,13 @@ fn unit_attention_text(asc: u8, ascq: u8) -> String {
 pub fn command(request: &Request) -> (Vec<u8>, DataDirection) {
     match request.action {
         Action::In(action) => (
-            pr::prin_cdb(action, request.allocation_length).to_vec(),
+            pr::prin_cdb(action, request.allocation_length),
             DataDirection::Read(request.allocation_length as u32),
         ),
         Action::Out(action) => {
             let list = parameter_list(request, action);
             (
-                pr::prout_cdb(action, request.pr_type, list.len() as u32).to_vec(),
+                pr::prout_cdb(action, request.pr_type, list.len() as u32),
                 DataDirection::Write(list),
             )
         }

@@ -4,7 +4,8 @@
 
 use crate::disk::{CawOutcome, Disk, DiskError};
 use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
-use lunlock_initiator::{commands::rw16_cdb, DataDirection, InitiatorError, ScsiOutcome, Session};
+use lunlock_initiator::{DataDirection, InitiatorError, ScsiOutcome, Session};
+use lunlock_scsi::cdb::Command;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,6 @@ use std::time::Duration;
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 const STATUS_RESERVATION_CONFLICT: u8 = 0x18;
-const COMPARE_AND_WRITE: u8 = 0x89;
 const TMF_ABORT_TASK: u8 = 1;
 /// Sense keys that say nothing was done and nothing will be: ILLEGAL REQUEST, MEDIUM ERROR, HARDWARE ERROR,
 /// DATA PROTECT (SPC-4 Table 47). Others (UNIT ATTENTION, NOT READY, ABORTED COMMAND) leave the outcome open.
@@ -201,7 +201,7 @@ fn describe(e: &InitiatorError) -> String {
 }
 
 fn command_name(cdb: &[u8]) -> &'static str {
-    lunlock_initiator::status::command_name(cdb.first().copied().unwrap_or(0))
+    lunlock_initiator::status::command_name(cdb)
 }
 
 /// A SCSI answer as the lock manager sees it.
@@ -296,14 +296,10 @@ fn information_field(sense: &[u8]) -> Option<u64> {
     }
 }
 
-/// The COMPARE AND WRITE CDB (SBC-4 5.3, Table 35) for one block, with FUA so the write is durable before GOOD.
-pub fn compare_and_write_cdb(lba: u64) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = COMPARE_AND_WRITE;
-    cdb[1] = 0x08;
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[13] = 1;
-    cdb
+/// The lock manager's COMPARE AND WRITE CDB (SBC-4 5.3, Table 35): one block, with FUA so the write is durable
+/// before GOOD.
+pub fn compare_and_write_cdb(lba: u64) -> Vec<u8> {
+    Command::compare_and_write(lba, 1, true).encode()
 }
 
 impl Disk for IscsiDisk {
@@ -312,7 +308,7 @@ impl Disk for IscsiDisk {
     }
 
     async fn read(&self, lba: u64, count: u32, timeout: Duration) -> Result<Vec<u8>, DiskError> {
-        let cdb = rw16_cdb(0x88, lba, count, false);
+        let cdb = Command::read_16(lba, count, false).encode();
         let length = count * self.block_size;
         let outcome = self
             .run_checked(&cdb, DataDirection::Read(length), timeout)
@@ -322,7 +318,7 @@ impl Disk for IscsiDisk {
 
     async fn write(&self, lba: u64, data: Vec<u8>, timeout: Duration) -> Result<(), DiskError> {
         let blocks = (data.len() / self.block_size as usize) as u32;
-        let cdb = rw16_cdb(0x8A, lba, blocks, true);
+        let cdb = Command::write_16(lba, blocks, true).encode();
         self.run_checked(&cdb, DataDirection::Write(data), timeout)
             .await
             .map(|_| ())

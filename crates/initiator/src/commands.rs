@@ -5,8 +5,12 @@
 //!
 //! Decoders never trust the target's lengths: fields past the returned data are an error, not a panic.
 
+//!
+//! CDBs come from `lunlock_scsi`'s command registry ([`Command::encode`]), the same table the target decodes with.
+
 use crate::{DataDirection, InitiatorError, Session, Task};
 use lunlock_iscsi::message::decode_lun;
+use lunlock_scsi::cdb::{BlockCount, Command, Lba};
 
 /// How many unit attentions `test_unit_ready` clears before giving up (power on, reset, parameters changed...).
 pub const MAX_UNIT_ATTENTION_RETRIES: usize = 8;
@@ -182,19 +186,14 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u64>, InitiatorError> {
         .collect())
 }
 
-fn inquiry_cdb(evpd: bool, page: u8, allocation: u16) -> [u8; 6] {
-    let [high, low] = allocation.to_be_bytes();
-    [0x12, evpd as u8, page, high, low, 0]
-}
-
-/// A READ(16) or WRITE(16) CDB (SBC-4 5.14, 5.40).
-pub fn rw16_cdb(opcode: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = opcode;
-    cdb[1] = if fua { 0x08 } else { 0 };
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    cdb
+/// An INQUIRY CDB (SPC-4 6.6): the standard data, or VPD page `page` with `evpd`.
+pub fn inquiry_cdb(evpd: bool, page: u8, allocation_length: u16) -> Vec<u8> {
+    Command::Inquiry {
+        evpd,
+        page_code: page,
+        allocation_length: allocation_length as u32,
+    }
+    .encode()
 }
 
 impl Session {
@@ -203,7 +202,7 @@ impl Session {
         let mut last = None;
         for _ in 0..MAX_UNIT_ATTENTION_RETRIES {
             match self
-                .execute_checked(lun, &[0u8; 6], DataDirection::None)
+                .execute_checked(lun, &Command::TestUnitReady.encode(), DataDirection::None)
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -258,10 +257,10 @@ impl Session {
 
     /// READ CAPACITY(16), or READ CAPACITY(10) when the target does not know the 16-byte command.
     pub async fn read_capacity(&self, lun: u64) -> Result<Capacity, InitiatorError> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x9E;
-        cdb[1] = 0x10; // SERVICE ACTION IN(16): READ CAPACITY(16)
-        cdb[13] = 32;
+        let cdb = Command::ReadCapacity16 {
+            allocation_length: 32,
+        }
+        .encode();
         match self
             .execute_checked(lun, &cdb, DataDirection::Read(32))
             .await
@@ -271,8 +270,7 @@ impl Session {
                 if failure.sense.is_some_and(|s| s.key == 0x5 && s.asc == 0x20) =>
             {
                 // ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE: an SBC-2 era target.
-                let mut cdb = [0u8; 10];
-                cdb[0] = 0x25;
+                let cdb = Command::ReadCapacity10.encode();
                 let outcome = self
                     .execute_checked(lun, &cdb, DataDirection::Read(8))
                     .await?;
@@ -293,7 +291,7 @@ impl Session {
         let length = blocks.checked_mul(block_size).ok_or_else(|| {
             InitiatorError::Protocol("read longer than 4 GiB in one command".into())
         })?;
-        let cdb = rw16_cdb(0x88, lba, blocks, false);
+        let cdb = Command::read_16(lba, blocks, false).encode();
         let outcome = self
             .execute_checked(lun, &cdb, DataDirection::Read(length))
             .await?;
@@ -323,7 +321,7 @@ impl Session {
         }
         let blocks = u32::try_from(data.len() / block_size as usize)
             .map_err(|_| InitiatorError::Protocol("too many blocks in one command".into()))?;
-        let cdb = rw16_cdb(0x8A, lba, blocks, fua);
+        let cdb = Command::write_16(lba, blocks, fua).encode();
         self.execute_checked(lun, &cdb, DataDirection::Write(data))
             .await?;
         Ok(())
@@ -331,17 +329,23 @@ impl Session {
 
     /// SYNCHRONIZE CACHE(16) of the whole logical unit.
     pub async fn synchronize_cache(&self, lun: u64) -> Result<(), InitiatorError> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x91;
+        let cdb = Command::SynchronizeCache {
+            lba: Lba(0),
+            blocks: BlockCount(0),
+            ten: false,
+        }
+        .encode();
         self.execute_checked(lun, &cdb, DataDirection::None).await?;
         Ok(())
     }
 
     /// REPORT LUNS (select report 0: every LUN), sent to LUN 0.
     pub async fn report_luns(&self) -> Result<Vec<u64>, InitiatorError> {
-        let mut cdb = [0u8; 12];
-        cdb[0] = 0xA0;
-        cdb[6..10].copy_from_slice(&REPORT_LUNS_BYTES.to_be_bytes());
+        let cdb = Command::ReportLuns {
+            select_report: 0,
+            allocation_length: REPORT_LUNS_BYTES,
+        }
+        .encode();
         let outcome = self
             .execute_checked(0, &cdb, DataDirection::Read(REPORT_LUNS_BYTES))
             .await?;
@@ -438,8 +442,8 @@ mod tests {
     }
 
     #[test]
-    fn rw16_cdbs_carry_lba_count_and_fua() {
-        let cdb = rw16_cdb(0x8A, 0x0102_0304_0506_0708, 9, true);
+    fn write16_cdbs_carry_lba_count_and_fua() {
+        let cdb = Command::write_16(0x0102_0304_0506_0708, 9, true).encode();
         assert_eq!(cdb[0], 0x8A);
         assert_eq!(cdb[1], 0x08);
         assert_eq!(&cdb[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);

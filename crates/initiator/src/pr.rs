@@ -5,12 +5,11 @@
 //! encoding. Decoders never trust the target's lengths: a descriptor that runs past the returned data is an error,
 //! and lists are cut at what was actually returned (the target truncates to the allocation length, SPC-4 4.2.5.6).
 
+use lunlock_scsi::cdb::Command;
+use lunlock_scsi::pr::wire::PrOutCdb;
+use lunlock_scsi::pr::{PrIn, ServiceActionOut};
 use std::fmt;
 
-/// PERSISTENT RESERVE IN operation code (SPC-4 6.13.1).
-pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
-/// PERSISTENT RESERVE OUT operation code (SPC-4 6.14.1).
-pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
 /// The protocol identifier of iSCSI in a TransportID (SPC-4 Table 362).
 pub const PROTOCOL_ISCSI: u8 = 0x5;
 /// The shortest TransportID (SPC-4 7.6.4.1): every format is at least 24 bytes.
@@ -107,23 +106,41 @@ impl PrType {
     }
 }
 
-/// The 10-byte PERSISTENT RESERVE IN CDB (SPC-4 Table 163).
-pub fn prin_cdb(action: PrInAction, allocation_length: u16) -> [u8; 10] {
-    let mut cdb = [0u8; 10];
-    cdb[0] = PERSISTENT_RESERVE_IN;
-    cdb[1] = action as u8;
-    cdb[7..9].copy_from_slice(&allocation_length.to_be_bytes());
-    cdb
+/// The 10-byte PERSISTENT RESERVE IN CDB (SPC-4 Table 163), encoded by `lunlock_scsi`'s command registry.
+pub fn prin_cdb(action: PrInAction, allocation_length: u16) -> Vec<u8> {
+    let allocation_length = allocation_length as u32;
+    Command::PersistentReserveIn(match action {
+        PrInAction::ReadKeys => PrIn::ReadKeys { allocation_length },
+        PrInAction::ReadReservation => PrIn::ReadReservation { allocation_length },
+        PrInAction::ReportCapabilities => PrIn::ReportCapabilities { allocation_length },
+        PrInAction::ReadFullStatus => PrIn::ReadFullStatus { allocation_length },
+    })
+    .encode()
 }
 
-/// The 10-byte PERSISTENT RESERVE OUT CDB (SPC-4 Table 171). SCOPE is always LU_SCOPE (0), the only scope SPC-4
-/// still defines.
-pub fn prout_cdb(action: PrOutAction, pr_type: PrType, parameter_list_length: u32) -> [u8; 10] {
-    let mut cdb = [0u8; 10];
-    cdb[0] = PERSISTENT_RESERVE_OUT;
-    cdb[1] = action as u8;
+/// The 10-byte PERSISTENT RESERVE OUT CDB (SPC-4 Table 171), encoded by `lunlock_scsi`'s command registry. SCOPE
+/// is always LU_SCOPE (0), the only scope SPC-4 still defines. The TYPE is written as given, for every service
+/// action: a client may send any 4-bit type, including the reserved ones a target must refuse, which the
+/// target's own `Command` cannot hold.
+pub fn prout_cdb(action: PrOutAction, pr_type: PrType, parameter_list_length: u32) -> Vec<u8> {
+    let action = match action {
+        PrOutAction::Register => ServiceActionOut::Register,
+        PrOutAction::Reserve => ServiceActionOut::Reserve,
+        PrOutAction::Release => ServiceActionOut::Release,
+        PrOutAction::Clear => ServiceActionOut::Clear,
+        PrOutAction::Preempt => ServiceActionOut::Preempt,
+        PrOutAction::PreemptAndAbort => ServiceActionOut::PreemptAndAbort,
+        PrOutAction::RegisterAndIgnoreExistingKey => ServiceActionOut::RegisterAndIgnoreExistingKey,
+        PrOutAction::RegisterAndMove => ServiceActionOut::RegisterAndMove,
+    };
+    let mut cdb = Command::PersistentReserveOut(PrOutCdb {
+        action,
+        kind: None,
+        parameter_list_length,
+    })
+    .encode();
+    // SPC-4 6.14.1 Table 171: byte 2 is SCOPE (7..4) and TYPE (3..0).
     cdb[2] = pr_type.0 & 0x0F;
-    cdb[5..9].copy_from_slice(&parameter_list_length.to_be_bytes());
     cdb
 }
 
@@ -283,7 +300,7 @@ pub fn basic_prout(
     key: u64,
     service_action_key: u64,
     aptpl: bool,
-) -> ([u8; 10], Vec<u8>) {
+) -> (Vec<u8>, Vec<u8>) {
     let parameters = ProutParameters {
         reservation_key: ReservationKey(key),
         service_action_key: ReservationKey(service_action_key),

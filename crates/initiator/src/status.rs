@@ -8,8 +8,10 @@ use std::fmt;
 /// A command that ended with a status other than GOOD.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScsiFailure {
-    /// The operation code of the command, for naming it.
+    /// The operation code of the command.
     pub opcode: u8,
+    /// The command's name, from the registry ([`command_name`]).
+    pub command: &'static str,
     pub status: u8,
     /// The decoded sense, when the target sent readable sense data.
     pub sense: Option<SenseSummary>,
@@ -21,6 +23,7 @@ impl ScsiFailure {
     pub fn from_outcome(cdb: &[u8], outcome: &ScsiOutcome) -> ScsiFailure {
         ScsiFailure {
             opcode: cdb.first().copied().unwrap_or(0),
+            command: command_name(cdb),
             status: outcome.status,
             sense: outcome.sense_summary(),
             raw_sense: outcome.sense.clone(),
@@ -88,36 +91,15 @@ pub fn additional_sense_text(asc: u8, ascq: u8) -> String {
     }
 }
 
-/// Short names of the commands lunlock's clients send.
-pub fn command_name(opcode: u8) -> &'static str {
-    match opcode {
-        0x00 => "TEST UNIT READY",
-        0x03 => "REQUEST SENSE",
-        0x12 => "INQUIRY",
-        0x25 => "READ CAPACITY(10)",
-        0x28 => "READ(10)",
-        0x2A => "WRITE(10)",
-        0x35 => "SYNCHRONIZE CACHE(10)",
-        0x5E => "PERSISTENT RESERVE IN",
-        0x5F => "PERSISTENT RESERVE OUT",
-        0x88 => "READ(16)",
-        0x89 => "COMPARE AND WRITE",
-        0x8A => "WRITE(16)",
-        0x91 => "SYNCHRONIZE CACHE(16)",
-        0x9E => "READ CAPACITY(16)",
-        0xA0 => "REPORT LUNS",
-        _ => "SCSI command",
-    }
+/// The name of the command a CDB asks for, from its opcode and service action in `lunlock_scsi`'s command
+/// registry ("READ CAPACITY(16)"), or "SCSI command" for one lunlock does not know.
+pub fn command_name(cdb: &[u8]) -> &'static str {
+    lunlock_scsi::registry::name(cdb).unwrap_or("SCSI command")
 }
 
 impl fmt::Display for ScsiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            command_name(self.opcode),
-            status_name(self.status)
-        )?;
+        write!(f, "{}: {}", self.command, status_name(self.status))?;
         match self.sense {
             Some(sense) => write!(
                 f,

@@ -5,7 +5,7 @@
 use crate::cdb::Command;
 use crate::lu::{Admitted, LogicalUnit};
 use crate::sense::{Condition, Sense};
-use crate::{ScsiCommand, ScsiResponse, ScsiStatus};
+use crate::{ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
 
 /// The I/O an admitted READ or WRITE needs, in bytes of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +38,11 @@ impl LogicalUnit {
                 lba,
                 blocks,
                 fua: false,
+                ..
             } => (lba, blocks, None),
-            Command::Write { lba, blocks, fua } => (lba, blocks, Some(fua)),
+            Command::Write {
+                lba, blocks, fua, ..
+            } => (lba, blocks, Some(fua)),
             _ => return None,
         };
         if blocks.0 == 0 {
@@ -75,6 +78,7 @@ impl LogicalUnit {
                 sense: Vec::new(),
                 data_in,
                 data_out_wanted: wanted,
+                effects: SideEffects::NONE,
             },
             (BlockIo::Read { .. }, Err(_)) => {
                 self.check_condition(Sense::new(Condition::UnrecoveredReadError), wanted)

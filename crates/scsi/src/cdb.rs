@@ -16,63 +16,25 @@ pub struct Lba(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BlockCount(pub u64);
 
-/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16).
-pub mod op {
-    pub const TEST_UNIT_READY: u8 = 0x00;
-    pub const REQUEST_SENSE: u8 = 0x03;
-    pub const READ_6: u8 = 0x08;
-    pub const WRITE_6: u8 = 0x0A;
-    pub const INQUIRY: u8 = 0x12;
-    pub const MODE_SELECT_6: u8 = 0x15;
-    pub const RESERVE_6: u8 = 0x16;
-    pub const RELEASE_6: u8 = 0x17;
-    pub const MODE_SENSE_6: u8 = 0x1A;
-    pub const START_STOP_UNIT: u8 = 0x1B;
-    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
-    pub const READ_CAPACITY_10: u8 = 0x25;
-    pub const READ_10: u8 = 0x28;
-    pub const WRITE_10: u8 = 0x2A;
-    pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
-    pub const VERIFY_10: u8 = 0x2F;
-    pub const PRE_FETCH_10: u8 = 0x34;
-    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
-    pub const READ_DEFECT_DATA_10: u8 = 0x37;
-    pub const WRITE_SAME_10: u8 = 0x41;
-    pub const UNMAP: u8 = 0x42;
-    pub const SANITIZE: u8 = 0x48;
-    pub const MODE_SELECT_10: u8 = 0x55;
-    pub const RESERVE_10: u8 = 0x56;
-    pub const RELEASE_10: u8 = 0x57;
-    pub const MODE_SENSE_10: u8 = 0x5A;
-    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
-    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
-    pub const EXTENDED_COPY: u8 = 0x83;
-    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
-    pub const READ_16: u8 = 0x88;
-    pub const COMPARE_AND_WRITE: u8 = 0x89;
-    pub const WRITE_16: u8 = 0x8A;
-    pub const ORWRITE_16: u8 = 0x8B;
-    pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
-    pub const VERIFY_16: u8 = 0x8F;
-    pub const PRE_FETCH_16: u8 = 0x90;
-    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-    pub const WRITE_SAME_16: u8 = 0x93;
-    pub const WRITE_ATOMIC_16: u8 = 0x9C;
-    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
-    pub const REPORT_LUNS: u8 = 0xA0;
-    pub const MAINTENANCE_IN: u8 = 0xA3;
-    pub const READ_12: u8 = 0xA8;
-    pub const WRITE_12: u8 = 0xAA;
-    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
-    pub const VERIFY_12: u8 = 0xAF;
-    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
+/// Operation codes lunlock knows; they live with the command table in [`crate::registry`].
+pub use crate::registry::op;
 
-    /// SERVICE ACTION IN(16) service actions (SBC-4).
-    pub const SA_READ_CAPACITY_16: u16 = 0x10;
-    pub const SA_GET_LBA_STATUS: u16 = 0x12;
-    /// MAINTENANCE IN service actions (SPC-4).
-    pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
-    pub const SA_REPORT_SUPPORTED_TMFS: u16 = 0x0D;
+/// Which CDB carried a READ or WRITE (SBC-4 5.14-5.17, 5.39-5.42), so the command maps back to its row in
+/// [`crate::registry`] and encodes to the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RwCdb {
+    Six,
+    Ten,
+    Twelve,
+    Sixteen,
+}
+
+/// Which CDB carried a WRITE AND VERIFY or a VERIFY (SBC-4 5.33-5.35, 5.44-5.46).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyCdb {
+    Ten,
+    Twelve,
+    Sixteen,
 }
 
 /// Which VERIFY data comparison is asked for (SBC-4 5.33 Table 116, BYTCHK).
@@ -176,21 +138,25 @@ pub enum Command {
         lba: Lba,
         blocks: BlockCount,
         fua: bool,
+        cdb: RwCdb,
     },
     Write {
         lba: Lba,
         blocks: BlockCount,
         fua: bool,
+        cdb: RwCdb,
     },
     WriteAndVerify {
         lba: Lba,
         blocks: BlockCount,
         byte_check: bool,
+        cdb: VerifyCdb,
     },
     Verify {
         lba: Lba,
         blocks: BlockCount,
         byte_check: ByteCheck,
+        cdb: VerifyCdb,
     },
     OrWrite {
         lba: Lba,
@@ -223,10 +189,12 @@ pub enum Command {
     SynchronizeCache {
         lba: Lba,
         blocks: BlockCount,
+        ten: bool,
     },
     PreFetch {
         lba: Lba,
         blocks: BlockCount,
+        ten: bool,
     },
     PersistentReserveIn(PrIn),
     PersistentReserveOut(PrOutCdb),
@@ -241,9 +209,13 @@ pub enum Command {
     },
     /// RESERVE(6)/(10) (SPC-2 7.21): a whole-LU reservation for the sending nexus; third-party and extent
     /// reservations are not supported.
-    Reserve,
+    Reserve {
+        ten: bool,
+    },
     /// RELEASE(6)/(10) (SPC-2 7.13).
-    Release,
+    Release {
+        ten: bool,
+    },
 }
 
 fn be16(cdb: &[u8], at: usize) -> u32 {
@@ -272,15 +244,13 @@ pub fn cdb_length(opcode: u8) -> Option<usize> {
     }
 }
 
-/// The service action of a CDB whose opcode carries one, for error reporting and REPORT SUPPORTED OPCODES.
+/// The service action of a CDB whose opcode carries one ([`crate::registry::has_service_actions`]), for error
+/// reporting and REPORT SUPPORTED OPCODES.
 pub fn service_action(cdb: &[u8]) -> Option<u16> {
-    match cdb.first()? {
-        &op::SERVICE_ACTION_IN_16
-        | &op::MAINTENANCE_IN
-        | &op::PERSISTENT_RESERVE_IN
-        | &op::PERSISTENT_RESERVE_OUT
-        | &op::SANITIZE => cdb.get(1).map(|b| (b & 0x1F) as u16),
-        _ => None,
+    if crate::registry::has_service_actions(*cdb.first()?) {
+        cdb.get(1).map(|b| (b & 0x1F) as u16)
+    } else {
+        None
     }
 }
 
@@ -320,7 +290,9 @@ fn byte_check(cdb: &[u8]) -> Result<ByteCheck, Sense> {
 }
 
 impl Command {
-    /// Decode `cdb`. An unknown opcode or service action is INVALID COMMAND OPERATION CODE (SPC-4 4.2.1).
+    /// Decode `cdb`. An unknown opcode or service action is INVALID COMMAND OPERATION CODE (SPC-4 4.2.1). The
+    /// opcode's row in [`crate::registry`] names the decoder; the control byte is checked last, so a bad field
+    /// is reported before a bad control byte.
     pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
         let opcode = *cdb
             .first()
@@ -331,277 +303,11 @@ impl Command {
             return Err(Sense::new(Condition::InvalidCommandOperationCode));
         }
         let cdb = &cdb[..length];
-        let command = match opcode {
-            op::TEST_UNIT_READY => Command::TestUnitReady,
-            op::REQUEST_SENSE => Command::RequestSense {
-                descriptor: cdb[1] & 0x01 != 0,
-                allocation_length: cdb[4] as u32,
-            },
-            op::INQUIRY => {
-                let evpd = cdb[1] & 0x01 != 0;
-                if cdb[1] & 0x02 != 0 {
-                    return Err(invalid(1, Some(1)));
-                }
-                if !evpd && cdb[2] != 0 {
-                    return Err(invalid(2, None));
-                }
-                Command::Inquiry {
-                    evpd,
-                    page_code: cdb[2],
-                    allocation_length: be16(cdb, 3),
-                }
-            }
-            op::REPORT_LUNS => Command::ReportLuns {
-                select_report: cdb[2],
-                allocation_length: be32(cdb, 6),
-            },
-            op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
-                let ten = opcode == op::MODE_SENSE_10;
-                let page_control = match cdb[2] >> 6 {
-                    0 => PageControl::Current,
-                    1 => PageControl::Changeable,
-                    2 => PageControl::Default,
-                    _ => PageControl::Saved,
-                };
-                Command::ModeSense {
-                    ten,
-                    dbd: cdb[1] & 0x08 != 0,
-                    llbaa: ten && cdb[1] & 0x10 != 0,
-                    page_control,
-                    page_code: cdb[2] & 0x3F,
-                    subpage_code: cdb[3],
-                    allocation_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
-                }
-            }
-            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
-                let ten = opcode == op::MODE_SELECT_10;
-                Command::ModeSelect {
-                    ten,
-                    pf: cdb[1] & 0x10 != 0,
-                    save_pages: cdb[1] & 0x01 != 0,
-                    parameter_list_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
-                }
-            }
-            op::MAINTENANCE_IN => match service_action(cdb) {
-                Some(op::SA_REPORT_SUPPORTED_OPCODES) => {
-                    let options = cdb[2] & 0x07;
-                    if options > 3 {
-                        return Err(invalid(2, Some(2)));
-                    }
-                    Command::ReportSupportedOpcodes {
-                        rctd: cdb[2] & 0x80 != 0,
-                        options,
-                        opcode: cdb[3],
-                        service_action: be16(cdb, 4) as u16,
-                        allocation_length: be32(cdb, 6),
-                    }
-                }
-                Some(op::SA_REPORT_SUPPORTED_TMFS) => Command::ReportSupportedTmfs {
-                    repd: cdb[2] & 0x80 != 0,
-                    allocation_length: be32(cdb, 6),
-                },
-                _ => return Err(invalid(1, Some(4))),
-            },
-            op::START_STOP_UNIT => Command::StartStopUnit {
-                immediate: cdb[1] & 0x01 != 0,
-                power_condition: cdb[4] >> 4,
-                no_flush: cdb[4] & 0x04 != 0,
-                load_eject: cdb[4] & 0x02 != 0,
-                start: cdb[4] & 0x01 != 0,
-            },
-            op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval {
-                prevent: cdb[4] & 0x03,
-            },
-            op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
-                twelve: false,
-                plist: cdb[2] & 0x10 != 0,
-                glist: cdb[2] & 0x08 != 0,
-                format: cdb[2] & 0x07,
-                allocation_length: be16(cdb, 7),
-            },
-            op::READ_DEFECT_DATA_12 => Command::ReadDefectData {
-                twelve: true,
-                plist: cdb[1] & 0x10 != 0,
-                glist: cdb[1] & 0x08 != 0,
-                format: cdb[1] & 0x07,
-                allocation_length: be32(cdb, 6),
-            },
-            op::READ_CAPACITY_10 => {
-                if be32(cdb, 2) != 0 {
-                    return Err(invalid(2, None));
-                }
-                Command::ReadCapacity10
-            }
-            op::SERVICE_ACTION_IN_16 => match service_action(cdb) {
-                Some(op::SA_READ_CAPACITY_16) => Command::ReadCapacity16 {
-                    allocation_length: be32(cdb, 10),
-                },
-                Some(op::SA_GET_LBA_STATUS) => Command::GetLbaStatus {
-                    lba: Lba(be64(cdb, 2)),
-                    allocation_length: be32(cdb, 10),
-                },
-                _ => return Err(invalid(1, Some(4))),
-            },
-            op::READ_6 | op::WRITE_6 => {
-                // SBC-4 5.14 / 5.39: TRANSFER LENGTH 0 means 256 blocks.
-                let lba = Lba((be24(cdb, 1) & 0x1F_FFFF) as u64);
-                let blocks = BlockCount(match cdb[4] {
-                    0 => 256,
-                    n => n as u64,
-                });
-                if opcode == op::READ_6 {
-                    Command::Read {
-                        lba,
-                        blocks,
-                        fua: false,
-                    }
-                } else {
-                    Command::Write {
-                        lba,
-                        blocks,
-                        fua: false,
-                    }
-                }
-            }
-            op::READ_10
-            | op::READ_12
-            | op::READ_16
-            | op::WRITE_10
-            | op::WRITE_12
-            | op::WRITE_16
-            | op::ORWRITE_16 => {
-                check_protect(cdb)?;
-                let (lba, blocks) = lba_and_count(cdb);
-                let fua = cdb[1] & 0x08 != 0;
-                match opcode {
-                    op::READ_10 | op::READ_12 | op::READ_16 => Command::Read { lba, blocks, fua },
-                    op::ORWRITE_16 => Command::OrWrite { lba, blocks, fua },
-                    _ => Command::Write { lba, blocks, fua },
-                }
-            }
-            op::COMPARE_AND_WRITE => {
-                // SBC-4 5.3: byte 1 WRPROTECT/DPO/FUA (bit 0 obsolete), 2..10 LBA, 10..13 reserved,
-                // 13 NUMBER OF LOGICAL BLOCKS, 14 group number.
-                check_protect(cdb)?;
-                if cdb[1] & 0x07 != 0 {
-                    return Err(invalid(1, Some(2)));
-                }
-                if cdb[10..13].iter().any(|&b| b != 0) {
-                    return Err(invalid(10, None));
-                }
-                // SBC-4 5.3: above MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h) is INVALID FIELD IN CDB.
-                if cdb[13] > crate::sbc::limits::MAX_COMPARE_AND_WRITE_BLOCKS {
-                    return Err(invalid(13, None));
-                }
-                Command::CompareAndWrite {
-                    lba: Lba(be64(cdb, 2)),
-                    blocks: BlockCount(cdb[13] as u64),
-                    fua: cdb[1] & 0x08 != 0,
-                }
-            }
-            op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
-                check_protect(cdb)?;
-                if cdb[1] & 0x04 != 0 {
-                    return Err(invalid(1, Some(2)));
-                }
-                let (lba, blocks) = lba_and_count(cdb);
-                Command::WriteAndVerify {
-                    lba,
-                    blocks,
-                    byte_check: cdb[1] & 0x02 != 0,
-                }
-            }
-            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
-                check_protect(cdb)?;
-                let byte_check = byte_check(cdb)?;
-                let (lba, blocks) = lba_and_count(cdb);
-                Command::Verify {
-                    lba,
-                    blocks,
-                    byte_check,
-                }
-            }
-            op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
-                check_protect(cdb)?;
-                let ten = opcode == op::WRITE_SAME_10;
-                let ndob = !ten && cdb[1] & 0x01 != 0;
-                if ten && cdb[1] & 0x01 != 0 {
-                    return Err(invalid(1, Some(0)));
-                }
-                if cdb[1] & 0x06 != 0 {
-                    // LBDATA/PBDATA (bits 2, 1) are obsolete in SBC-4 and unsupported here.
-                    let bit = if cdb[1] & 0x04 != 0 { 2 } else { 1 };
-                    return Err(invalid(1, Some(bit)));
-                }
-                let (lba, blocks) = lba_and_count(cdb);
-                Command::WriteSame {
-                    lba,
-                    blocks,
-                    unmap: cdb[1] & 0x08 != 0,
-                    anchor: cdb[1] & 0x10 != 0,
-                    ndob,
-                    ten,
-                }
-            }
-            op::UNMAP => Command::Unmap {
-                anchor: cdb[1] & 0x01 != 0,
-                parameter_list_length: be16(cdb, 7),
-            },
-            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
-                let (lba, blocks) = lba_and_count(cdb);
-                Command::SynchronizeCache { lba, blocks }
-            }
-            op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
-                let (lba, blocks) = lba_and_count(cdb);
-                Command::PreFetch { lba, blocks }
-            }
-            op::SANITIZE => {
-                // SBC-4 5.30.1: byte 1 IMMED (7), reserved (6), AUSE (5), SERVICE ACTION (4..0); bytes 2..7
-                // reserved; 7..9 PARAMETER LIST LENGTH.
-                if cdb[1] & 0x40 != 0 {
-                    return Err(invalid(1, Some(6)));
-                }
-                if let Some(at) = (2..7).find(|&at| cdb[at] != 0) {
-                    return Err(invalid(at as u16, None));
-                }
-                let action = match cdb[1] & 0x1F {
-                    0x01 => SanitizeAction::Overwrite,
-                    0x02 => SanitizeAction::BlockErase,
-                    0x03 => SanitizeAction::CryptographicErase,
-                    0x1F => SanitizeAction::ExitFailureMode,
-                    // SBC-4 5.30.1: a reserved service action is INVALID FIELD IN CDB.
-                    _ => return Err(invalid(1, Some(4))),
-                };
-                let parameter_list_length = be16(cdb, 7);
-                // SBC-4 5.30.1 Table 133: BLOCK ERASE, CRYPTOGRAPHIC ERASE and EXIT FAILURE MODE take no parameter
-                // list; a non-zero PARAMETER LIST LENGTH is INVALID FIELD IN CDB.
-                if action != SanitizeAction::Overwrite && parameter_list_length != 0 {
-                    return Err(invalid(7, None));
-                }
-                Command::Sanitize {
-                    immediate: cdb[1] & 0x80 != 0,
-                    ause: cdb[1] & 0x20 != 0,
-                    action,
-                    parameter_list_length,
-                }
-            }
-            op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn(PrIn::parse(cdb)?),
-            op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut(PrOutCdb::parse(cdb)?),
-            // SPC-2 7.21.2 / 7.13.2: 3RDPTY (bit 4) and LONGID (bit 1) and the obsolete extent bit (bit 0) select
-            // forms lunlock does not support.
-            op::RESERVE_6 | op::RELEASE_6 | op::RESERVE_10 | op::RELEASE_10 => {
-                if cdb[1] & 0x13 != 0 {
-                    return Err(invalid(1, Some(4)));
-                }
-                if matches!(opcode, op::RESERVE_6 | op::RESERVE_10) {
-                    Command::Reserve
-                } else {
-                    Command::Release
-                }
-            }
-            _ => return Err(Sense::new(Condition::InvalidCommandOperationCode)),
-        };
+        let row = crate::registry::first_row(opcode)
+            .ok_or(Sense::new(Condition::InvalidCommandOperationCode))?;
+        let command = (row.parse)(cdb)?;
         check_control(cdb)?;
+        debug_assert_eq!(command.row().opcode, opcode, "{command:?} left its row");
         Ok(command)
     }
 
@@ -612,10 +318,16 @@ impl Command {
     pub fn limited_to_blocks(&self, received_blocks: u64) -> Option<Command> {
         let limit = |blocks: &BlockCount| BlockCount(blocks.0.min(received_blocks));
         match self {
-            Command::Write { lba, blocks, fua } => Some(Command::Write {
+            Command::Write {
+                lba,
+                blocks,
+                fua,
+                cdb,
+            } => Some(Command::Write {
                 lba: *lba,
                 blocks: limit(blocks),
                 fua: *fua,
+                cdb: *cdb,
             }),
             Command::OrWrite { lba, blocks, fua } => Some(Command::OrWrite {
                 lba: *lba,
@@ -626,10 +338,12 @@ impl Command {
                 lba,
                 blocks,
                 byte_check,
+                cdb,
             } => Some(Command::WriteAndVerify {
                 lba: *lba,
                 blocks: limit(blocks),
                 byte_check: *byte_check,
+                cdb: *cdb,
             }),
             _ => None,
         }
@@ -677,25 +391,35 @@ impl Command {
         }
     }
 
-    /// True for commands that change the medium (refused with DATA PROTECT on a read-only LU).
     /// Whether executing the command may wait for the disk: store I/O, a flush, or an fsync of saved state
     /// (PERSISTENT RESERVE OUT with APTPL). The runtime runs these on its I/O engine, never on a reactor thread;
-    /// the others only read or change in-memory state.
+    /// the others only read or change in-memory state. From the command's row in [`crate::registry`].
     pub fn may_wait_for_disk(&self) -> bool {
-        match self {
-            Command::Read { .. }
-            | Command::Write { .. }
-            | Command::WriteAndVerify { .. }
-            | Command::Verify { .. }
-            | Command::OrWrite { .. }
-            | Command::CompareAndWrite { .. }
-            | Command::WriteSame { .. }
-            | Command::Unmap { .. }
-            | Command::GetLbaStatus { .. }
-            | Command::SynchronizeCache { .. }
-            | Command::PreFetch { .. }
-            | Command::PersistentReserveOut(_)
-            | Command::Sanitize { .. } => true,
+        self.row().may_wait_for_disk
+    }
+
+    /// True for commands that change the medium (refused with DATA PROTECT on a read-only LU). From the
+    /// command's row in [`crate::registry`], whose tests check that every such row locks its range exclusively.
+    pub fn writes_medium(&self) -> bool {
+        self.row().writes_medium
+    }
+
+    /// The blocks the CDB's LOGICAL BLOCK ADDRESS and count name (SBC-4 4.5), for the commands that have them.
+    pub fn addressed(&self) -> Option<Addressed> {
+        match *self {
+            Command::Read { lba, blocks, .. }
+            | Command::Write { lba, blocks, .. }
+            | Command::WriteAndVerify { lba, blocks, .. }
+            | Command::Verify { lba, blocks, .. }
+            | Command::OrWrite { lba, blocks, .. }
+            | Command::CompareAndWrite { lba, blocks, .. }
+            | Command::SynchronizeCache { lba, blocks, .. }
+            | Command::PreFetch { lba, blocks, .. } => Some(Addressed::Blocks { lba, blocks }),
+            Command::WriteSame { lba, blocks, .. } if blocks.0 == 0 => {
+                Some(Addressed::ToEndOfMedium { lba })
+            }
+            Command::WriteSame { lba, blocks, .. } => Some(Addressed::Blocks { lba, blocks }),
+            Command::GetLbaStatus { lba, .. } => Some(Addressed::ToEndOfMedium { lba }),
             Command::TestUnitReady
             | Command::RequestSense { .. }
             | Command::Inquiry { .. }
@@ -709,28 +433,673 @@ impl Command {
             | Command::ReadDefectData { .. }
             | Command::ReadCapacity10
             | Command::ReadCapacity16 { .. }
+            | Command::Unmap { .. }
             | Command::PersistentReserveIn(_)
-            | Command::Reserve
-            | Command::Release => false,
+            | Command::PersistentReserveOut(_)
+            | Command::Sanitize { .. }
+            | Command::Reserve { .. }
+            | Command::Release { .. } => None,
         }
     }
 
-    pub fn writes_medium(&self) -> bool {
-        matches!(
-            self,
-            Command::Write { .. }
-                | Command::OrWrite { .. }
-                | Command::WriteAndVerify { .. }
-                | Command::CompareAndWrite { .. }
-                | Command::WriteSame { .. }
-                | Command::Unmap { .. }
-                | Command::Sanitize {
-                    action: SanitizeAction::Overwrite
-                        | SanitizeAction::BlockErase
-                        | SanitizeAction::CryptographicErase,
-                    ..
+    /// READ(16) (SBC-4 5.16), the read lunlock's clients send.
+    pub fn read_16(lba: u64, blocks: u32, fua: bool) -> Command {
+        Command::Read {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+            cdb: RwCdb::Sixteen,
+        }
+    }
+
+    /// WRITE(16) (SBC-4 5.42), the write lunlock's clients send.
+    pub fn write_16(lba: u64, blocks: u32, fua: bool) -> Command {
+        Command::Write {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+            cdb: RwCdb::Sixteen,
+        }
+    }
+
+    /// COMPARE AND WRITE (SBC-4 5.3) of `blocks` blocks at `lba`.
+    pub fn compare_and_write(lba: u64, blocks: u8, fua: bool) -> Command {
+        Command::CompareAndWrite {
+            lba: Lba(lba),
+            blocks: BlockCount(blocks as u64),
+            fua,
+        }
+    }
+
+    /// The CDB that [`Command::parse`] decodes back to this command (SPC-4 4.2), control byte 0: what initiators
+    /// and the simulator send. Opcode, service action and length come from the command's row in
+    /// [`crate::registry`]. Each value is written in its field's width (a value that does not fit is cut; READ(6)
+    /// and WRITE(6) send 256 blocks as 0), so `parse(encode(c)) == c` for every command whose values fit.
+    pub fn encode(&self) -> Vec<u8> {
+        let row = self.row();
+        let mut cdb = vec![0u8; row.cdb_length()];
+        cdb[0] = row.opcode;
+        if let Some(service_action) = row.service_action {
+            cdb[1] = service_action as u8 & 0x1F;
+        }
+        let put16 = |cdb: &mut [u8], at: usize, value: u32| {
+            cdb[at..at + 2].copy_from_slice(&(value as u16).to_be_bytes())
+        };
+        let put32 = |cdb: &mut [u8], at: usize, value: u64| {
+            cdb[at..at + 4].copy_from_slice(&(value as u32).to_be_bytes())
+        };
+        let put64 = |cdb: &mut [u8], at: usize, value: u64| {
+            cdb[at..at + 8].copy_from_slice(&value.to_be_bytes())
+        };
+        // LBA and count at the standard places of 10-, 12- and 16-byte block CDBs (the inverse of
+        // `lba_and_count`).
+        let lba_and_count = |cdb: &mut [u8], lba: Lba, blocks: BlockCount| match cdb.len() {
+            10 => {
+                put32(cdb, 2, lba.0);
+                put16(cdb, 7, blocks.0 as u32);
+            }
+            12 => {
+                put32(cdb, 2, lba.0);
+                put32(cdb, 6, blocks.0);
+            }
+            _ => {
+                put64(cdb, 2, lba.0);
+                put32(cdb, 10, blocks.0);
+            }
+        };
+        let bit = |set: bool, mask: u8| if set { mask } else { 0 };
+        match *self {
+            Command::TestUnitReady | Command::ReadCapacity10 => {}
+            Command::RequestSense {
+                descriptor,
+                allocation_length,
+            } => {
+                cdb[1] = bit(descriptor, 0x01);
+                cdb[4] = allocation_length as u8;
+            }
+            Command::Inquiry {
+                evpd,
+                page_code,
+                allocation_length,
+            } => {
+                cdb[1] = bit(evpd, 0x01);
+                cdb[2] = page_code;
+                put16(&mut cdb, 3, allocation_length);
+            }
+            Command::ReportLuns {
+                select_report,
+                allocation_length,
+            } => {
+                cdb[2] = select_report;
+                put32(&mut cdb, 6, allocation_length as u64);
+            }
+            Command::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                page_control,
+                page_code,
+                subpage_code,
+                allocation_length,
+            } => {
+                cdb[1] = bit(dbd, 0x08) | bit(ten && llbaa, 0x10);
+                let pc = match page_control {
+                    PageControl::Current => 0,
+                    PageControl::Changeable => 1,
+                    PageControl::Default => 2,
+                    PageControl::Saved => 3,
+                };
+                cdb[2] = pc << 6 | page_code & 0x3F;
+                cdb[3] = subpage_code;
+                if ten {
+                    put16(&mut cdb, 7, allocation_length);
+                } else {
+                    cdb[4] = allocation_length as u8;
                 }
-        )
+            }
+            Command::ModeSelect {
+                ten,
+                pf,
+                save_pages,
+                parameter_list_length,
+            } => {
+                cdb[1] = bit(pf, 0x10) | bit(save_pages, 0x01);
+                if ten {
+                    put16(&mut cdb, 7, parameter_list_length);
+                } else {
+                    cdb[4] = parameter_list_length as u8;
+                }
+            }
+            Command::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                allocation_length,
+            } => {
+                cdb[2] = bit(rctd, 0x80) | options & 0x07;
+                cdb[3] = opcode;
+                put16(&mut cdb, 4, service_action as u32);
+                put32(&mut cdb, 6, allocation_length as u64);
+            }
+            Command::ReportSupportedTmfs {
+                repd,
+                allocation_length,
+            } => {
+                cdb[2] = bit(repd, 0x80);
+                put32(&mut cdb, 6, allocation_length as u64);
+            }
+            Command::StartStopUnit {
+                immediate,
+                power_condition,
+                no_flush,
+                load_eject,
+                start,
+            } => {
+                cdb[1] = bit(immediate, 0x01);
+                cdb[4] = power_condition << 4
+                    | bit(no_flush, 0x04)
+                    | bit(load_eject, 0x02)
+                    | bit(start, 0x01);
+            }
+            Command::PreventAllowMediumRemoval { prevent } => cdb[4] = prevent & 0x03,
+            Command::ReadDefectData {
+                twelve,
+                plist,
+                glist,
+                format,
+                allocation_length,
+            } => {
+                let flags = bit(plist, 0x10) | bit(glist, 0x08) | format & 0x07;
+                if twelve {
+                    cdb[1] = flags;
+                    put32(&mut cdb, 6, allocation_length as u64);
+                } else {
+                    cdb[2] = flags;
+                    put16(&mut cdb, 7, allocation_length);
+                }
+            }
+            Command::ReadCapacity16 { allocation_length } => {
+                put32(&mut cdb, 10, allocation_length as u64)
+            }
+            Command::GetLbaStatus {
+                lba,
+                allocation_length,
+            } => {
+                put64(&mut cdb, 2, lba.0);
+                put32(&mut cdb, 10, allocation_length as u64);
+            }
+            Command::Read {
+                lba,
+                blocks,
+                cdb: RwCdb::Six,
+                ..
+            }
+            | Command::Write {
+                lba,
+                blocks,
+                cdb: RwCdb::Six,
+                ..
+            } => {
+                let [_, high, middle, low] = (lba.0 as u32 & 0x1F_FFFF).to_be_bytes();
+                cdb[1..4].copy_from_slice(&[high, middle, low]);
+                cdb[4] = blocks.0 as u8;
+            }
+            Command::Read {
+                lba, blocks, fua, ..
+            }
+            | Command::Write {
+                lba, blocks, fua, ..
+            }
+            | Command::OrWrite { lba, blocks, fua } => {
+                cdb[1] = bit(fua, 0x08);
+                lba_and_count(&mut cdb, lba, blocks);
+            }
+            Command::CompareAndWrite { lba, blocks, fua } => {
+                cdb[1] = bit(fua, 0x08);
+                put64(&mut cdb, 2, lba.0);
+                cdb[13] = blocks.0 as u8;
+            }
+            Command::WriteAndVerify {
+                lba,
+                blocks,
+                byte_check,
+                ..
+            } => {
+                cdb[1] = bit(byte_check, 0x02);
+                lba_and_count(&mut cdb, lba, blocks);
+            }
+            Command::Verify {
+                lba,
+                blocks,
+                byte_check,
+                ..
+            } => {
+                cdb[1] = match byte_check {
+                    ByteCheck::None => 0,
+                    ByteCheck::Full => 0b01 << 1,
+                    ByteCheck::SingleBlock => 0b11 << 1,
+                };
+                lba_and_count(&mut cdb, lba, blocks);
+            }
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                anchor,
+                ndob,
+                ten,
+            } => {
+                cdb[1] = bit(unmap, 0x08) | bit(anchor, 0x10) | bit(!ten && ndob, 0x01);
+                lba_and_count(&mut cdb, lba, blocks);
+            }
+            Command::Unmap {
+                anchor,
+                parameter_list_length,
+            } => {
+                cdb[1] = bit(anchor, 0x01);
+                put16(&mut cdb, 7, parameter_list_length);
+            }
+            Command::SynchronizeCache { lba, blocks, .. }
+            | Command::PreFetch { lba, blocks, .. } => lba_and_count(&mut cdb, lba, blocks),
+            Command::PersistentReserveIn(ref prin) => {
+                put16(&mut cdb, 7, prin.allocation_length());
+            }
+            Command::PersistentReserveOut(ref prout) => {
+                cdb[2] = prout.kind.map_or(0, |kind| kind.code());
+                put32(&mut cdb, 5, prout.parameter_list_length as u64);
+            }
+            Command::Sanitize {
+                immediate,
+                ause,
+                parameter_list_length,
+                ..
+            } => {
+                cdb[1] |= bit(immediate, 0x80) | bit(ause, 0x20);
+                put16(&mut cdb, 7, parameter_list_length);
+            }
+            Command::Reserve { .. } | Command::Release { .. } => {}
+        }
+        cdb
+    }
+}
+
+/// The blocks a command's CDB names (SBC-4 4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressed {
+    /// `blocks` blocks from `lba`.
+    Blocks { lba: Lba, blocks: BlockCount },
+    /// Every block from `lba` to the end of the medium: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 (SBC-4 5.50,
+    /// WSNZ=0), GET LBA STATUS.
+    ToEndOfMedium { lba: Lba },
+}
+
+/// The decoders the rows of [`crate::registry`] point at, one per opcode (or family of opcodes sharing a layout).
+/// Each gets exactly the CDB's length (by group code) and checks everything but the control byte.
+pub(crate) mod decode {
+    use super::*;
+
+    type Parsed = Result<Command, Sense>;
+
+    pub(crate) fn test_unit_ready(_cdb: &[u8]) -> Parsed {
+        Ok(Command::TestUnitReady)
+    }
+
+    pub(crate) fn request_sense(cdb: &[u8]) -> Parsed {
+        Ok(Command::RequestSense {
+            descriptor: cdb[1] & 0x01 != 0,
+            allocation_length: cdb[4] as u32,
+        })
+    }
+
+    pub(crate) fn inquiry(cdb: &[u8]) -> Parsed {
+        let evpd = cdb[1] & 0x01 != 0;
+        if cdb[1] & 0x02 != 0 {
+            return Err(invalid(1, Some(1)));
+        }
+        if !evpd && cdb[2] != 0 {
+            return Err(invalid(2, None));
+        }
+        Ok(Command::Inquiry {
+            evpd,
+            page_code: cdb[2],
+            allocation_length: be16(cdb, 3),
+        })
+    }
+
+    pub(crate) fn report_luns(cdb: &[u8]) -> Parsed {
+        Ok(Command::ReportLuns {
+            select_report: cdb[2],
+            allocation_length: be32(cdb, 6),
+        })
+    }
+
+    /// MODE SENSE(6) and (10).
+    pub(crate) fn mode_sense(cdb: &[u8]) -> Parsed {
+        let ten = cdb[0] == op::MODE_SENSE_10;
+        let page_control = match cdb[2] >> 6 {
+            0 => PageControl::Current,
+            1 => PageControl::Changeable,
+            2 => PageControl::Default,
+            _ => PageControl::Saved,
+        };
+        Ok(Command::ModeSense {
+            ten,
+            dbd: cdb[1] & 0x08 != 0,
+            llbaa: ten && cdb[1] & 0x10 != 0,
+            page_control,
+            page_code: cdb[2] & 0x3F,
+            subpage_code: cdb[3],
+            allocation_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
+        })
+    }
+
+    /// MODE SELECT(6) and (10).
+    pub(crate) fn mode_select(cdb: &[u8]) -> Parsed {
+        let ten = cdb[0] == op::MODE_SELECT_10;
+        Ok(Command::ModeSelect {
+            ten,
+            pf: cdb[1] & 0x10 != 0,
+            save_pages: cdb[1] & 0x01 != 0,
+            parameter_list_length: if ten { be16(cdb, 7) } else { cdb[4] as u32 },
+        })
+    }
+
+    /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES and REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
+    pub(crate) fn maintenance_in(cdb: &[u8]) -> Parsed {
+        match service_action(cdb) {
+            Some(op::SA_REPORT_SUPPORTED_OPCODES) => {
+                let options = cdb[2] & 0x07;
+                if options > 3 {
+                    return Err(invalid(2, Some(2)));
+                }
+                Ok(Command::ReportSupportedOpcodes {
+                    rctd: cdb[2] & 0x80 != 0,
+                    options,
+                    opcode: cdb[3],
+                    service_action: be16(cdb, 4) as u16,
+                    allocation_length: be32(cdb, 6),
+                })
+            }
+            Some(op::SA_REPORT_SUPPORTED_TMFS) => Ok(Command::ReportSupportedTmfs {
+                repd: cdb[2] & 0x80 != 0,
+                allocation_length: be32(cdb, 6),
+            }),
+            _ => Err(invalid(1, Some(4))),
+        }
+    }
+
+    pub(crate) fn start_stop_unit(cdb: &[u8]) -> Parsed {
+        Ok(Command::StartStopUnit {
+            immediate: cdb[1] & 0x01 != 0,
+            power_condition: cdb[4] >> 4,
+            no_flush: cdb[4] & 0x04 != 0,
+            load_eject: cdb[4] & 0x02 != 0,
+            start: cdb[4] & 0x01 != 0,
+        })
+    }
+
+    pub(crate) fn prevent_allow_medium_removal(cdb: &[u8]) -> Parsed {
+        Ok(Command::PreventAllowMediumRemoval {
+            prevent: cdb[4] & 0x03,
+        })
+    }
+
+    /// READ DEFECT DATA(10) and (12).
+    pub(crate) fn read_defect_data(cdb: &[u8]) -> Parsed {
+        Ok(if cdb[0] == op::READ_DEFECT_DATA_10 {
+            Command::ReadDefectData {
+                twelve: false,
+                plist: cdb[2] & 0x10 != 0,
+                glist: cdb[2] & 0x08 != 0,
+                format: cdb[2] & 0x07,
+                allocation_length: be16(cdb, 7),
+            }
+        } else {
+            Command::ReadDefectData {
+                twelve: true,
+                plist: cdb[1] & 0x10 != 0,
+                glist: cdb[1] & 0x08 != 0,
+                format: cdb[1] & 0x07,
+                allocation_length: be32(cdb, 6),
+            }
+        })
+    }
+
+    pub(crate) fn read_capacity_10(cdb: &[u8]) -> Parsed {
+        if be32(cdb, 2) != 0 {
+            return Err(invalid(2, None));
+        }
+        Ok(Command::ReadCapacity10)
+    }
+
+    /// SERVICE ACTION IN(16): READ CAPACITY(16) and GET LBA STATUS.
+    pub(crate) fn service_action_in_16(cdb: &[u8]) -> Parsed {
+        match service_action(cdb) {
+            Some(op::SA_READ_CAPACITY_16) => Ok(Command::ReadCapacity16 {
+                allocation_length: be32(cdb, 10),
+            }),
+            Some(op::SA_GET_LBA_STATUS) => Ok(Command::GetLbaStatus {
+                lba: Lba(be64(cdb, 2)),
+                allocation_length: be32(cdb, 10),
+            }),
+            _ => Err(invalid(1, Some(4))),
+        }
+    }
+
+    /// READ(6) and WRITE(6).
+    pub(crate) fn read_write_6(cdb: &[u8]) -> Parsed {
+        // SBC-4 5.14 / 5.39: TRANSFER LENGTH 0 means 256 blocks.
+        let lba = Lba((be24(cdb, 1) & 0x1F_FFFF) as u64);
+        let blocks = BlockCount(match cdb[4] {
+            0 => 256,
+            n => n as u64,
+        });
+        let cdb_size = RwCdb::Six;
+        Ok(if cdb[0] == op::READ_6 {
+            Command::Read {
+                lba,
+                blocks,
+                fua: false,
+                cdb: cdb_size,
+            }
+        } else {
+            Command::Write {
+                lba,
+                blocks,
+                fua: false,
+                cdb: cdb_size,
+            }
+        })
+    }
+
+    /// READ, WRITE (10), (12), (16) and ORWRITE(16).
+    pub(crate) fn read_write(cdb: &[u8]) -> Parsed {
+        check_protect(cdb)?;
+        let (lba, blocks) = lba_and_count(cdb);
+        let fua = cdb[1] & 0x08 != 0;
+        let cdb_size = match cdb.len() {
+            10 => RwCdb::Ten,
+            12 => RwCdb::Twelve,
+            _ => RwCdb::Sixteen,
+        };
+        Ok(match cdb[0] {
+            op::READ_10 | op::READ_12 | op::READ_16 => Command::Read {
+                lba,
+                blocks,
+                fua,
+                cdb: cdb_size,
+            },
+            op::ORWRITE_16 => Command::OrWrite { lba, blocks, fua },
+            _ => Command::Write {
+                lba,
+                blocks,
+                fua,
+                cdb: cdb_size,
+            },
+        })
+    }
+
+    pub(crate) fn compare_and_write(cdb: &[u8]) -> Parsed {
+        // SBC-4 5.3: byte 1 WRPROTECT/DPO/FUA (bit 0 obsolete), 2..10 LBA, 10..13 reserved,
+        // 13 NUMBER OF LOGICAL BLOCKS, 14 group number.
+        check_protect(cdb)?;
+        if cdb[1] & 0x07 != 0 {
+            return Err(invalid(1, Some(2)));
+        }
+        if cdb[10..13].iter().any(|&b| b != 0) {
+            return Err(invalid(10, None));
+        }
+        // SBC-4 5.3: above MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h) is INVALID FIELD IN CDB.
+        if cdb[13] > crate::sbc::limits::MAX_COMPARE_AND_WRITE_BLOCKS {
+            return Err(invalid(13, None));
+        }
+        Ok(Command::CompareAndWrite {
+            lba: Lba(be64(cdb, 2)),
+            blocks: BlockCount(cdb[13] as u64),
+            fua: cdb[1] & 0x08 != 0,
+        })
+    }
+
+    fn verify_cdb(cdb: &[u8]) -> VerifyCdb {
+        match cdb.len() {
+            10 => VerifyCdb::Ten,
+            12 => VerifyCdb::Twelve,
+            _ => VerifyCdb::Sixteen,
+        }
+    }
+
+    /// WRITE AND VERIFY (10), (12), (16).
+    pub(crate) fn write_and_verify(cdb: &[u8]) -> Parsed {
+        check_protect(cdb)?;
+        if cdb[1] & 0x04 != 0 {
+            return Err(invalid(1, Some(2)));
+        }
+        let (lba, blocks) = lba_and_count(cdb);
+        Ok(Command::WriteAndVerify {
+            lba,
+            blocks,
+            byte_check: cdb[1] & 0x02 != 0,
+            cdb: verify_cdb(cdb),
+        })
+    }
+
+    /// VERIFY (10), (12), (16).
+    pub(crate) fn verify(cdb: &[u8]) -> Parsed {
+        check_protect(cdb)?;
+        let byte_check = byte_check(cdb)?;
+        let (lba, blocks) = lba_and_count(cdb);
+        Ok(Command::Verify {
+            lba,
+            blocks,
+            byte_check,
+            cdb: verify_cdb(cdb),
+        })
+    }
+
+    /// WRITE SAME (10) and (16).
+    pub(crate) fn write_same(cdb: &[u8]) -> Parsed {
+        check_protect(cdb)?;
+        let ten = cdb[0] == op::WRITE_SAME_10;
+        let ndob = !ten && cdb[1] & 0x01 != 0;
+        if ten && cdb[1] & 0x01 != 0 {
+            return Err(invalid(1, Some(0)));
+        }
+        if cdb[1] & 0x06 != 0 {
+            // LBDATA/PBDATA (bits 2, 1) are obsolete in SBC-4 and unsupported here.
+            let bit = if cdb[1] & 0x04 != 0 { 2 } else { 1 };
+            return Err(invalid(1, Some(bit)));
+        }
+        let (lba, blocks) = lba_and_count(cdb);
+        Ok(Command::WriteSame {
+            lba,
+            blocks,
+            unmap: cdb[1] & 0x08 != 0,
+            anchor: cdb[1] & 0x10 != 0,
+            ndob,
+            ten,
+        })
+    }
+
+    pub(crate) fn unmap(cdb: &[u8]) -> Parsed {
+        Ok(Command::Unmap {
+            anchor: cdb[1] & 0x01 != 0,
+            parameter_list_length: be16(cdb, 7),
+        })
+    }
+
+    /// SYNCHRONIZE CACHE (10) and (16).
+    pub(crate) fn synchronize_cache(cdb: &[u8]) -> Parsed {
+        let (lba, blocks) = lba_and_count(cdb);
+        Ok(Command::SynchronizeCache {
+            lba,
+            blocks,
+            ten: cdb.len() == 10,
+        })
+    }
+
+    /// PRE-FETCH (10) and (16).
+    pub(crate) fn pre_fetch(cdb: &[u8]) -> Parsed {
+        let (lba, blocks) = lba_and_count(cdb);
+        Ok(Command::PreFetch {
+            lba,
+            blocks,
+            ten: cdb.len() == 10,
+        })
+    }
+
+    pub(crate) fn sanitize(cdb: &[u8]) -> Parsed {
+        // SBC-4 5.30.1: byte 1 IMMED (7), reserved (6), AUSE (5), SERVICE ACTION (4..0); bytes 2..7
+        // reserved; 7..9 PARAMETER LIST LENGTH.
+        if cdb[1] & 0x40 != 0 {
+            return Err(invalid(1, Some(6)));
+        }
+        if let Some(at) = (2..7).find(|&at| cdb[at] != 0) {
+            return Err(invalid(at as u16, None));
+        }
+        let action = match cdb[1] & 0x1F {
+            0x01 => SanitizeAction::Overwrite,
+            0x02 => SanitizeAction::BlockErase,
+            0x03 => SanitizeAction::CryptographicErase,
+            0x1F => SanitizeAction::ExitFailureMode,
+            // SBC-4 5.30.1: a reserved service action is INVALID FIELD IN CDB.
+            _ => return Err(invalid(1, Some(4))),
+        };
+        let parameter_list_length = be16(cdb, 7);
+        // SBC-4 5.30.1 Table 133: BLOCK ERASE, CRYPTOGRAPHIC ERASE and EXIT FAILURE MODE take no parameter
+        // list; a non-zero PARAMETER LIST LENGTH is INVALID FIELD IN CDB.
+        if action != SanitizeAction::Overwrite && parameter_list_length != 0 {
+            return Err(invalid(7, None));
+        }
+        Ok(Command::Sanitize {
+            immediate: cdb[1] & 0x80 != 0,
+            ause: cdb[1] & 0x20 != 0,
+            action,
+            parameter_list_length,
+        })
+    }
+
+    pub(crate) fn persistent_reserve_in(cdb: &[u8]) -> Parsed {
+        Ok(Command::PersistentReserveIn(PrIn::parse(cdb)?))
+    }
+
+    pub(crate) fn persistent_reserve_out(cdb: &[u8]) -> Parsed {
+        Ok(Command::PersistentReserveOut(PrOutCdb::parse(cdb)?))
+    }
+
+    /// RESERVE and RELEASE (6) and (10).
+    pub(crate) fn reserve_release(cdb: &[u8]) -> Parsed {
+        // SPC-2 7.21.2 / 7.13.2: 3RDPTY (bit 4) and LONGID (bit 1) and the obsolete extent bit (bit 0) select
+        // forms lunlock does not support.
+        if cdb[1] & 0x13 != 0 {
+            return Err(invalid(1, Some(4)));
+        }
+        let ten = cdb.len() == 10;
+        Ok(if matches!(cdb[0], op::RESERVE_6 | op::RESERVE_10) {
+            Command::Reserve { ten }
+        } else {
+            Command::Release { ten }
+        })
     }
 }
 
@@ -755,7 +1124,8 @@ mod tests {
             Command::Read {
                 lba: Lba(0x010203),
                 blocks: BlockCount(256),
-                fua: false
+                fua: false,
+                cdb: RwCdb::Six,
             }
         );
     }

@@ -6,7 +6,7 @@ use crate::cdb::op;
 use crate::inquiry::not_present_inquiry;
 use crate::lu::{truncate, LogicalUnit};
 use crate::sense::{Condition, Sense};
-use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
+use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -88,6 +88,7 @@ impl Dispatcher {
             sense: sense.to_fixed(),
             data_in: Vec::new(),
             data_out_wanted: None,
+            effects: SideEffects::NONE,
         };
         if cmd.cdb.len() < 12 {
             return fail(Sense::new(Condition::InvalidCommandOperationCode));
@@ -121,6 +122,7 @@ impl Dispatcher {
             sense: Vec::new(),
             data_in: truncate(data, allocation_length),
             data_out_wanted: None,
+            effects: SideEffects::NONE,
         }
     }
 
@@ -131,6 +133,7 @@ impl Dispatcher {
             sense: Vec::new(),
             data_in,
             data_out_wanted: None,
+            effects: SideEffects::NONE,
         };
         match cmd.cdb.first().copied() {
             Some(op::INQUIRY) if cmd.cdb.len() >= 6 => {
@@ -156,6 +159,7 @@ impl Dispatcher {
                 sense: Sense::new(Condition::LogicalUnitNotSupported).to_fixed(),
                 data_in: Vec::new(),
                 data_out_wanted: None,
+                effects: SideEffects::NONE,
             },
         }
     }

@@ -20,6 +20,7 @@ pub mod pr;
 #[cfg(test)]
 mod provisioning_tests;
 pub mod range_lock;
+pub mod registry;
 mod sanitize;
 pub mod sbc;
 pub mod sense;
@@ -105,6 +106,25 @@ pub struct ScsiResponse {
     /// For commands with a Data-Out phase: the number of bytes the CDB asked for, so the transport can report a
     /// residual overflow or underflow against its expected data transfer length.
     pub data_out_wanted: Option<u32>,
+    /// What the command did beyond its own answer that the runtime must carry out before it answers.
+    pub effects: SideEffects,
+}
+
+/// A command's effects on other tasks, returned with its response so the runtime acts on them before it sends
+/// the status, instead of asking the logical unit afterwards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SideEffects {
+    /// PREEMPT AND ABORT (SPC-4 5.13.11.5): the I_T nexuses whose task sets at this logical unit are aborted.
+    /// Their tasks end (TASK ABORTED or the 2Fh/00h unit attention, per the Control mode page's TAS) before the
+    /// PREEMPT AND ABORT itself completes.
+    pub aborted_nexuses: Vec<ItNexus>,
+}
+
+impl SideEffects {
+    /// Nothing beyond the command's own answer: what nearly every command returns.
+    pub const NONE: SideEffects = SideEffects {
+        aborted_nexuses: Vec::new(),
+    };
 }
 
 /// Task management functions that reach logical units (SAM-5 7).

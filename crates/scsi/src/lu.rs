@@ -14,11 +14,12 @@
 
 use crate::cdb::Command;
 use crate::pr::unit::{PrPersistence, Refusal, Reservations};
+use crate::pr::wire::PrOutCdb;
 use crate::pr::{decode_pr_state, PrState, PrStateError};
-use crate::range_lock::{Access, LockRequest, RangeGuard, RangeLocks, Span};
+use crate::range_lock::{LockRequest, RangeGuard, RangeLocks};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
-use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus};
+use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
 use lunlock_store::BlockStore;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
@@ -184,14 +185,6 @@ impl LogicalUnit {
         Ok(self)
     }
 
-    /// The nexuses whose tasks PREEMPT AND ABORT asked to abort since the last call (SPC-4 5.13.11.5), each once.
-    /// The runtime aborts every task of these I_T nexuses on this logical unit (except the PREEMPT AND ABORT
-    /// itself, which has completed by then), as an ABORT TASK SET would; it should call this after every PERSISTENT
-    /// RESERVE OUT completes. The PR state already excludes those nexuses, so their later commands conflict.
-    pub fn take_abort_requests(&self) -> Vec<ItNexus> {
-        self.reservations.take_abort_requests()
-    }
-
     /// A copy of the persistent reservation state (diagnostics and tests).
     pub fn pr_state(&self) -> PrState {
         self.reservations.snapshot()
@@ -237,6 +230,7 @@ impl LogicalUnit {
             sense: self.encode_sense(&sense),
             data_in: Vec::new(),
             data_out_wanted,
+            effects: SideEffects::NONE,
         }
     }
 
@@ -370,7 +364,9 @@ impl LogicalUnit {
                 data_out_wanted,
             ));
         };
-        let lock = lock_request(&command);
+        // The range lock comes from the command's row in the registry (SBC-4 5.3: reads share their blocks, writers
+        // hold them exclusively; UNMAP, WRITE SAME to the end, SANITIZE and reservation changes hold the medium).
+        let lock = command.lock_request();
         Ok(Admitted {
             data_out_len: data_out.len(),
             command,
@@ -398,21 +394,43 @@ impl LogicalUnit {
             return self.refused(refusal, data_out_wanted);
         }
         let result = match command {
-            Command::PersistentReserveOut(prout) => self
-                .reservations
-                .persistent_reserve_out(cmd.nexus, prout, cmd.data_out, &self.unit_attentions)
-                .map(|()| Completed::Good(Vec::new())),
-            Command::Reserve => self
+            Command::PersistentReserveOut(prout) => {
+                return self.persistent_reserve_out(cmd, prout, data_out_wanted)
+            }
+            Command::Reserve { .. } => self
                 .reservations
                 .reserve_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
-            Command::Release => self
+            Command::Release { .. } => self
                 .reservations
                 .release_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
             _ => self.run(&command, cmd).map_err(Refusal::Check),
         };
         self.response_of(result, data_out_wanted)
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 6.16), answered with the nexuses a PREEMPT AND ABORT aborted as its side
+    /// effect, for the runtime to abort their tasks before it sends this GOOD (SPC-4 5.13.11.5).
+    fn persistent_reserve_out(
+        &self,
+        cmd: &ScsiCommand,
+        prout: PrOutCdb,
+        data_out_wanted: Option<u32>,
+    ) -> ScsiResponse {
+        let outcome = self.reservations.persistent_reserve_out(
+            cmd.nexus,
+            prout,
+            cmd.data_out,
+            &self.unit_attentions,
+        );
+        match outcome {
+            Ok(aborted_nexuses) => ScsiResponse {
+                effects: SideEffects { aborted_nexuses },
+                ..self.response_of(Ok(Completed::Good(Vec::new())), data_out_wanted)
+            },
+            Err(refusal) => self.refused(refusal, data_out_wanted),
+        }
     }
 
     /// The reservation check, write protection and the sanitize failure mode: what refuses a command that passed
@@ -444,12 +462,14 @@ impl LogicalUnit {
                 sense: Vec::new(),
                 data_in,
                 data_out_wanted,
+                effects: SideEffects::NONE,
             },
             Ok(Completed::ConditionMet) => ScsiResponse {
                 status: ScsiStatus::ConditionMet,
                 sense: Vec::new(),
                 data_in: Vec::new(),
                 data_out_wanted,
+                effects: SideEffects::NONE,
             },
             Err(refusal) => self.refused(refusal, data_out_wanted),
         }
@@ -468,6 +488,7 @@ impl LogicalUnit {
             lba,
             blocks,
             fua: false,
+            ..
         } = admitted.command
         else {
             return None;
@@ -492,6 +513,7 @@ impl LogicalUnit {
             sense: Vec::new(),
             data_in: data,
             data_out_wanted: admitted.data_out_wanted,
+            effects: SideEffects::NONE,
         })
     }
 
@@ -503,6 +525,7 @@ impl LogicalUnit {
                 sense: Vec::new(),
                 data_in: Vec::new(),
                 data_out_wanted,
+                effects: SideEffects::NONE,
             },
         }
     }
@@ -604,8 +627,12 @@ impl LogicalUnit {
             Command::ReadCapacity16 { allocation_length } => {
                 Ok(Completed::Good(self.read_capacity_16(allocation_length)))
             }
-            Command::Read { lba, blocks, fua } => self.read(lba, blocks, fua),
-            Command::Write { lba, blocks, fua } => self.write(lba, blocks, fua, cmd.data_out),
+            Command::Read {
+                lba, blocks, fua, ..
+            } => self.read(lba, blocks, fua),
+            Command::Write {
+                lba, blocks, fua, ..
+            } => self.write(lba, blocks, fua, cmd.data_out),
             Command::WriteAndVerify { lba, blocks, .. } => {
                 self.write(lba, blocks, true, cmd.data_out)
             }
@@ -613,6 +640,7 @@ impl LogicalUnit {
                 lba,
                 blocks,
                 byte_check,
+                ..
             } => self.verify(lba, blocks, byte_check, cmd.data_out),
             Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
             Command::WriteSame {
@@ -628,15 +656,15 @@ impl LogicalUnit {
                 lba,
                 allocation_length,
             } => self.get_lba_status(lba, allocation_length),
-            Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
-            Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks),
+            Command::SynchronizeCache { lba, blocks, .. } => self.synchronize_cache(lba, blocks),
+            Command::PreFetch { lba, blocks, .. } => self.pre_fetch(lba, blocks),
             Command::PersistentReserveIn(command) => Ok(Completed::Good(
                 self.reservations.persistent_reserve_in(command),
             )),
             // Executed by `execute`, which alone can answer RESERVATION CONFLICT.
-            Command::PersistentReserveOut(_) | Command::Reserve | Command::Release => {
-                Ok(Completed::Good(Vec::new()))
-            }
+            Command::PersistentReserveOut(_)
+            | Command::Reserve { .. }
+            | Command::Release { .. } => Ok(Completed::Good(Vec::new())),
         }
     }
 
@@ -724,36 +752,6 @@ impl LogicalUnit {
             }
         }
     }
-}
-
-/// The LBA range lock a command needs so COMPARE AND WRITE stays atomic against it (SBC-4 5.3): reads share
-/// their range, commands that change the medium hold theirs exclusively, UNMAP (whose ranges are in its parameter
-/// list), WRITE SAME of the rest of the medium and SANITIZE hold the whole medium, and so do reservation changes
-/// (PERSISTENT RESERVE OUT, RESERVE, RELEASE), which must not interleave with any command's check-then-execute.
-/// Other commands take nothing.
-fn lock_request(command: &Command) -> Option<LockRequest> {
-    let (span, access) = match *command {
-        Command::Read { lba, blocks, .. } | Command::Verify { lba, blocks, .. } => {
-            (Span::of(lba, blocks), Access::Shared)
-        }
-        Command::Write { lba, blocks, .. }
-        | Command::WriteAndVerify { lba, blocks, .. }
-        | Command::OrWrite { lba, blocks, .. }
-        | Command::CompareAndWrite { lba, blocks, .. } => {
-            (Span::of(lba, blocks), Access::Exclusive)
-        }
-        Command::WriteSame { lba, blocks, .. } if blocks.0 > 0 => {
-            (Span::of(lba, blocks), Access::Exclusive)
-        }
-        Command::WriteSame { .. }
-        | Command::Unmap { .. }
-        | Command::Sanitize { .. }
-        | Command::PersistentReserveOut(_)
-        | Command::Reserve
-        | Command::Release => (Span::Medium, Access::Exclusive),
-        _ => return None,
-    };
-    Some(LockRequest { span, access })
 }
 
 /// READ DEFECT DATA (10)/(12) (SBC-4 5.17, 5.18): lunlock has no defects, so the list is empty; the header echoes

@@ -26,7 +26,7 @@ use crate::lu::{Admitted, Completed, LogicalUnit, Outcome};
 use crate::pr::unit::Refusal;
 use crate::range_lock::RangeGuard;
 use crate::sense::{Condition, Sense};
-use crate::{ScsiCommand, ScsiResponse};
+use crate::{ScsiCommand, ScsiResponse, SideEffects};
 use std::sync::atomic::Ordering;
 
 /// Values of `LogicalUnit::sanitize`.
@@ -69,6 +69,7 @@ impl SanitizeOperation {
             sense: Vec::new(),
             data_in: Vec::new(),
             data_out_wanted: self.data_out_wanted,
+            effects: SideEffects::NONE,
         }
     }
 

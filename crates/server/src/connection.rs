@@ -25,7 +25,7 @@ use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::task_set::{self, TaskSet};
 use lunlock_scsi::{
-    Isid, ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, TaskAttribute,
+    Isid, ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// REPORT LUNS's operation code (SPC-4 6.33): answered by the target's dispatcher, for any LUN.
-const REPORT_LUNS: u8 = 0xA0;
+const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
 /// A login must finish within this time.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// An idle full-feature connection is pinged this often (NOP-In)...
@@ -538,10 +538,7 @@ impl FullFeature {
             self.finish(Finished {
                 task,
                 lun,
-                executed: Executed::Done {
-                    response: outcome,
-                    preempted: Vec::new(),
-                },
+                executed: Executed::Done(outcome),
                 drop_response: false,
                 reset_after: false,
             });
@@ -558,10 +555,7 @@ impl FullFeature {
                 tokio::time::sleep(decision.delay).await;
             }
             let executed = match injected {
-                Some(response) => Executed::Done {
-                    response,
-                    preempted: Vec::new(),
-                },
+                Some(response) => Executed::Done(response),
                 None => run_command(runtime, registration, request, decision.stall).await,
             };
             Finished {
@@ -587,11 +581,8 @@ impl FullFeature {
         self.reset_requested |= reset_after;
         match executed {
             Executed::Aborted => self.session.end_aborted_command(task),
-            Executed::Done {
-                response,
-                preempted,
-            } => {
-                for nexus in &preempted {
+            Executed::Done(response) => {
+                for nexus in &response.effects.aborted_nexuses {
                     self.shared.request_abort(nexus, lun);
                 }
                 if drop_response {
@@ -652,6 +643,7 @@ impl FullFeature {
                 sense: Sense::new(Condition::LogicalUnitNotSupported).to_fixed(),
                 data_in: Vec::new(),
                 data_out_wanted: None,
+                effects: SideEffects::NONE,
             };
         };
         target.dispatcher.execute(&ScsiCommand {
@@ -832,6 +824,7 @@ fn injected_response(injected: Injected) -> Option<ScsiResponse> {
         sense: Vec::new(),
         data_in: Vec::new(),
         data_out_wanted: None,
+        effects: SideEffects::NONE,
     };
     match injected {
         Injected::DropResponse => None,

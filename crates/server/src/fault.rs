@@ -8,6 +8,7 @@
 
 use crate::log;
 use lunlock_scsi::hold_time::{timed, SharedLock};
+use lunlock_scsi::registry::{self, op};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::fmt;
@@ -25,9 +26,14 @@ pub const MAX_DELAY_MS: u64 = 60_000;
 /// Probability unit: basis points (1/100 of a percent), so `0.5%` is exact.
 const CERTAIN: u32 = 10_000;
 
-const COMPARE_AND_WRITE: u8 = 0x89;
-const READS: [u8; 4] = [0x08, 0x28, 0xA8, 0x88];
-const WRITES: [u8; 4] = [0x0A, 0x2A, 0xAA, 0x8A];
+/// The command families `read` and `write` name, as the command registry names them: READ(6), (10), (12), (16)
+/// are the family "READ".
+const READ_FAMILY: &str = "READ";
+const WRITE_FAMILY: &str = "WRITE";
+
+fn in_family(opcode: u8, family: &str) -> bool {
+    registry::rows_of(opcode).any(|row| row.family() == family)
+}
 
 /// Which commands a rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +51,9 @@ impl OpcodeMatch {
     fn matches(self, opcode: u8) -> bool {
         match self {
             OpcodeMatch::All => true,
-            OpcodeMatch::CompareAndWrite => opcode == COMPARE_AND_WRITE,
-            OpcodeMatch::Read => READS.contains(&opcode),
-            OpcodeMatch::Write => WRITES.contains(&opcode),
+            OpcodeMatch::CompareAndWrite => opcode == op::COMPARE_AND_WRITE,
+            OpcodeMatch::Read => in_family(opcode, READ_FAMILY),
+            OpcodeMatch::Write => in_family(opcode, WRITE_FAMILY),
             OpcodeMatch::Code(code) => opcode == code,
         }
     }
@@ -591,6 +597,14 @@ mod tests {
                 && !OpcodeMatch::CompareAndWrite.matches(0x88)
         );
         assert!(OpcodeMatch::All.matches(0x00));
+        let family = |m: OpcodeMatch| {
+            (0..=255u8)
+                .filter(|&code| m.matches(code))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(family(OpcodeMatch::Read), [0x08, 0x28, 0x88, 0xA8]);
+        assert_eq!(family(OpcodeMatch::Write), [0x0A, 0x2A, 0x8A, 0xAA]);
+        assert_eq!(family(OpcodeMatch::CompareAndWrite), [0x89]);
         assert!(
             rule("lun=1:all:busy").matches(1, 0x00) && !rule("lun=1:all:busy").matches(0, 0x00)
         );

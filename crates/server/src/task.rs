@@ -18,7 +18,7 @@ use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
     Admission, Admitted, BlockIo, ItNexus, LogicalUnit, SanitizeOperation, ScsiCommand,
-    ScsiResponse, ScsiStatus, TaskAttribute,
+    ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,12 +197,9 @@ impl CommandRequest {
 
 /// How a command ended.
 pub enum Executed {
-    /// It ran (or was refused): its response, and the nexuses a PREEMPT AND ABORT preempted, whose sessions must
-    /// drop what they still hold for this LUN.
-    Done {
-        response: ScsiResponse,
-        preempted: Vec<ItNexus>,
-    },
+    /// It ran (or was refused): its response. The response's side effects name the nexuses a PREEMPT AND ABORT
+    /// preempted, whose sessions must drop what they still hold for this LUN.
+    Done(ScsiResponse),
     /// It was aborted: no response goes out.
     Aborted,
 }
@@ -275,17 +272,14 @@ async fn execute(
         }
     }
     let (response, guard) = run_on_engine(lun, request, admitted, guard).await;
-    let preempted = lun.unit.take_abort_requests();
+    let preempted = &response.effects.aborted_nexuses;
     if !preempted.is_empty() {
         // PREEMPT AND ABORT (SPC-4 5.13.11.5): the preempted nexuses' tasks are aborted before the range is
         // released, so none of those queued behind it runs; then we wait for them to be gone.
-        abort_preempted(lun, control, &preempted).await;
+        abort_preempted(lun, control, preempted).await;
     }
     drop(guard);
-    Executed::Done {
-        response,
-        preempted,
-    }
+    Executed::Done(response)
 }
 
 /// A sanitize operation is not a task (SBC-4 4.33.2): it runs on the engine to its end, holding the whole medium,
@@ -322,10 +316,7 @@ async fn run_sanitize(
 }
 
 fn done(response: ScsiResponse) -> Executed {
-    Executed::Done {
-        response,
-        preempted: Vec::new(),
-    }
+    Executed::Done(response)
 }
 
 /// READ and WRITE through the LUN's ring (the caller holds the range). None: not such a command, or the ring
@@ -384,6 +375,7 @@ fn internal_failure(unit: &LogicalUnit) -> ScsiResponse {
         sense: unit.encode_sense(&Sense::new(Condition::InternalTargetFailure)),
         data_in: Vec::new(),
         data_out_wanted: None,
+        effects: SideEffects::NONE,
     }
 }
 

@@ -5,7 +5,6 @@
 use crate::io::{SimClock, SimDisk, SimHandle};
 use crate::world::{lock, BLOCK};
 use lunlock_cluster::demo::CounterImage;
-use lunlock_cluster::iscsi_disk::compare_and_write_cdb;
 use lunlock_cluster::resolver::{AtsRequest, AtsResult};
 use lunlock_cluster::{
     Acquire, BrokenVariant, Clock, ClusterError, Disk, EventLog, Host, HostConfig, LockMode,
@@ -373,13 +372,12 @@ pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, see
             writer: actor as u64,
         };
         let new = next.encode(rng.gen(), BLOCK);
-        let mut cdb = compare_and_write_cdb(shared.caw_client_lba);
-        if rng.gen_bool(0.5) {
-            cdb[1] = 0;
-        }
+        let fua = !rng.gen_bool(0.5);
+        let cdb =
+            lunlock_scsi::cdb::Command::compare_and_write(shared.caw_client_lba, 1, fua).encode();
         let mut data = current;
         data.extend_from_slice(&new);
-        let _ = disk.command(cdb.to_vec(), data, 2 * BLOCK, timeout).await;
+        let _ = disk.command(cdb, data, 2 * BLOCK, timeout).await;
         clock
             .sleep(Duration::from_millis(rng.gen_range(1..30)))
             .await;

@@ -7,6 +7,7 @@ use crate::store::TrackingStore;
 use crate::world::{Reply, Request, BLOCK};
 use lunlock_cluster::demo::CounterImage;
 use lunlock_cluster::events::{digest, AtsEvent, Verdict};
+use lunlock_scsi::cdb::{op, Command};
 use lunlock_scsi::pr::{Holder, PrState};
 use lunlock_scsi::LogicalUnit;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +52,7 @@ impl Checks {
 
     pub fn before_command(&self, request: &Request, store: &TrackingStore) -> Before {
         Before {
-            block: (request.cdb[0] == 0x89).then(|| store.block(lba16(&request.cdb))),
+            block: caw_lba(&request.cdb).map(|lba| store.block(lba)),
         }
     }
 
@@ -65,12 +66,12 @@ impl Checks {
         lu: &LogicalUnit,
     ) {
         match request.cdb[0] {
-            0x89 => {
+            op::COMPARE_AND_WRITE => {
                 if let Some(pre) = before.block {
                     self.compare_and_write(now, request, reply, &pre, store);
                 }
             }
-            0x5F => self.pr_invariants(now, request.lun, &lu.pr_state()),
+            op::PERSISTENT_RESERVE_OUT => self.pr_invariants(now, request.lun, &lu.pr_state()),
             _ => {}
         }
     }
@@ -89,7 +90,9 @@ impl Checks {
         pre: &[u8],
         store: &TrackingStore,
     ) {
-        let lba = lba16(&request.cdb);
+        let Some(lba) = caw_lba(&request.cdb) else {
+            return;
+        };
         if request.data_out.len() != 2 * BLOCK as usize {
             return;
         }
@@ -270,8 +273,12 @@ impl Checks {
     }
 }
 
-pub fn lba16(cdb: &[u8]) -> u64 {
-    u64::from_be_bytes(cdb[2..10].try_into().expect("16-byte CDB"))
+/// The LBA of a well-formed COMPARE AND WRITE CDB; None for any other.
+pub fn caw_lba(cdb: &[u8]) -> Option<u64> {
+    match Command::parse(cdb) {
+        Ok(Command::CompareAndWrite { lba, .. }) => Some(lba.0),
+        _ => None,
+    }
 }
 
 /// The token of a protected counter block; 0 for a never-written or unreadable block.

@@ -4,8 +4,8 @@
 use crate::world::{lock, Reply, Request, World, BLOCK};
 use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb};
 use lunlock_cluster::{CawOutcome, Clock, Disk, DiskError};
-use lunlock_initiator::commands::rw16_cdb;
 use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
+use lunlock_scsi::cdb::Command;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -162,8 +162,8 @@ impl SimDisk {
         let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, aptpl);
         let length = parameters.len() as u32;
         self.checked(
-            "PERSISTENT RESERVE OUT",
-            cdb.to_vec(),
+            lunlock_initiator::status::command_name(&cdb),
+            cdb,
             parameters,
             length,
             timeout,
@@ -179,18 +179,24 @@ impl Disk for SimDisk {
     }
 
     async fn read(&self, lba: u64, count: u32, timeout: Duration) -> Result<Vec<u8>, DiskError> {
-        let cdb = rw16_cdb(0x88, lba, count, false).to_vec();
+        let command = Command::read_16(lba, count, false);
         let reply = self
-            .checked("READ(16)", cdb, Vec::new(), count * BLOCK, timeout)
+            .checked(
+                command.row().name,
+                command.encode(),
+                Vec::new(),
+                count * BLOCK,
+                timeout,
+            )
             .await?;
         Ok(reply.data_in)
     }
 
     async fn write(&self, lba: u64, data: Vec<u8>, timeout: Duration) -> Result<(), DiskError> {
         let blocks = (data.len() / BLOCK as usize) as u32;
-        let cdb = rw16_cdb(0x8A, lba, blocks, true).to_vec();
+        let command = Command::write_16(lba, blocks, true);
         let length = data.len() as u32;
-        self.checked("WRITE(16)", cdb, data, length, timeout)
+        self.checked(command.row().name, command.encode(), data, length, timeout)
             .await
             .map(|_| ())
     }
@@ -207,7 +213,7 @@ impl Disk for SimDisk {
         async move {
             let length = data.len() as u32;
             match self
-                .command(compare_and_write_cdb(lba).to_vec(), data, length, timeout)
+                .command(compare_and_write_cdb(lba), data, length, timeout)
                 .await
             {
                 None => CawOutcome::Unknown("timeout".into()),
@@ -234,9 +240,15 @@ impl Disk for SimDisk {
     }
 
     async fn read_keys(&self, timeout: Duration) -> Result<Vec<u64>, DiskError> {
-        let cdb = prin_cdb(PrInAction::ReadKeys, 4096).to_vec();
+        let cdb = prin_cdb(PrInAction::ReadKeys, 4096);
         let reply = self
-            .checked("PERSISTENT RESERVE IN", cdb, Vec::new(), 4096, timeout)
+            .checked(
+                lunlock_initiator::status::command_name(&cdb),
+                cdb,
+                Vec::new(),
+                4096,
+                timeout,
+            )
             .await?;
         let keys = ReadKeys::parse(&reply.data_in).map_err(|e| DiskError::Failed(e.to_string()))?;
         Ok(keys.keys.iter().map(|k| k.0).collect())

@@ -5,6 +5,8 @@
 mod target;
 
 use crate::checks::Checks;
+use lunlock_scsi::cdb::{Addressed, Command};
+use lunlock_scsi::registry;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::cmp::Reverse;
@@ -468,16 +470,26 @@ impl World {
 }
 
 pub fn describe_cdb(cdb: &[u8]) -> String {
-    let lba16 = || u64::from_be_bytes(cdb[2..10].try_into().unwrap_or([0; 8]));
-    match cdb.first() {
-        Some(0x88) => format!("READ16 lba {} n {}", lba16(), cdb[13]),
-        Some(0x8A) => format!("WRITE16 lba {} n {}", lba16(), cdb[13]),
-        Some(0x89) => format!("CAW lba {}", lba16()),
-        Some(0x5E) => format!("PRIN sa {}", cdb[1] & 0x1F),
-        Some(0x5F) => format!("PROUT sa {} type {}", cdb[1] & 0x1F, cdb[2] & 0x0F),
-        Some(0x00) => "TUR".into(),
-        Some(op) => format!("op {op:#04x}"),
-        None => "empty".into(),
+    let Some(row) = registry::lookup(cdb) else {
+        return match cdb.first() {
+            Some(opcode) => format!("op {opcode:#04x}"),
+            None => "empty".into(),
+        };
+    };
+    let name = row.full_name();
+    match Command::parse(cdb) {
+        Ok(command) => match (command.addressed(), &command) {
+            (Some(Addressed::Blocks { lba, blocks }), _) => {
+                format!("{name} lba {} n {}", lba.0, blocks.0)
+            }
+            (Some(Addressed::ToEndOfMedium { lba }), _) => format!("{name} lba {}..", lba.0),
+            (None, Command::PersistentReserveOut(prout)) => match prout.kind {
+                Some(kind) => format!("{name} type {}", kind.code()),
+                None => name,
+            },
+            (None, _) => name,
+        },
+        Err(_) => format!("{name} (malformed)"),
     }
 }
 

@@ -48,8 +48,8 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::ReadCapacity16 { .. }
         | Command::PersistentReserveIn(_)
         | Command::PersistentReserveOut(_)
-        | Command::Reserve
-        | Command::Release => CommandClass::Allowed,
+        | Command::Reserve { .. }
+        | Command::Release { .. } => CommandClass::Allowed,
         Command::PreventAllowMediumRemoval { prevent } => {
             if *prevent == 0 {
                 CommandClass::Allowed
@@ -109,7 +109,7 @@ pub fn conflicts_with_scsi2(command: &Command) -> bool {
         Command::Inquiry { .. }
             | Command::RequestSense { .. }
             | Command::ReportLuns { .. }
-            | Command::Release
+            | Command::Release { .. }
             | Command::PreventAllowMediumRemoval { prevent: 0 }
     )
 }

@@ -421,7 +421,8 @@ fn preempt_takes_over_and_preempt_and_abort_reports_the_victims() {
         good(&lu.register(2, 0, 0xB));
         good(&lu.reserve(1, 0xB, 1));
         // Preempting the holder's key removes every registration with it and moves the reservation.
-        good(&lu.prout(0, action, 5, &params(0xA, 0xB, 0)));
+        let preempt = lu.prout(0, action, 5, &params(0xA, 0xB, 0));
+        good(&preempt);
         assert_eq!(lu.keys(), (4, vec![0xA]));
         assert_eq!(lu.reservation(), Some((0xA, 5)));
         for victim in [1, 2] {
@@ -435,7 +436,8 @@ fn preempt_takes_over_and_preempt_and_abort_reports_the_victims() {
                 &[0; 512],
             ));
         }
-        let aborts = lu.unit.take_abort_requests();
+        // The aborted nexuses are the PREEMPT AND ABORT's own side effect; nothing else reports any.
+        let aborts = preempt.effects.aborted_nexuses;
         if action == 5 {
             assert_eq!(
                 aborts,
@@ -444,7 +446,8 @@ fn preempt_takes_over_and_preempt_and_abort_reports_the_victims() {
         } else {
             assert!(aborts.is_empty());
         }
-        assert!(lu.unit.take_abort_requests().is_empty());
+        let tur = lu.run(0, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]);
+        assert!(tur.effects.aborted_nexuses.is_empty());
     }
 }
 
@@ -1100,7 +1103,6 @@ proptest::proptest! {
                 (holder.and_then(|h| reference.registrations.iter().find(|r| r.0 == h)).map_or(0, |r| r.1), kind)
             });
             proptest::prop_assert_eq!(lu.reservation(), reservation, "after {:?}", op);
-            lu.unit.take_abort_requests();
         }
     }
 }
@@ -1205,9 +1207,10 @@ fn fence_scsi_sequence() {
         good(&lu.prout(n, 6, 0, &params(0, key, 0x01)));
     }
     good(&lu.reserve(0, 0x1000, 5));
-    good(&lu.prout(0, 5, 5, &params(0x1000, 0x2000, 0)));
+    let preempt_and_abort = lu.prout(0, 5, 5, &params(0x1000, 0x2000, 0));
+    good(&preempt_and_abort);
     assert_eq!(
-        lu.unit.take_abort_requests(),
+        preempt_and_abort.effects.aborted_nexuses,
         vec![(*lu.nexuses[1]).clone()]
     );
     let tur = lu.run(1, &TUR, &[]);

@@ -61,7 +61,6 @@ pub(crate) struct Reservations {
     inner: Mutex<Inner>,
     active: AtomicBool,
     persistence: Option<Arc<dyn PrPersistence>>,
-    aborts: Mutex<Vec<ItNexus>>,
 }
 
 impl Reservations {
@@ -106,8 +105,8 @@ impl Reservations {
             command,
             Command::PersistentReserveIn(_)
                 | Command::PersistentReserveOut(_)
-                | Command::Reserve
-                | Command::Release
+                | Command::Reserve { .. }
+                | Command::Release { .. }
         );
         if !self.active.load(Ordering::Acquire) && !reservation_command {
             return Ok(());
@@ -126,7 +125,7 @@ impl Reservations {
             }
         }
         // SPC-3 5.6.3: while any registration exists, RESERVE and RELEASE conflict for everyone.
-        if matches!(command, Command::Reserve | Command::Release)
+        if matches!(command, Command::Reserve { .. } | Command::Release { .. })
             && !inner.pr.registrations.is_empty()
         {
             return Err(Refusal::Conflict);
@@ -152,14 +151,14 @@ impl Reservations {
     }
 
     /// PERSISTENT RESERVE OUT: decode the parameter list, apply to a copy, save it when APTPL is involved, commit,
-    /// then establish unit attentions and queue abort requests.
+    /// then establish unit attentions. Returns the nexuses whose tasks the command aborts (PREEMPT AND ABORT).
     pub(crate) fn persistent_reserve_out(
         &self,
         nexus: &ItNexus,
         cdb: PrOutCdb,
         parameters: &[u8],
         unit_attentions: &UnitAttentions,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<ItNexus>, Refusal> {
         let command = cdb.with_parameters(parameters)?;
         if command.aptpl && self.persistence.is_none() {
             // SPC-4 6.14.3: APTPL with PTPL_C 0 is INVALID FIELD IN PARAMETER LIST.
@@ -190,27 +189,7 @@ impl Reservations {
         inner.pr = next;
         self.refresh_active(&inner);
         drop(inner);
-        self.deliver(effects, unit_attentions);
-        Ok(())
-    }
-
-    fn deliver(&self, effects: Effects, unit_attentions: &UnitAttentions) {
-        for notify in effects.unit_attentions {
-            establish(unit_attentions, &notify.registration, notify.condition);
-        }
-        if !effects.aborts.is_empty() {
-            let mut aborts = self.aborts.lock().unwrap_or_else(|p| p.into_inner());
-            for registration in effects.aborts {
-                let nexus = nexus_of(&registration);
-                if !aborts.contains(&nexus) {
-                    aborts.push(nexus);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn take_abort_requests(&self) -> Vec<ItNexus> {
-        std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|p| p.into_inner()))
+        Ok(deliver(effects, unit_attentions))
     }
 
     /// RESERVE(6)/(10) (SPC-2 7.21): the conflicts were checked by [`Reservations::check`].
@@ -285,4 +264,20 @@ fn establish(unit_attentions: &UnitAttentions, registration: &Registration, cond
     } else {
         unit_attentions.establish_where(condition, |nexus| registration.covers(nexus));
     }
+}
+
+/// Establishes a PERSISTENT RESERVE OUT's unit attentions and returns the nexuses whose tasks it aborts, each once,
+/// for the command's [`crate::SideEffects`].
+fn deliver(effects: Effects, unit_attentions: &UnitAttentions) -> Vec<ItNexus> {
+    for notify in effects.unit_attentions {
+        establish(unit_attentions, &notify.registration, notify.condition);
+    }
+    let mut aborted: Vec<ItNexus> = Vec::new();
+    for registration in effects.aborts {
+        let nexus = nexus_of(&registration);
+        if !aborted.contains(&nexus) {
+            aborted.push(nexus);
+        }
+    }
+    aborted
 }

@@ -31,6 +31,16 @@ impl PrIn {
         })
     }
 
+    /// The ALLOCATION LENGTH field.
+    pub fn allocation_length(&self) -> u32 {
+        match *self {
+            PrIn::ReadKeys { allocation_length }
+            | PrIn::ReadReservation { allocation_length }
+            | PrIn::ReportCapabilities { allocation_length }
+            | PrIn::ReadFullStatus { allocation_length } => allocation_length,
+        }
+    }
+
     /// The parameter data, truncated to the allocation length (SPC-4 4.2.5.6; the length fields still count all).
     pub fn execute(self, state: &PrState, persistence_capable: bool) -> Vec<u8> {
         let (mut data, allocation_length) = match self {

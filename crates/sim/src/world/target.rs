@@ -22,10 +22,8 @@
 //! command's effect at the moment it happens, between the effects of the commands it overlaps in time.
 
 use super::{describe_cdb, describe_status, lock, Event, Reply, Request, World, BLOCK};
-use crate::checks::lba16;
 use crate::store::TrackingStore;
-use lunlock_initiator::commands::rw16_cdb;
-use lunlock_scsi::cdb::Command;
+use lunlock_scsi::cdb::{op, Command};
 use lunlock_scsi::range_lock::{LockFuture, RangeGuard};
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
@@ -253,7 +251,7 @@ impl World {
             };
             return self.send_reply(&request, reply);
         }
-        if request.cdb[0] == 0x89 && self.chance(self.plan.miscompare) {
+        if request.cdb[0] == op::COMPARE_AND_WRITE && self.chance(self.plan.miscompare) {
             self.stats.faults += 1;
             self.trace.record(
                 self.now,
@@ -396,9 +394,9 @@ impl World {
             &command.admitted,
             guard.as_ref(),
         );
+        let preempted = response.effects.aborted_nexuses.clone();
         let reply = reply_of(response);
         self.executed(request, &reply, before);
-        let preempted = lu.take_abort_requests();
         if !preempted.is_empty() {
             self.abort_preempted(request.lun, &preempted);
         }
@@ -538,11 +536,11 @@ impl World {
     /// The broken COMPARE AND WRITE's first step: READ and compare. A MISCOMPARE ends it here.
     fn unlocked_compare(&mut self, mut command: InFlight) {
         let request = &command.request;
-        let (lba, blocks) = (lba16(&request.cdb), u32::from(request.cdb[13]));
+        let (lba, blocks, _) = caw_fields(&request.cdb);
         let before = self.before(request);
         let read = self.run_unlocked(
             request,
-            rw16_cdb(0x88, lba, blocks, false).to_vec(),
+            Command::read_16(lba, blocks, false).encode(),
             Vec::new(),
         );
         let (expected, _) = request.data_out.split_at(request.data_out.len() / 2);
@@ -575,15 +573,23 @@ impl World {
     /// The broken COMPARE AND WRITE's second step, an I/O after its compare: WRITE the new image.
     fn unlocked_write(&mut self, command: InFlight) {
         let request = &command.request;
-        let (lba, blocks) = (lba16(&request.cdb), u32::from(request.cdb[13]));
-        let fua = request.cdb[1] & 0x08 != 0;
+        let (lba, blocks, fua) = caw_fields(&request.cdb);
         let (_, new) = request.data_out.split_at(request.data_out.len() / 2);
         let before = self.before(request);
-        let cdb = rw16_cdb(0x8A, lba, blocks, fua).to_vec();
+        let cdb = Command::write_16(lba, blocks, fua).encode();
         let reply = self.run_unlocked(request, cdb, new.to_vec());
         self.stats.commands += 1;
         self.executed(request, &reply, before);
         self.send_reply(request, reply);
+    }
+}
+
+/// LBA, blocks and FUA of the COMPARE AND WRITE that the broken target splits in two. Only well-formed CAWs get
+/// that far (the actors build them with `Command::encode`); anything else reads as 0 blocks at LBA 0.
+fn caw_fields(cdb: &[u8]) -> (u64, u32, bool) {
+    match Command::parse(cdb) {
+        Ok(Command::CompareAndWrite { lba, blocks, fua }) => (lba.0, blocks.0 as u32, fua),
+        _ => (0, 0, false),
     }
 }
 
@@ -627,7 +633,7 @@ mod tests {
     }
 
     fn write(actor: usize, lba: u64) -> Request {
-        let cdb = rw16_cdb(0x8A, lba, 1, false).to_vec();
+        let cdb = Command::write_16(lba, 1, false).encode();
         request(actor, 0, cdb, vec![actor as u8 + 1; BLOCK as usize])
     }
 
