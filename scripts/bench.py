@@ -776,7 +776,8 @@ def markdown(doc):
     elif not doc["lock_stats"]:
         out.append("`--lock-stats` was passed, but the daemon wrote no lock statistics.")
     else:
-        out += ["Medians over lunlock's rounds (max: the largest of any round), in nanoseconds.", "",
+        out += ["Medians over lunlock's rounds (max: the largest of any round), in nanoseconds, as the daemon "
+                "reports them (its histograms have log2 buckets, so the quantiles are bucket bounds).", "",
                 "| workload | lock | acquisitions | p50 | p99 | p99.9 | max |", "|---|---|---:|---:|---:|---:|---:|"]
         for r in doc["lock_stats"]:
             out.append(f"| {r['workload']} | {r['lock']} | {fmt(r['acquisitions'])} | {fmt(r['p50'])} | "
