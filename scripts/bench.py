@@ -90,14 +90,14 @@ class Processes:
         return process
 
     def wait(self, process, timeout):
+        # Interrupted (SIGTERM, Ctrl-C), the process stays registered, so stop_all still stops it.
         try:
-            return process.wait(timeout=timeout)
+            status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.stop(process, signal.SIGKILL)
             raise BenchError(f"{process.args[0]} did not finish within {timeout:.0f} s; see {process.log_path}")
-        finally:
-            self.forget(process)
+        self.forget(process)
+        return status
 
     def stop(self, process, sig=signal.SIGTERM):
         """Signals and reaps; SIGKILL after STOP_TIMEOUT_SECONDS."""
@@ -116,9 +116,10 @@ class Processes:
             self.running.remove(process)
             process.log_file.close()
 
-    def stop_all(self):
+    def stop_all(self, keep=None):
         for process in list(self.running):
-            self.stop(process)
+            if process is not keep:
+                self.stop(process)
 
 
 def run_quiet(argv, what):
@@ -431,6 +432,8 @@ def run_round(ctx, workload, target_class, round_index):
         numbers["cpu_us_per_io"] = round(cpu * 1e6 / numbers["ios"], 2) if numbers["ios"] else None
         numbers["vmhwm_kib"] = status_kib(pid, "VmHWM")
     finally:
+        # A client still running means the round was interrupted: stop it first, so the target can shut down.
+        ctx.procs.stop_all(keep=target.process)
         lock_stats = target.stop()
     return {"round": round_index, "target": target.name, **numbers, "lock_stats": lock_stats, "raw": raw}
 
