@@ -5,8 +5,8 @@
 use crate::cdb::op;
 use crate::test_store::{Capabilities, TestStore};
 use crate::{
-    Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ScsiCommand, ScsiResponse, ScsiStatus,
-    TaskAttribute,
+    Admission, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ScsiCommand, ScsiResponse,
+    ScsiStatus, TaskAttribute,
 };
 use lunlock_store::BlockStore;
 use std::sync::atomic::Ordering;
@@ -233,6 +233,58 @@ fn fua_and_synchronize_cache_flush_even_with_wce_zero() {
     assert_eq!(flushes(), before + 1, "FUA flushes");
     unit.good(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]); // SYNCHRONIZE CACHE (10)
     assert_eq!(flushes(), before + 2, "SYNCHRONIZE CACHE flushes");
+}
+
+/// The runtime's path for FUA: run the write with FUA cleared (no flush while the range is held), then
+/// `make_durable` flushes before the GOOD; a COMPARE AND WRITE that miscompares never flushes.
+#[test]
+fn deferred_fua_flushes_once_after_the_write_and_only_for_good() {
+    let unit = Unit::new(WRITE_THROUGH);
+    let flushes = || unit.store.flushes.load(Ordering::SeqCst);
+    let run_deferred = |cdb: &[u8], data_out: &[u8]| {
+        let cmd = ScsiCommand {
+            nexus: &unit.nexus,
+            lun: 0,
+            cdb,
+            data_out,
+            expected_transfer_length: data_out.len() as u32,
+            task_tag: 2,
+            attribute: TaskAttribute::Simple,
+        };
+        let Admission::Ready(admitted) = unit.unit.admit(&cmd) else {
+            panic!("{cdb:02x?} not admitted");
+        };
+        let (admitted, fua) = admitted.deferring_fua();
+        let before = flushes();
+        let response = unit.unit.run_admitted(&cmd, &admitted, None);
+        assert_eq!(flushes(), before, "{cdb:02x?}: no flush under the range");
+        (fua, unit.unit.make_durable(response))
+    };
+    let block = [0x22u8; BLOCK as usize];
+    let (fua, response) = run_deferred(&[0x2A, 0x08, 0, 0, 0, 1, 0, 0, 1, 0], &block); // WRITE (10) FUA
+    assert!(fua);
+    assert_eq!(response.status, ScsiStatus::Good);
+    let after_write = flushes();
+    assert!(after_write >= 1);
+    // COMPARE AND WRITE FUA at LBA 1: verify data matches (block 1 holds 0x22), so GOOD after a flush.
+    let mut caw = vec![0x22u8; BLOCK as usize];
+    caw.extend_from_slice(&[0x33; BLOCK as usize]);
+    let caw_cdb = [0x89, 0x08, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0];
+    let (fua, response) = run_deferred(&caw_cdb, &caw);
+    assert!(fua);
+    assert_eq!(response.status, ScsiStatus::Good);
+    assert_eq!(flushes(), after_write + 1);
+    // The same CAW again miscompares (block 1 now holds 0x33): CHECK CONDITION, and no flush.
+    let (_, response) = run_deferred(&caw_cdb, &caw);
+    assert_eq!(response.status, ScsiStatus::CheckCondition);
+    assert_eq!(
+        flushes(),
+        after_write + 1,
+        "a MISCOMPARE is not made durable"
+    );
+    // WRITE without FUA: nothing deferred.
+    let (fua, _) = run_deferred(&[0x2A, 0, 0, 0, 0, 2, 0, 0, 1, 0], &block);
+    assert!(!fua);
 }
 
 #[test]

@@ -109,7 +109,7 @@ impl LogicalUnit {
         lba.0 * self.block_size
     }
 
-    fn flush(&self) -> Result<(), Sense> {
+    pub(crate) fn flush(&self) -> Result<(), Sense> {
         self.store.flush().map_err(write_error)
     }
 
@@ -224,6 +224,30 @@ impl LogicalUnit {
         let (verify, write) = data_out.split_at(data_out.len() / 2);
         compare(&self.read_blocks(lba, verify.len())?, verify.iter())?;
         self.write_blocks(lba, write, fua)
+    }
+
+    /// The MISCOMPARE a COMPARE AND WRITE ends with, if the store can read its blocks without waiting for the disk
+    /// (the page cache holds them) and they differ from the verify data. None: they match, or reading them would
+    /// wait; then the command runs in full on the I/O engine. Nothing is written either way. The caller holds the
+    /// range exclusively, as for [`LogicalUnit::compare_and_write`], so the answer is the one the full run gives.
+    pub(crate) fn miscompare_without_waiting(
+        &self,
+        lba: Lba,
+        blocks: BlockCount,
+        data_out: &[u8],
+    ) -> Option<Sense> {
+        if blocks.0 == 0 || self.check_range(lba, blocks).is_err() {
+            return None;
+        }
+        let (verify, _) = data_out.split_at(data_out.len() / 2);
+        let mut medium = vec![0u8; verify.len()];
+        match self
+            .store
+            .read_at_without_waiting(&mut medium, self.offset(lba))
+        {
+            Ok(true) => compare(&medium, verify.iter()).err(),
+            _ => None,
+        }
     }
 
     /// WRITE SAME (10/16), SBC-4 5.50, 5.51.

@@ -266,12 +266,18 @@ async fn execute(
     {
         return done(response);
     }
+    // FUA asks for the data on the medium before GOOD (SBC-4 4.15), not for the range to stay locked until then:
+    // the write itself runs under the range, then the range is released and the flush is shared with every other
+    // flush in flight (group commit). Whatever reads the new data meanwhile depends on it only through commands
+    // that flush it themselves before their own GOOD: one fdatasync covers every write completed before it.
+    let (admitted, fua) = admitted.deferring_fua();
     if let Some(uring) = &lun.uring {
         if let Some(answer) = run_on_ring(lun, uring, &command, &admitted).await {
-            return done(answer);
+            drop(guard);
+            return done(make_durable_if(fua, lun, answer).await);
         }
     }
-    let (response, guard) = run_on_engine(lun, request, admitted, guard).await;
+    let (response, guard) = run_on_engine(lun, request, admitted, guard, fua).await;
     let preempted = &response.effects.aborted_nexuses;
     if !preempted.is_empty() {
         // PREEMPT AND ABORT (SPC-4 5.13.11.5): the preempted nexuses' tasks are aborted before the range is
@@ -319,6 +325,22 @@ fn done(response: ScsiResponse) -> Executed {
     Executed::Done(response)
 }
 
+/// With `fua`, makes a successful write durable before its GOOD goes out, on the engine (the flush is shared with
+/// the others in flight, see `lunlock_store::group_commit`). A failed flush turns the GOOD into the write error.
+async fn make_durable_if(fua: bool, lun: &Arc<LunRuntime>, response: ScsiResponse) -> ScsiResponse {
+    if !fua || response.status != ScsiStatus::Good {
+        return response;
+    }
+    let unit = Arc::clone(&lun.unit);
+    match lun.engine.run(move || unit.make_durable(response)).await {
+        Ok(response) => response,
+        Err(error) => {
+            crate::log::event(format_args!("{error}"));
+            internal_failure(&lun.unit)
+        }
+    }
+}
+
 /// READ and WRITE through the LUN's ring (the caller holds the range). None: not such a command, or the ring
 /// could not take it now (the thread engine runs it instead; nothing was done).
 async fn run_on_ring(
@@ -348,17 +370,24 @@ async fn run_on_ring(
 }
 
 /// Runs an admitted command on the LUN's I/O engine; the job owns the request and the range guard until the
-/// store calls are done, and gives the guard back so the caller decides when the range is released.
+/// store calls are done, and gives the guard back so the caller decides when the range is released. With `fua`
+/// (a write run with [`Admitted::deferring_fua`]) the same job releases the range and then makes the write durable:
+/// one trip to the engine, and the flush holds back nobody waiting for the range.
 async fn run_on_engine(
     lun: &Arc<LunRuntime>,
     request: CommandRequest,
     admitted: Admitted,
     guard: Option<RangeGuard>,
+    fua: bool,
 ) -> (ScsiResponse, Option<RangeGuard>) {
     let unit = Arc::clone(&lun.unit);
     let job = move || {
         let response = unit.run_admitted(&request.as_command(), &admitted, guard.as_ref());
-        (response, guard)
+        if !fua {
+            return (response, guard);
+        }
+        drop(guard);
+        (unit.make_durable(response), None)
     };
     match lun.engine.run(job).await {
         Ok(done) => done,

@@ -23,6 +23,7 @@
 
 use crate::aligned::{is_aligned, AlignedBuffer};
 use crate::block_device::{self, Deallocation, DeviceFacts};
+use crate::group_commit::GroupCommit;
 use crate::{BlockStore, Extent};
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -180,6 +181,8 @@ pub struct FileStore {
     device: Option<DeviceFacts>,
     /// Some when opened with O_DIRECT.
     direct: Option<DirectIo>,
+    /// Concurrent flushes share fdatasync calls.
+    flushes: GroupCommit,
 }
 
 impl fmt::Debug for FileStore {
@@ -227,6 +230,7 @@ impl FileStore {
             read_only: false,
             device: None,
             direct: None,
+            flushes: GroupCommit::default(),
         })
     }
 
@@ -336,6 +340,7 @@ impl FileStore {
                 alignment: DIRECT_MIN_ALIGNMENT_BYTES.max(options.block_size as usize),
                 unit_bytes: options.block_size as u64,
             }),
+            flushes: GroupCommit::default(),
         };
         store.probe_direct_io()?;
         Ok(store)
@@ -754,9 +759,11 @@ impl BlockStore for FileStore {
         if self.read_only {
             return Ok(());
         }
-        self.file
-            .sync_data()
-            .map_err(|e| error_at(&self.path, "fdatasync", e))
+        self.flushes.flush(|| {
+            self.file
+                .sync_data()
+                .map_err(|e| error_at(&self.path, "fdatasync", e))
+        })
     }
 
     fn deallocate(&self, offset: u64, len_bytes: u64) -> io::Result<()> {

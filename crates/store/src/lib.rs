@@ -9,6 +9,7 @@
 pub mod aligned;
 pub mod block_device;
 pub mod file;
+pub mod group_commit;
 pub mod identity;
 pub mod memory;
 pub mod metadata;
