@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compares run.sh --list output (on stdin) with the tests expected not to pass.
+"""Compares conformance_score.py output (on stdin) with the tests expected not to pass.
 
 usage: conformance_check.py EXPECTED LOG < scores
 
@@ -40,7 +40,7 @@ for test, verdict in sorted(seen.items()):
 for test in sorted(set(expected) - set(seen)):
     problems.append(f"now passes, remove it from {sys.argv[1]}: {test}")
 if not summary:
-    problems.append("no score line from run.sh: did iscsi-test-cu run?")
+    problems.append("no score line from conformance_score.py: did iscsi-test-cu run?")
 for problem in problems:
     print(problem)
 print(f"conformance: {summary}; {len(problems)} problem(s)")
