@@ -3,7 +3,9 @@
 //! continuously. Every image is self-checking, so a torn write or a torn read shows; every increment must be won
 //! by exactly one CAW, so a compare and a write that are not atomic together show as a lost or doubled increment.
 
-use lunlock_initiator::{DataDirection, LoginOptions, ScsiOutcome, Session};
+mod support;
+
+use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -35,16 +37,8 @@ async fn start(dir: &Path) -> RunningTarget {
         .unwrap()
 }
 
-/// Logs in as `initiator` and consumes the POWER ON unit attention.
 async fn login(target: &RunningTarget, initiator: &str) -> Session {
-    let session = Session::login(
-        target.local_addrs()[0],
-        &LoginOptions::new(initiator, TARGET),
-    )
-    .await
-    .unwrap();
-    let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
-    session
+    support::login(target, TARGET, initiator).await
 }
 
 fn checksum(value: u64) -> u64 {

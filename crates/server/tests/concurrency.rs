@@ -2,7 +2,10 @@
 //! with fault injection: `delay` waits before a command starts, `stall` waits while it holds its LBA range (a
 //! slow disk). Assertions are on completion order and outcomes, with margins far above scheduling noise.
 
-use lunlock_initiator::{DataDirection, LoginOptions, Session, Task, TaskAttribute, TmfResponse};
+mod support;
+
+use lunlock_initiator::{DataDirection, Session, Task, TaskAttribute, TmfResponse};
+use lunlock_scsi::cdb::Command;
 use lunlock_server::fault::FaultRule;
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
@@ -33,16 +36,8 @@ async fn start_sized(dir: &Path, faults: &[&str], lun_size_bytes: u64) -> Runnin
         .unwrap()
 }
 
-/// Logs in as `initiator` and consumes the POWER ON unit attention (TEST UNIT READY matches no rule here).
 async fn login(target: &RunningTarget, initiator: &str) -> Session {
-    let session = Session::login(
-        target.local_addrs()[0],
-        &LoginOptions::new(initiator, TARGET),
-    )
-    .await
-    .unwrap();
-    let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
-    session
+    support::login(target, TARGET, initiator).await
 }
 
 fn rw10(opcode: u8, lba: u32) -> [u8; 10] {
@@ -62,12 +57,8 @@ fn write10(lba: u32) -> [u8; 10] {
 }
 
 /// COMPARE AND WRITE (SBC-4 5.3) of one block.
-fn caw16(lba: u64) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x89;
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[13] = 1;
-    cdb
+fn caw16(lba: u64) -> Vec<u8> {
+    Command::compare_and_write(lba, 1, false).encode()
 }
 
 /// CAW data: the block's expected content (zeros: never written), then the new one.

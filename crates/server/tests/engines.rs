@@ -5,8 +5,11 @@
 #[path = "../../store/tests/support/loop_device.rs"]
 mod loop_device;
 
+mod support;
+
 use loop_device::scratch_dir;
-use lunlock_initiator::{DataDirection, LoginOptions, Session};
+use lunlock_initiator::{DataDirection, Session};
+use lunlock_scsi::cdb::Command;
 use lunlock_server::engine::IoEngineKind;
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
@@ -37,23 +40,15 @@ async fn start(dir: &Path, engine: IoEngineKind, direct_io: bool) -> RunningTarg
 }
 
 async fn login(target: &RunningTarget, initiator: &str) -> Session {
-    let session = Session::login(
-        target.local_addrs()[0],
-        &LoginOptions::new(initiator, TARGET),
-    )
-    .await
-    .unwrap();
-    let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
-    session
+    support::login(target, TARGET, initiator).await
 }
 
-fn rw16(opcode: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = opcode;
-    cdb[1] = if fua { 0x08 } else { 0 };
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    cdb
+fn read16(lba: u64, blocks: u32) -> Vec<u8> {
+    Command::read_16(lba, blocks, false).encode()
+}
+
+fn write16(lba: u64, blocks: u32, fua: bool) -> Vec<u8> {
+    Command::write_16(lba, blocks, fua).encode()
 }
 
 fn pattern(lba: u64, blocks: u32, seed: u8) -> Vec<u8> {
@@ -72,7 +67,7 @@ async fn concurrent_round_trip(target: &RunningTarget) {
             for extent in 0..8u64 {
                 let lba = writer * 512 + extent * 64;
                 let data = pattern(lba, 64, writer as u8);
-                let cdb = rw16(0x8A, lba, 64, extent % 2 == 0);
+                let cdb = write16(lba, 64, extent % 2 == 0);
                 tasks.push(
                     session
                         .submit(0, &cdb, DataDirection::Write(data))
@@ -95,11 +90,7 @@ async fn concurrent_round_trip(target: &RunningTarget) {
         for extent in 0..8u64 {
             let lba = writer * 512 + extent * 64;
             let outcome = reader
-                .execute_checked(
-                    0,
-                    &rw16(0x88, lba, 64, false),
-                    DataDirection::Read(64 * 512),
-                )
+                .execute_checked(0, &read16(lba, 64), DataDirection::Read(64 * 512))
                 .await
                 .unwrap();
             assert!(
@@ -110,7 +101,7 @@ async fn concurrent_round_trip(target: &RunningTarget) {
     }
     // One block out of the middle of an extent, and SYNCHRONIZE CACHE (16).
     let outcome = reader
-        .execute_checked(0, &rw16(0x88, 512 + 70, 1, false), DataDirection::Read(512))
+        .execute_checked(0, &read16(512 + 70, 1), DataDirection::Read(512))
         .await
         .unwrap();
     assert_eq!(
@@ -131,11 +122,7 @@ async fn out_of_range_is_refused(target: &RunningTarget) {
     let session = login(target, "iqn.2026-11.test:engine-range").await;
     let blocks = (16 << 20) / BLOCK as u64;
     let outcome = session
-        .execute(
-            0,
-            &rw16(0x88, blocks - 1, 2, false),
-            DataDirection::Read(1024),
-        )
+        .execute(0, &read16(blocks - 1, 2), DataDirection::Read(1024))
         .await
         .unwrap();
     let sense = outcome.sense_summary().unwrap();
@@ -149,11 +136,7 @@ async fn dropped_connection_with_io_in_flight(target: &RunningTarget) {
     for lba in (0..256u64).step_by(8) {
         let data = pattern(lba, 8, 0x5C);
         let _ = session
-            .submit(
-                0,
-                &rw16(0x8A, 8192 + lba, 8, true),
-                DataDirection::Write(data),
-            )
+            .submit(0, &write16(8192 + lba, 8, true), DataDirection::Write(data))
             .await;
     }
     drop(session);
@@ -162,18 +145,14 @@ async fn dropped_connection_with_io_in_flight(target: &RunningTarget) {
     assert!(next
         .execute(
             0,
-            &rw16(0x8A, 20000, 8, false),
+            &write16(20000, 8, false),
             DataDirection::Write(data.clone())
         )
         .await
         .unwrap()
         .is_good());
     let outcome = next
-        .execute_checked(
-            0,
-            &rw16(0x88, 20000, 8, false),
-            DataDirection::Read(8 * 512),
-        )
+        .execute_checked(0, &read16(20000, 8), DataDirection::Read(8 * 512))
         .await
         .unwrap();
     assert_eq!(outcome.data_in, data);
