@@ -139,16 +139,17 @@ impl LogicalUnit {
         // body index = page byte - 4.
         body[0] = 0x00; // WSNZ 0: WRITE SAME with 0 blocks means "to the end"
         body[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS; // exactly what COMPARE AND WRITE accepts
-        let granularity = (limits::PHYSICAL_BLOCK_BYTES / self.block_size).max(1) as u16;
-        body[2..4].copy_from_slice(&granularity.to_be_bytes());
+                                                        // OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block, so writes that follow it never split one.
+        let transfer_granularity = self.blocks_per_physical().min(u16::MAX as u64) as u16;
+        body[2..4].copy_from_slice(&transfer_granularity.to_be_bytes());
         body[4..8].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
         body[8..12].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes());
         body[12..16].copy_from_slice(&(self.max_transfer_blocks() as u32).to_be_bytes()); // MAXIMUM PREFETCH LENGTH
         if self.thin_provisioned() {
             body[16..20].copy_from_slice(&(limits::MAX_UNMAP_BLOCKS as u32).to_be_bytes());
             body[20..24].copy_from_slice(&(limits::MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
-            body[24..28].copy_from_slice(&(granularity as u32).to_be_bytes());
-            // UGAVALID=1, alignment 0.
+            body[24..28].copy_from_slice(&(self.unmap_granularity() as u32).to_be_bytes());
+            // UGAVALID=1, alignment 0: LBA 0 starts a physical block (READ CAPACITY (16) LOWEST ALIGNED LBA 0).
             body[28] = 0x80;
         }
         body[32..40].copy_from_slice(&limits::MAX_WRITE_SAME_BLOCKS.to_be_bytes());

@@ -30,6 +30,11 @@ use std::sync::{Arc, Mutex};
 pub struct LogicalUnitConfig {
     /// Logical block size in bytes (512 or 4096 typically); a power of two, at least 512.
     pub block_size: u32,
+    /// Physical block size in bytes: a power-of-two multiple of `block_size`, at most 2^15 logical blocks (the
+    /// exponent is a 4-bit field). 4096 with 512-byte logical blocks is a 512e drive. It is the granularity of
+    /// what the LU reports about itself: LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY (16)), the
+    /// optimal transfer and unmap granularities (VPD B0h) and the extents of GET LBA STATUS.
+    pub physical_block_size: u32,
     /// T10 vendor identification (INQUIRY bytes 8..16), ASCII, padded or cut to 8 bytes.
     pub vendor: String,
     /// Product identification, 16 bytes.
@@ -162,6 +167,12 @@ impl LogicalUnit {
         assert!(
             config.block_size >= 512 && config.block_size.is_power_of_two(),
             "block size must be a power of two >= 512"
+        );
+        assert!(
+            config.physical_block_size.is_power_of_two()
+                && config.physical_block_size >= config.block_size
+                && config.physical_block_size / config.block_size <= 1 << 15,
+            "physical block size must be a power-of-two multiple of the block size, at most 2^15 blocks"
         );
         let block_size = config.block_size as u64;
         let capacity_blocks = store.capacity_bytes() / block_size;
@@ -371,13 +382,18 @@ impl LogicalUnit {
         {
             return Err(self.check_condition(Sense::invalid_cdb_field(13, None), data_out_wanted));
         }
+        let writes_protected_medium = command.writes_medium() && self.write_protected();
         let Some((command, data_out)) =
             self.fit_data_out(command, cmd.data_out, data_out_wanted.unwrap_or(0))
         else {
-            return Err(self.check_condition(
-                Sense::new(Condition::InvalidFieldInCommandInformationUnit),
-                data_out_wanted,
-            ));
+            // A write-protected LU refuses a write before any data would be transferred (SBC-4 4.11), so how much
+            // data came does not matter: DATA PROTECT, as for the same command with the right amount.
+            let condition = if writes_protected_medium {
+                Condition::WriteProtected
+            } else {
+                Condition::InvalidFieldInCommandInformationUnit
+            };
+            return Err(self.check_condition(Sense::new(condition), data_out_wanted));
         };
         // The range lock comes from the command's row in the registry (SBC-4 5.3: reads share their blocks, writers
         // hold them exclusively; UNMAP, WRITE SAME to the end, SANITIZE and reservation changes hold the medium).

@@ -45,10 +45,16 @@ struct Unit {
 impl Unit {
     /// A thin-configured LU over a store with `capabilities`, its power-on unit attention consumed.
     fn new(capabilities: Capabilities) -> Unit {
+        Unit::with_physical_block(capabilities, BLOCK as u32)
+    }
+
+    /// A thin LU with `physical_block_size`-byte physical blocks, over a store that tracks every logical block.
+    fn with_physical_block(capabilities: Capabilities, physical_block_size: u32) -> Unit {
         let store =
             Arc::new(TestStore::new(BLOCKS * BLOCK, BLOCK, false).with_capabilities(capabilities));
         let config = LogicalUnitConfig {
             block_size: BLOCK as u32,
+            physical_block_size,
             vendor: "LUNLOCK".into(),
             product: "TEST".into(),
             revision: "0001".into(),
@@ -308,4 +314,93 @@ fn mode_select_cannot_turn_the_write_cache_on_for_a_write_through_store() {
     list.truncate(4);
     list.extend_from_slice(&page);
     unit.good(&[0x15, 0x10, 0, 0, list.len() as u8, 0], &list);
+}
+
+/// GET LBA STATUS (SBC-4 5.8) for `lba`: (first descriptor's LBA, its block count, deallocated).
+fn first_lba_status(unit: &Unit, lba: u8) -> (u64, u32, bool) {
+    let cdb = [0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, lba, 0, 0, 0, 24, 0, 0];
+    let data = unit.good(&cdb, &[]);
+    let descriptor = &data[8..24];
+    (
+        u64::from_be_bytes(descriptor[0..8].try_into().unwrap()),
+        u32::from_be_bytes(descriptor[8..12].try_into().unwrap()),
+        descriptor[12] & 0x0F == 1,
+    )
+}
+
+fn unmap(unit: &Unit, lba: u8, blocks: u8) {
+    let (cdb, mut list) = unmap_one_block(lba);
+    list[19] = blocks;
+    unit.good(&cdb, &list);
+}
+
+#[test]
+fn a_512e_lu_reports_eight_logical_blocks_per_physical_block() {
+    let unit = Unit::with_physical_block(FULL, 4096);
+    let capacity = unit.good(
+        &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    );
+    assert_eq!(
+        capacity[13] & 0x0F,
+        3,
+        "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT"
+    );
+    assert_eq!(&capacity[14..16], &[0x80 | 0x40, 0], "LOWEST ALIGNED LBA 0");
+    let limits = unit.good(&[op::INQUIRY, 0x01, 0xB0, 0, 255, 0], &[]);
+    assert_eq!(
+        &limits[6..8],
+        &[0, 8],
+        "OPTIMAL TRANSFER LENGTH GRANULARITY"
+    );
+    assert_eq!(&limits[28..32], &[0, 0, 0, 8], "OPTIMAL UNMAP GRANULARITY");
+    assert_eq!(limits[32], 0x80, "UGAVALID, UNMAP GRANULARITY ALIGNMENT 0");
+}
+
+#[test]
+fn the_default_lu_has_one_logical_block_per_physical_block() {
+    let unit = Unit::new(FULL);
+    let capacity = unit.good(
+        &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    );
+    assert_eq!(capacity[13] & 0x0F, 0);
+    let limits = unit.good(&[op::INQUIRY, 0x01, 0xB0, 0, 255, 0], &[]);
+    assert_eq!(
+        &limits[6..8],
+        &[0, 1],
+        "OPTIMAL TRANSFER LENGTH GRANULARITY"
+    );
+    assert_eq!(
+        &limits[28..32],
+        &[0, 0, 0, 8],
+        "OPTIMAL UNMAP GRANULARITY: the file system's 4 KiB page"
+    );
+}
+
+#[test]
+fn get_lba_status_of_a_512e_lu_reports_whole_physical_blocks() {
+    let unit = Unit::with_physical_block(FULL, 4096);
+    let cdb = [0x2A, 0, 0, 0, 0, 0, 0, 0, BLOCKS as u8, 0]; // map every block
+    unit.good(&cdb, &vec![0xA5; (BLOCKS * BLOCK) as usize]);
+    unmap(&unit, 8, 8); // the physical block of LBAs 8..16
+    assert_eq!(first_lba_status(&unit, 8), (8, 8, true));
+    assert_eq!(
+        first_lba_status(&unit, 9),
+        (9, 7, true),
+        "the first descriptor starts at the requested LBA (SBC-4 5.8.2)"
+    );
+    assert_eq!(first_lba_status(&unit, 0), (0, 8, false));
+    unmap(&unit, 17, 4); // a part of the physical block of LBAs 16..24
+    assert_eq!(
+        first_lba_status(&unit, 18),
+        (18, 6, false),
+        "a physical block deallocated in part is mapped"
+    );
+    assert!(
+        unit.block(18).iter().all(|b| *b == 0),
+        "the unmapped logical blocks read as zeros (LBPRZ)"
+    );
+    unmap(&unit, 40, 24); // to the end of the medium
+    assert_eq!(first_lba_status(&unit, 40), (40, 24, true));
 }

@@ -32,9 +32,9 @@ pub mod limits {
     pub const MAX_UNMAP_DESCRIPTORS: u64 = 256;
     /// Bytes written per store call while WRITE SAME replicates its block.
     pub const WRITE_SAME_CHUNK_BYTES: u64 = 1024 * 1024;
-    /// The backing file system's page: the OPTIMAL UNMAP GRANULARITY follows from it. Stores deallocate whole
+    /// The backing file system's page: the OPTIMAL UNMAP GRANULARITY is at least this. Stores deallocate whole
     /// pages, so an UNMAP of part of a page reads back as zeros but stays mapped.
-    pub const PHYSICAL_BLOCK_BYTES: u64 = 4096;
+    pub const FILE_SYSTEM_PAGE_BYTES: u64 = 4096;
 }
 
 /// MISCOMPARE DURING VERIFY OPERATION with INFORMATION = offset of the first byte of `medium` that differs from
@@ -60,19 +60,28 @@ impl LogicalUnit {
         limits::MAX_TRANSFER_BYTES / self.block_size
     }
 
-    /// log2(logical blocks per physical block) (READ CAPACITY (16) byte 13, SBC-4 5.16.2). 0: every logical block
-    /// is written whole by one pwrite, so a logical block is the unit of atomicity, and the page size of the backing
-    /// file system is advertised where it matters for performance, as the OPTIMAL UNMAP GRANULARITY in VPD B0h.
+    /// Logical blocks per physical block, from the configuration's `physical_block_size` (1 unless configured).
+    pub(crate) fn blocks_per_physical(&self) -> u64 {
+        (self.config.physical_block_size / self.config.block_size) as u64
+    }
+
+    /// OPTIMAL UNMAP GRANULARITY (VPD B0h, SBC-4 6.6.4) in logical blocks: a physical block, or the backing file
+    /// system's page when that is larger, because stores deallocate whole pages (an UNMAP of part of one reads back
+    /// as zeros but stays mapped).
+    pub(crate) fn unmap_granularity(&self) -> u64 {
+        let physical = self.config.physical_block_size as u64;
+        physical.max(limits::FILE_SYSTEM_PAGE_BYTES) / self.block_size
+    }
+
+    /// log2(logical blocks per physical block): LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, READ CAPACITY (16)
+    /// byte 13 (SBC-4 5.20.2). 3 for a 512e LUN (512-byte logical blocks in 4096-byte physical ones).
     ///
-    /// Reporting 3 (4 KiB physical blocks of 512-byte logical blocks) was tried against libiscsi 1.19: its LBPPB >= 2
-    /// tests (CompareAndWrite.InvalidDataOutSize, WriteSame10/16.UnmapUnaligned and .InvalidDataOutSize) then pass,
-    /// and the PDU hook CompareAndWrite.InvalidDataOutSize installs does not outlive it (test_setup clears it). But
-    /// GetLBAStatus.UnmapSingle then fails: it sends GET LBA STATUS for LBA i + 1 and requires the first descriptor
-    /// to start at LBA i + LBPPB, while SBC-4 (GET LBA STATUS parameter data, "LBA status descriptor
-    /// relationships") requires the first descriptor's LBA to equal the STARTING LOGICAL BLOCK ADDRESS. With
-    /// LBPPB = 1, i + 1 = i + LBPPB and the test passes.
+    /// The default LUN reports 0. With an exponent of 1 or more, libiscsi 1.19's GetLBAStatus.UnmapSingle sends
+    /// GET LBA STATUS for LBA i + 1 and requires the first descriptor to start at LBA i + LBPPB, while SBC-4
+    /// (5.8.2, "LBA status descriptor relationships") requires the first descriptor's LBA to equal the STARTING
+    /// LOGICAL BLOCK ADDRESS; the 512e LUN of scripts/conformance lists that test as libiscsi's defect.
     pub(crate) fn physical_exponent(&self) -> u8 {
-        0
+        self.blocks_per_physical().trailing_zeros() as u8
     }
 
     /// Logical block provisioning management as reported (SBC-4 4.7.3: LBPME, UNMAP, WRITE SAME with UNMAP): the
@@ -369,7 +378,8 @@ impl LogicalUnit {
         Ok(Completed::Good(Vec::new()))
     }
 
-    /// GET LBA STATUS (SBC-4 5.7): descriptors from the store's allocation map, starting at the requested LBA.
+    /// GET LBA STATUS (SBC-4 5.8): descriptors from the store's allocation map, the first starting at the requested
+    /// LBA (SBC-4 5.8.2), the rest at physical block boundaries.
     pub(crate) fn get_lba_status(&self, lba: Lba, allocation_length: u32) -> Outcome {
         if lba.0 >= self.capacity_blocks {
             return Err(Sense::new(Condition::LbaOutOfRange));
@@ -381,22 +391,49 @@ impl LogicalUnit {
         let mut data = vec![0u8; 8];
         let mut next = lba.0;
         while next < self.capacity_blocks && (data.len() - 8) / 16 < wanted {
-            let extent = self
-                .store
-                .allocation_at(next * self.block_size)
-                .map_err(read_error)?;
-            let blocks =
-                (extent.len_bytes.div_ceil(self.block_size)).clamp(1, self.capacity_blocks - next);
-            let blocks = blocks.min(u32::MAX as u64);
+            let (mapped, end) = self.provisioning_run(next)?;
+            let blocks = (end - next).min(u32::MAX as u64);
             data.extend_from_slice(&next.to_be_bytes());
             data.extend_from_slice(&(blocks as u32).to_be_bytes());
             // PROVISIONING STATUS: 0 mapped, 1 deallocated (SBC-4 Table 54).
-            data.extend_from_slice(&[if extent.mapped { 0 } else { 1 }, 0, 0, 0]);
+            data.extend_from_slice(&[if mapped { 0 } else { 1 }, 0, 0, 0]);
             next += blocks;
         }
         let parameter_length = (data.len() - 4) as u32;
         data[0..4].copy_from_slice(&parameter_length.to_be_bytes());
         Ok(Completed::Good(truncate(data, allocation_length)))
+    }
+
+    /// The provisioning status of the physical block holding `lba`, and where the run of blocks that share it ends
+    /// (a physical block boundary, or the capacity). Status is a physical block's: deallocated only when all of its
+    /// logical blocks are, mapped when any is (SBC-4 4.7.1: a physical block is mapped or not as a whole).
+    fn provisioning_run(&self, lba: u64) -> Result<(bool, u64), Sense> {
+        let per = self.blocks_per_physical();
+        let physical_start = lba - lba % per;
+        let extent = self
+            .store
+            .allocation_at(physical_start * self.block_size)
+            .map_err(read_error)?;
+        let extent_end = physical_start
+            + extent
+                .len_bytes
+                .div_ceil(self.block_size)
+                .clamp(1, self.capacity_blocks - physical_start);
+        let at_capacity = |end: u64| end.min(self.capacity_blocks);
+        if extent.mapped {
+            return Ok((true, at_capacity(extent_end.next_multiple_of(per))));
+        }
+        let whole_physical_end = if extent_end >= self.capacity_blocks {
+            self.capacity_blocks
+        } else {
+            extent_end - extent_end % per
+        };
+        if whole_physical_end > physical_start {
+            Ok((false, whole_physical_end))
+        } else {
+            // Deallocated only in part: the physical block is mapped.
+            Ok((true, at_capacity(physical_start + per)))
+        }
     }
 
     /// SYNCHRONIZE CACHE (10/16), SBC-4 5.22, 5.23: range checked, then the whole store is flushed (a superset).

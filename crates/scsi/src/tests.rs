@@ -16,6 +16,7 @@ const BLOCKS: u64 = 1024;
 fn config() -> LogicalUnitConfig {
     LogicalUnitConfig {
         block_size: BLOCK as u32,
+        physical_block_size: BLOCK as u32,
         vendor: "LUNLOCK".into(),
         product: "TEST".into(),
         revision: "0001".into(),
@@ -1533,6 +1534,33 @@ fn sanitize_is_refused_on_a_write_protected_unit_and_under_a_reservation() {
         ScsiStatus::ReservationConflict
     );
     assert_eq!(f.medium(0, 1), pattern(1, 6));
+}
+
+#[test]
+fn a_write_protected_unit_answers_write_protected_also_for_a_write_same_without_data() {
+    let f = Fixture::with(
+        LogicalUnitConfig {
+            read_only: true,
+            ..config()
+        },
+        false,
+    );
+    // WRITE SAME (10) and (16) with UNMAP and no Data-Out, as libiscsi's ReadOnly.ReadOnlySBC sends them.
+    let write_same_10 = [0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0];
+    let write_same_16 = [0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    for cdb in [&write_same_10[..], &write_same_16[..]] {
+        assert_eq!(
+            sense_code(&f.run(cdb, &[])),
+            (0x07, 0x27, 0x00),
+            "{cdb:02x?}"
+        );
+    }
+    let writable = Fixture::new();
+    assert_eq!(
+        sense_code(&writable.run(&write_same_10, &[])),
+        (0x05, 0x0E, 0x03),
+        "a writable unit still needs the block: INVALID FIELD IN COMMAND INFORMATION UNIT"
+    );
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub struct LunConfig {
     pub create_size_bytes: Option<u64>,
     pub read_only: bool,
     pub block_size: u32,
+    /// What the LUN reports as its physical block (a 512e LUN: 512 and 4096); `block_size` unless configured.
+    pub physical_block_size: u32,
     /// Open the backing with O_DIRECT.
     pub direct_io: bool,
     /// Where the LUN was configured, for errors found when its backing is opened; None for the embedded default.
@@ -257,6 +259,7 @@ impl TargetConfig {
                     create_size_bytes: Some(options.lun_size_bytes),
                     read_only: false,
                     block_size: DEFAULT_BLOCK_SIZE,
+                    physical_block_size: DEFAULT_BLOCK_SIZE,
                     direct_io: false,
                     origin: None,
                 }],
@@ -371,7 +374,34 @@ struct FileLun {
     #[serde(default)]
     read_only: bool,
     block_size: Option<Spanned<u32>>,
+    physical_block_size: Option<Spanned<u32>>,
     direct_io: Option<Spanned<bool>>,
+}
+
+/// Largest `physical_block_size` accepted: 64 KiB, the largest physical block of any disk this models.
+const MAX_PHYSICAL_BLOCK_SIZE: u32 = 65536;
+
+/// `physical_block_size`: a power-of-two multiple of the logical block size (SBC-4 5.20.2: READ CAPACITY (16)
+/// reports it as LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, so the ratio must be 2^n).
+fn physical_block_size(
+    source: &SourceFile<'_>,
+    lun: &FileLun,
+    block_size: u32,
+) -> Result<u32, ServeError> {
+    let Some(physical) = &lun.physical_block_size else {
+        return Ok(block_size);
+    };
+    let bytes = *physical.get_ref();
+    if bytes < block_size || bytes > MAX_PHYSICAL_BLOCK_SIZE || !bytes.is_power_of_two() {
+        return Err(source.error(
+            physical.span().start,
+            format!(
+                "key `physical_block_size`: must be a power of two from the block size {block_size} up to \
+                 {MAX_PHYSICAL_BLOCK_SIZE}"
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 struct SourceFile<'a> {
@@ -530,6 +560,7 @@ fn parse_target(
             let offset = lun.block_size.as_ref().map_or(0, |b| b.span().start);
             return Err(source.error(offset, "key `block_size`: must be 512, 1024, 2048 or 4096"));
         }
+        let physical_block_size = physical_block_size(source, lun, block_size)?;
         let create_size_bytes = match &lun.size {
             Some(size) => {
                 let bytes = parse_size(size.get_ref())
@@ -563,6 +594,7 @@ fn parse_target(
             create_size_bytes,
             read_only: lun.read_only,
             block_size,
+            physical_block_size,
             direct_io: lun.direct_io.as_ref().is_some_and(|d| *d.get_ref()),
             origin: Some(LunOrigin {
                 file: source.path.to_path_buf(),
@@ -674,6 +706,32 @@ read_only = true
             PathBuf::from("/srv/lunlock/existing.img")
         );
         assert!(target.luns[1].read_only);
+    }
+
+    #[test]
+    fn physical_block_size_defaults_to_the_block_size_and_must_be_a_power_of_two_multiple() {
+        let lun = |extra: &str| {
+            parse(&format!(
+                "listen = [\"127.0.0.1:3260\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\n\
+                 size = \"1M\"\n{extra}"
+            ))
+        };
+        let plain = lun("block_size = 4096\n").unwrap();
+        assert_eq!(plain.targets[0].luns[0].physical_block_size, 4096);
+        let emulated = lun("physical_block_size = 4096\n").unwrap();
+        assert_eq!(emulated.targets[0].luns[0].block_size, 512);
+        assert_eq!(emulated.targets[0].luns[0].physical_block_size, 4096);
+        for bad in [
+            "block_size = 4096\nphysical_block_size = 512",
+            "physical_block_size = 3000",
+        ] {
+            let text = lun(bad).unwrap_err().to_string();
+            assert!(
+                text.starts_with("/etc/lunlock.toml:")
+                    && text.contains("key `physical_block_size`: must be a power"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -226,6 +226,7 @@ fn open_lun(
     let store: Arc<dyn BlockStore> = Arc::new(store);
     let config = LogicalUnitConfig {
         block_size: lun.block_size,
+        physical_block_size: lun.physical_block_size,
         vendor: "LUNLOCK".into(),
         product: "lunlock LUN".into(),
         revision: env!("CARGO_PKG_VERSION")

@@ -15,6 +15,7 @@ const BLOCK: u64 = 512;
 fn config() -> LogicalUnitConfig {
     LogicalUnitConfig {
         block_size: BLOCK as u32,
+        physical_block_size: BLOCK as u32,
         vendor: "LUNLOCK".into(),
         product: "TEST".into(),
         revision: "0001".into(),

@@ -82,6 +82,7 @@ pub struct Target {
 fn lu_config(lun: usize) -> LogicalUnitConfig {
     LogicalUnitConfig {
         block_size: BLOCK,
+        physical_block_size: BLOCK,
         vendor: "LUNLOCK".into(),
         product: "sim".into(),
         revision: "0.1".into(),
