@@ -477,6 +477,14 @@ impl LogicalUnit {
         }
     }
 
+    /// The reservations in force now would refuse this command (RESERVATION CONFLICT). A hint for the runtime,
+    /// taken without the command's range: the check that decides is the one [`LogicalUnit::run_admitted`] makes.
+    pub fn reservation_refuses(&self, cmd: &ScsiCommand, admitted: &Admitted) -> bool {
+        self.reservations
+            .check(cmd.nexus, &admitted.command)
+            .is_err()
+    }
+
     /// The reservation check, write protection and the sanitize failure mode: what refuses a command that passed
     /// admission before it touches the medium.
     pub(crate) fn refuse_before_running(

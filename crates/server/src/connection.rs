@@ -29,6 +29,7 @@ use lunlock_scsi::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -212,15 +213,26 @@ pub async fn serve(
         dormant: HashMap::new(),
         controls: HashMap::new(),
     };
-    let signals = (result.kind == SessionKind::Normal)
-        .then(|| shared.register_session(&connection.nexus, tsih));
+    let signals = match result.kind {
+        SessionKind::Normal => match wire.stream.as_fd().try_clone_to_owned() {
+            Ok(socket) => Some(shared.register_session(&connection.nexus, tsih, socket)),
+            Err(e) => {
+                log::event(format_args!("{peer}: cannot track the connection: {e}"));
+                return;
+            }
+        },
+        SessionKind::Discovery => None,
+    };
     let reason = connection
         .run(&mut wire, signals.as_deref(), &mut shutdown)
         .await;
     log::event(format_args!("{peer}: connection closed: {reason}"));
-    if result.kind == SessionKind::Normal {
-        shared.unregister_session(&connection.nexus, tsih);
+    if let Some(signals) = signals {
+        // The nexus loss is reported while the session is still registered, so a command waiting in
+        // `Shared::settle_closed_peers` sees either the session (and waits for this) or its loss already done.
         nexus_lost(&shared, &connection.nexus);
+        shared.unregister_session(&connection.nexus, tsih);
+        signals.mark_torn_down();
     }
 }
 
@@ -548,6 +560,7 @@ impl FullFeature {
         let registration = runtime.register(&self.nexus);
         self.controls
             .insert(task, Arc::clone(&registration.control));
+        let shared = Arc::clone(&self.shared);
         self.running.push(Box::pin(async move {
             let injected = decision.outcome.and_then(injected_response);
             if !decision.delay.is_zero() {
@@ -556,7 +569,7 @@ impl FullFeature {
             }
             let executed = match injected {
                 Some(response) => Executed::Done(response),
-                None => run_command(runtime, registration, request, decision.stall).await,
+                None => run_command(runtime, registration, request, decision.stall, &shared).await,
             };
             Finished {
                 task,

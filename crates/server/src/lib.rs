@@ -5,6 +5,7 @@ pub mod config;
 mod connection;
 pub mod engine;
 pub mod fault;
+mod latch;
 pub mod lock_stats;
 mod log;
 mod pr_state;

@@ -11,6 +11,7 @@ use crate::config::{
 use crate::connection;
 use crate::engine::{IoEngine, IoEngineKind, DEFAULT_THREADS_PER_LUN};
 use crate::fault::FaultTable;
+use crate::latch::Latch;
 use crate::log;
 use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
@@ -23,6 +24,7 @@ use lunlock_store::BlockStore;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -58,6 +60,24 @@ pub struct SessionHandle {
     pub tsih: u16,
     /// Signals to the session's connection task.
     pub signals: Arc<SessionSignals>,
+    /// A duplicate of the connection's socket, to ask whether its peer has closed it (see
+    /// [`Shared::settle_closed_peers`]). Owned, so it stays valid however the connection task ends.
+    socket: OwnedFd,
+}
+
+impl SessionHandle {
+    /// The peer has closed the connection or it failed (POLLRDHUP, POLLHUP, POLLERR), whether or not the connection
+    /// task has read that yet. Never waits.
+    fn peer_closed(&self) -> bool {
+        let mut probe = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, owned by this frame; `socket` is an open descriptor we own; timeout 0.
+        let ready = unsafe { libc::poll(&mut probe, 1, 0) };
+        ready > 0 && probe.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
 }
 
 /// What other connections ask of a session's connection task.
@@ -68,7 +88,20 @@ pub struct SessionSignals {
     /// LUNs whose tasks from this session must be aborted (PREEMPT AND ABORT, SPC-4 5.13.11.5).
     pub abort_luns: Mutex<Vec<u64>>,
     pub abort: Notify,
+    /// Set when the connection task has ended and reported the I_T nexus loss.
+    torn_down: Latch,
 }
+
+impl SessionSignals {
+    /// Called by the connection task after its nexus loss has been reported to the logical units.
+    pub fn mark_torn_down(&self) {
+        self.torn_down.set();
+    }
+}
+
+/// How long a command waits for a connection its peer closed to finish ending (a connection task ends within
+/// microseconds of reading the close; this bounds a stuck one).
+const SETTLE_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// State shared by every portal and connection.
 pub struct Shared {
@@ -95,11 +128,17 @@ impl Shared {
 
     /// Registers a new session for `key`, closing a previous session of the same nexus (session reinstatement,
     /// RFC 7143 6.3.5). Returns the signals the connection task must watch.
-    pub fn register_session(&self, key: &SessionKey, tsih: u16) -> Arc<SessionSignals> {
+    pub fn register_session(
+        &self,
+        key: &SessionKey,
+        tsih: u16,
+        socket: OwnedFd,
+    ) -> Arc<SessionSignals> {
         let signals = Arc::new(SessionSignals::default());
         let handle = SessionHandle {
             tsih,
             signals: Arc::clone(&signals),
+            socket,
         };
         let previous = lock(&self.sessions).insert(key.clone(), handle);
         if let Some(previous) = previous {
@@ -138,6 +177,29 @@ impl Shared {
         let mut sessions = lock(&self.sessions);
         if sessions.get(key).is_some_and(|h| h.tsih == tsih) {
             sessions.remove(key);
+        }
+    }
+
+    /// Waits until every session of `target_name` whose peer has already closed its connection has reported its
+    /// I_T nexus loss (SAM-5 6.3.4). Called before a command is refused because of another nexus's reservation:
+    /// a command that arrives after the holder's connection closed must not be refused because of a nexus that
+    /// no longer exists, only because the holder's connection task had not run yet (RFC 7143 6.3.5: with
+    /// DefaultTime2Retain=0 the nexus ends with its last connection). Bounded by [`SETTLE_CLOSE_LIMIT`].
+    pub async fn settle_closed_peers(&self, target_name: &str) {
+        let closing: Vec<Arc<SessionSignals>> = lock(&self.sessions)
+            .iter()
+            .filter(|(key, handle)| key.target_name == target_name && handle.peer_closed())
+            .map(|(_, handle)| Arc::clone(&handle.signals))
+            .collect();
+        for signals in closing {
+            if tokio::time::timeout(SETTLE_CLOSE_LIMIT, signals.torn_down.wait())
+                .await
+                .is_err()
+            {
+                log::event(format_args!(
+                    "a closed connection took over {SETTLE_CLOSE_LIMIT:?} to end; answering without it"
+                ));
+            }
         }
     }
 

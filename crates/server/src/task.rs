@@ -12,6 +12,8 @@
 //! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
 
 use crate::engine::IoEngine;
+use crate::latch::Latch;
+use crate::server::Shared;
 use crate::uring::Uring;
 use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
@@ -21,10 +23,9 @@ use lunlock_scsi::{
     ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// A logical unit as the runtime serves it: the sans-IO unit, its I/O engine and its tasks in flight.
 pub struct LunRuntime {
@@ -39,51 +40,31 @@ pub struct LunRuntime {
 /// What others can do to a task in flight: abort it, and wait for it to be gone.
 pub struct TaskControl {
     pub nexus: Arc<ItNexus>,
-    aborted: AtomicBool,
-    abort: Notify,
-    finished: AtomicBool,
-    finish: Notify,
+    aborted: Latch,
+    /// Set when the task is gone (its registration dropped: finished, aborted, or its connection closed).
+    gone: Latch,
 }
 
 impl TaskControl {
     pub fn abort(&self) {
-        self.aborted.store(true, Ordering::Release);
-        self.abort.notify_waiters();
+        self.aborted.set();
     }
 
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
+        self.aborted.is_set()
     }
 
     /// Resolves once `abort` has been called.
     async fn aborted(&self) {
-        loop {
-            let notified = self.abort.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_aborted() {
-                return;
-            }
-            notified.await;
-        }
+        self.aborted.wait().await
     }
 
-    /// Resolves once the task is gone (its registration dropped: finished, aborted, or its connection closed).
     async fn gone(&self) {
-        loop {
-            let notified = self.finish.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.finished.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.gone.wait().await
     }
 
     fn mark_gone(&self) {
-        self.finished.store(true, Ordering::Release);
-        self.finish.notify_waiters();
+        self.gone.set();
     }
 }
 
@@ -128,10 +109,8 @@ impl LunRuntime {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(TaskControl {
             nexus: Arc::clone(nexus),
-            aborted: AtomicBool::new(false),
-            abort: Notify::new(),
-            finished: AtomicBool::new(false),
-            finish: Notify::new(),
+            aborted: Latch::default(),
+            gone: Latch::default(),
         });
         self.tasks().insert(key, Arc::clone(&control));
         Registration {
@@ -211,9 +190,10 @@ pub async fn run_command(
     registration: Registration,
     request: CommandRequest,
     stall: Duration,
+    shared: &Shared,
 ) -> Executed {
     let control = Arc::clone(&registration.control);
-    let outcome = execute(&lun, &control, request, stall).await;
+    let outcome = execute(&lun, &control, request, stall, shared).await;
     if control.is_aborted() {
         return Executed::Aborted;
     }
@@ -226,6 +206,7 @@ async fn execute(
     control: &Arc<TaskControl>,
     request: CommandRequest,
     stall: Duration,
+    shared: &Shared,
 ) -> Executed {
     if control.is_aborted() {
         return Executed::Aborted;
@@ -234,6 +215,15 @@ async fn execute(
         Admission::Done(response) => return done(response),
         Admission::Ready(admitted) => admitted,
     };
+    if lun
+        .unit
+        .reservation_refuses(&request.as_command(), &admitted)
+    {
+        // The reservation may belong to a nexus whose connection its peer has just closed: see that loss first,
+        // so the command is refused only because of nexuses that exist when it arrived. The check that counts
+        // comes later, under the command's range.
+        shared.settle_closed_peers(&request.nexus.target_name).await;
+    }
     let guard = match admitted.lock_request() {
         None => None,
         Some(lock) => tokio::select! {
