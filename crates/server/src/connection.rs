@@ -25,7 +25,7 @@ use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::task_set::{self, TaskSet};
 use lunlock_scsi::{
-    Isid, ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
+    Isid, ItNexus, ResetKind, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -494,6 +494,7 @@ impl FullFeature {
                         expected_transfer_length,
                         task_tag: itt as u64,
                         attribute,
+                        sessions: Arc::clone(&self.shared),
                     };
                     let enabled = self
                         .task_sets
@@ -646,15 +647,7 @@ impl FullFeature {
                 effects: SideEffects::NONE,
             };
         };
-        target.dispatcher.execute(&ScsiCommand {
-            nexus: &request.nexus,
-            lun: request.lun,
-            cdb: &request.cdb,
-            data_out: &request.data_out,
-            expected_transfer_length: request.expected_transfer_length,
-            task_tag: request.task_tag,
-            attribute: request.attribute,
-        })
+        target.dispatcher.execute(&request.as_command())
     }
 
     /// Task management (SAM-5 7, RFC 7143 11.5). The tasks it aborts are stopped or waited for before it is

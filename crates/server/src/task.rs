@@ -12,6 +12,7 @@
 //! be gone before answering (SAM-5 7.1, 7.6; SPC-4 5.13.11.5).
 
 use crate::engine::IoEngine;
+use crate::server::Shared;
 use crate::uring::Uring;
 use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
@@ -179,10 +180,14 @@ pub struct CommandRequest {
     pub expected_transfer_length: u32,
     pub task_tag: u64,
     pub attribute: TaskAttribute,
+    /// The session registry: it tells the logical unit which nexuses are logged in now, which REGISTER AND MOVE
+    /// asks when its TransportID names an initiator without ISID (SPC-4 5.13.8). Owned, since the command may run
+    /// on an engine thread.
+    pub sessions: Arc<Shared>,
 }
 
 impl CommandRequest {
-    fn as_command(&self) -> ScsiCommand<'_> {
+    pub(crate) fn as_command(&self) -> ScsiCommand<'_> {
         ScsiCommand {
             nexus: &self.nexus,
             lun: self.lun,
@@ -191,6 +196,7 @@ impl CommandRequest {
             expected_transfer_length: self.expected_transfer_length,
             task_tag: self.task_tag,
             attribute: self.attribute,
+            logged_in: &*self.sessions,
         }
     }
 }
