@@ -10,10 +10,15 @@ use std::path::Path;
 /// Starts a target with the default configuration (one target, LUN 0 of 1 MiB under `dir`) on an ephemeral port of
 /// 127.0.0.1.
 pub async fn start(dir: &Path) -> RunningTarget {
+    start_sized(dir, 1 << 20).await
+}
+
+/// [`start`] with a LUN of `lun_size_bytes`.
+pub async fn start_sized(dir: &Path, lun_size_bytes: u64) -> RunningTarget {
     let options = ServeOptions {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir: dir.to_path_buf(),
-        lun_size_bytes: 1 << 20,
+        lun_size_bytes,
         ..ServeOptions::default()
     };
     lunlock_server::start(TargetConfig::from_options(&options).unwrap())
