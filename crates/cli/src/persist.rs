@@ -1589,6 +1589,15 @@ mod tests {
         assert_eq!(list[17], 0x02);
         assert_eq!(list[18..20], [0, 1]);
         assert_eq!(list[24], 0x45);
+        // A name without ",i,0x" is sent as sg_persist sends it: FORMAT CODE 00b, the name alone (SPC-4 7.6.4.6).
+        let (request, _) = run_request(&format!(
+            "-o -M -K 1 -S 2 -T 3 -Q 1 -X iqn.2026-11.io.test:b {URL}"
+        ));
+        let (_, DataDirection::Write(list)) = command(&request) else {
+            panic!("PR OUT sends data");
+        };
+        assert_eq!(list[24], 0x05);
+        assert_eq!(&list[28..50], b"iqn.2026-11.io.test:b\0");
 
         let (request, _) = run_request(&format!("-s -l 100 {URL}"));
         let (cdb, direction) = command(&request);

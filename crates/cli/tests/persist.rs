@@ -473,3 +473,86 @@ fn spec_i_pt_full_status_and_register_and_move() {
     run(24, 1, &["-o", "-L", "-K", "a1", "-T", "1"]);
     runtime.block_on(target.shutdown());
 }
+
+/// REGISTER AND MOVE to an initiator named without ISID (`--transport-id=iqn.NAME`: FORMAT CODE 00b, as sg_persist
+/// sends it, SPC-4 7.6.4.6): the target moves to the one I_T nexus of that name logged in through the relative
+/// target port given, and refuses a name with two such nexuses (INVALID FIELD IN PARAMETER LIST, exit status 19).
+#[test]
+fn register_and_move_to_an_initiator_named_without_isid() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, portal) = start(&runtime, dir.path());
+    let url = format!("iscsi://{portal}/{TARGET}/0");
+    let mover = ["--initiator-name", "iqn.2026-11.io.test:mover", "-n"];
+    let run = |status: i32, args: &[&str]| {
+        let all: Vec<&str> = mover
+            .iter()
+            .chain(args)
+            .copied()
+            .chain([url.as_str()])
+            .collect();
+        expect(status, &all)
+    };
+    let (single, twice) = ("iqn.2026-11.io.test:single", "iqn.2026-11.io.test:twice");
+    let sessions = runtime.block_on(async {
+        let mut sessions = Vec::new();
+        for (name, isid) in [(single, 0x0B), (twice, 0x0C), (twice, 0x0D)] {
+            let session = login_nexus(&portal, name, [0x80, 0, 0, 0, 0, isid]).await;
+            drain_unit_attentions(&session).await;
+            sessions.push(session);
+        }
+        sessions
+    });
+
+    run(0, &["-o", "-G", "-S", "a1"]);
+    run(0, &["-o", "-R", "-K", "a1", "-T", "1"]);
+    let status = run(0, &["-s"]);
+    let port = status
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Relative port address: 0x"))
+        .expect("a relative port address")
+        .to_string();
+    let move_to = |status: i32, name: &str| {
+        run(
+            status,
+            &[
+                "-o", "-M", "-K", "a1", "-S", "b2", "-T", "1", "-Q", &port, "-X", name,
+            ],
+        )
+    };
+
+    move_to(19, twice);
+    assert_eq!(
+        run(0, &["-r"]),
+        "  PR generation=0x1, Reservation follows:\n    Key=0xa1\n    scope: LU_SCOPE,  type: Write Exclusive\n"
+    );
+
+    move_to(0, single);
+    assert_eq!(
+        run(0, &["-k"]),
+        "  PR generation=0x2, 2 registered reservation keys follow:\n    0xa1\n    0xb2\n"
+    );
+    assert_eq!(
+        run(0, &["-r"]),
+        "  PR generation=0x2, Reservation follows:\n    Key=0xb2\n    scope: LU_SCOPE,  type: Write Exclusive\n"
+    );
+    let status = run(0, &["-s"]);
+    let holder = status
+        .split("    Key=")
+        .find(|descriptor| descriptor.contains("<< Reservation holder >>"))
+        .expect("a holder");
+    assert!(holder.starts_with("0xb2\n"), "{status}");
+    assert!(
+        holder.contains(&format!(
+            "iSCSI world wide unique port id: {single},i,0x80000000000b\n"
+        )),
+        "{status}"
+    );
+    assert!(runtime.block_on(write_block(&sessions[0], 1)).is_good());
+    runtime.block_on(async {
+        for session in sessions {
+            session.logout().await.unwrap();
+        }
+    });
+    runtime.block_on(target.shutdown());
+}

@@ -54,6 +54,31 @@ pub struct ItNexus {
     pub relative_target_port: u16,
 }
 
+/// The I_T nexuses logged in now, as the transport knows them. The `scsi` crate does no I/O and keeps no session
+/// table, so the runtime answers from its sessions and the simulator from its actors; the one question is asked
+/// by REGISTER AND MOVE, whose TransportID may name an initiator device (iSCSI format 00b, a name without ISID)
+/// that stands for an initiator port only through the nexuses logged in (SPC-4 5.13.8, 7.6.4.6).
+pub trait LoggedInNexuses: Sync {
+    /// Calls `visit` once for every I_T nexus logged in now, in any order.
+    fn for_each_logged_in(&self, visit: &mut dyn FnMut(&ItNexus));
+}
+
+/// A list of nexuses is the simplest answer: the test harnesses' and an embedder's.
+impl<N: std::borrow::Borrow<ItNexus> + Sync> LoggedInNexuses for Vec<N> {
+    fn for_each_logged_in(&self, visit: &mut dyn FnMut(&ItNexus)) {
+        for nexus in self {
+            visit(nexus.borrow());
+        }
+    }
+}
+
+/// Opaque in `ScsiCommand`'s Debug output: listing would ask the runtime (and may take its session lock).
+impl std::fmt::Debug for dyn LoggedInNexuses + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoggedInNexuses")
+    }
+}
+
 /// SAM-5 task attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskAttribute {
@@ -78,6 +103,8 @@ pub struct ScsiCommand<'a> {
     pub expected_transfer_length: u32,
     pub task_tag: u64,
     pub attribute: TaskAttribute,
+    /// The nexuses logged in now, for the commands whose meaning depends on them (REGISTER AND MOVE).
+    pub logged_in: &'a dyn LoggedInNexuses,
 }
 
 /// SAM-5 status codes.

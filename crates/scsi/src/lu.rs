@@ -453,6 +453,7 @@ impl LogicalUnit {
             cmd.nexus,
             prout,
             cmd.data_out,
+            cmd.logged_in,
             &self.unit_attentions,
         );
         match outcome {

@@ -86,6 +86,7 @@ impl Unit {
             expected_transfer_length: data_out.len().max(255) as u32,
             task_tag: 1,
             attribute: TaskAttribute::Simple,
+            logged_in: &vec![Arc::clone(&self.nexus)],
         })
     }
 
@@ -256,6 +257,7 @@ fn deferred_fua_flushes_once_after_the_write_and_only_for_good() {
             expected_transfer_length: data_out.len() as u32,
             task_tag: 2,
             attribute: TaskAttribute::Simple,
+            logged_in: &vec![Arc::clone(&unit.nexus)],
         };
         let Admission::Ready(admitted) = unit.unit.admit(&cmd) else {
             panic!("{cdb:02x?} not admitted");

@@ -83,6 +83,7 @@ impl Fixture {
             expected_transfer_length: data_out.len() as u32,
             task_tag: 1,
             attribute: TaskAttribute::Simple,
+            logged_in: &vec![Arc::clone(nexus)],
         };
         self.unit.execute(&cmd)
     }
@@ -977,6 +978,7 @@ fn run_lun(d: &Dispatcher, nexus: &Arc<ItNexus>, lun: u64, cdb: &[u8]) -> ScsiRe
         expected_transfer_length: 0,
         task_tag: 7,
         attribute: TaskAttribute::Simple,
+        logged_in: &vec![Arc::clone(nexus)],
     })
 }
 
@@ -1202,6 +1204,7 @@ fn an_offline_unit_identifies_itself_and_refuses_everything_else() {
             expected_transfer_length: 512,
             task_tag: 1,
             attribute: TaskAttribute::Simple,
+            logged_in: &vec![Arc::clone(&nexus)],
         })
     };
     assert_eq!(

@@ -25,7 +25,7 @@ use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::task_set::{self, TaskSet};
 use lunlock_scsi::{
-    Isid, ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
+    Isid, ItNexus, ResetKind, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -506,6 +506,7 @@ impl FullFeature {
                         expected_transfer_length,
                         task_tag: itt as u64,
                         attribute,
+                        sessions: Arc::clone(&self.shared),
                     };
                     let enabled = self
                         .task_sets
@@ -560,7 +561,6 @@ impl FullFeature {
         let registration = runtime.register(&self.nexus);
         self.controls
             .insert(task, Arc::clone(&registration.control));
-        let shared = Arc::clone(&self.shared);
         self.running.push(Box::pin(async move {
             let injected = decision.outcome.and_then(injected_response);
             if !decision.delay.is_zero() {
@@ -569,7 +569,7 @@ impl FullFeature {
             }
             let executed = match injected {
                 Some(response) => Executed::Done(response),
-                None => run_command(runtime, registration, request, decision.stall, &shared).await,
+                None => run_command(runtime, registration, request, decision.stall).await,
             };
             Finished {
                 task,
@@ -659,15 +659,7 @@ impl FullFeature {
                 effects: SideEffects::NONE,
             };
         };
-        target.dispatcher.execute(&ScsiCommand {
-            nexus: &request.nexus,
-            lun: request.lun,
-            cdb: &request.cdb,
-            data_out: &request.data_out,
-            expected_transfer_length: request.expected_transfer_length,
-            task_tag: request.task_tag,
-            attribute: request.attribute,
-        })
+        target.dispatcher.execute(&request.as_command())
     }
 
     /// Task management (SAM-5 7, RFC 7143 11.5). The tasks it aborts are stopped or waited for before it is

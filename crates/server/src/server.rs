@@ -17,7 +17,9 @@ use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
 use crate::uring::Uring;
 use lunlock_iscsi::login::PortalTarget;
-use lunlock_scsi::{Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind};
+use lunlock_scsi::{
+    Dispatcher, Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind,
+};
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
 use lunlock_store::BlockStore;
@@ -209,6 +211,16 @@ impl Shared {
             if key.target_name == target_name {
                 handle.signals.close.notify_one();
             }
+        }
+    }
+}
+
+/// The nexuses logged in now are the keys of the sessions in full feature phase (a discovery session has no
+/// nexus to a logical unit and is never registered).
+impl LoggedInNexuses for Shared {
+    fn for_each_logged_in(&self, visit: &mut dyn FnMut(&ItNexus)) {
+        for nexus in lock(&self.sessions).keys() {
+            visit(nexus);
         }
     }
 }

@@ -158,10 +158,14 @@ pub struct CommandRequest {
     pub expected_transfer_length: u32,
     pub task_tag: u64,
     pub attribute: TaskAttribute,
+    /// The session registry: it tells the logical unit which nexuses are logged in now, which REGISTER AND MOVE
+    /// asks when its TransportID names an initiator without ISID (SPC-4 5.13.8). Owned, since the command may run
+    /// on an engine thread.
+    pub sessions: Arc<Shared>,
 }
 
 impl CommandRequest {
-    fn as_command(&self) -> ScsiCommand<'_> {
+    pub(crate) fn as_command(&self) -> ScsiCommand<'_> {
         ScsiCommand {
             nexus: &self.nexus,
             lun: self.lun,
@@ -170,6 +174,7 @@ impl CommandRequest {
             expected_transfer_length: self.expected_transfer_length,
             task_tag: self.task_tag,
             attribute: self.attribute,
+            logged_in: &*self.sessions,
         }
     }
 }
@@ -190,10 +195,9 @@ pub async fn run_command(
     registration: Registration,
     request: CommandRequest,
     stall: Duration,
-    shared: &Shared,
 ) -> Executed {
     let control = Arc::clone(&registration.control);
-    let outcome = execute(&lun, &control, request, stall, shared).await;
+    let outcome = execute(&lun, &control, request, stall).await;
     if control.is_aborted() {
         return Executed::Aborted;
     }
@@ -206,7 +210,6 @@ async fn execute(
     control: &Arc<TaskControl>,
     request: CommandRequest,
     stall: Duration,
-    shared: &Shared,
 ) -> Executed {
     if control.is_aborted() {
         return Executed::Aborted;
@@ -222,7 +225,10 @@ async fn execute(
         // The reservation may belong to a nexus whose connection its peer has just closed: see that loss first,
         // so the command is refused only because of nexuses that exist when it arrived. The check that counts
         // comes later, under the command's range.
-        shared.settle_closed_peers(&request.nexus.target_name).await;
+        request
+            .sessions
+            .settle_closed_peers(&request.nexus.target_name)
+            .await;
     }
     let guard = match admitted.lock_request() {
         None => None,

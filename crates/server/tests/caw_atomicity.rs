@@ -6,9 +6,8 @@
 mod support;
 
 use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
-use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::RunningTarget;
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,18 +23,6 @@ const CHECK_CONDITION: u8 = 0x02;
 const MISCOMPARE: (u8, u8) = (0x0E, 0x1D);
 /// Words of the counter in one image; the last 8 bytes hold the checksum.
 const WORDS: usize = BLOCK / 8 - 1;
-
-async fn start(dir: &Path) -> RunningTarget {
-    let options = ServeOptions {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        data_dir: dir.to_path_buf(),
-        lun_size_bytes: 1 << 20,
-        ..ServeOptions::default()
-    };
-    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
-        .await
-        .unwrap()
-}
 
 async fn login(target: &RunningTarget, initiator: &str) -> Session {
     support::login(target, TARGET, initiator).await
@@ -144,7 +131,7 @@ async fn writer(session: Session) -> WriterReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_sessions_increment_one_block_with_compare_and_write() {
     let dir = tempfile::tempdir().unwrap();
-    let target = start(dir.path()).await;
+    let target = support::start(dir.path()).await;
     let started = Instant::now();
 
     let setup = login(&target, "iqn.2026-11.io.lunlock:caw-setup").await;

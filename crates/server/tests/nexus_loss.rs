@@ -6,24 +6,12 @@ mod support;
 
 use lunlock_initiator::{DataDirection, LoginOptions, Session};
 use lunlock_scsi::cdb::Command;
-use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::RunningTarget;
 use std::net::Shutdown;
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
 const GOOD: u8 = 0x00;
 const RESERVE_6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
-
-async fn start(dir: &std::path::Path) -> RunningTarget {
-    let options = ServeOptions {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        data_dir: dir.to_path_buf(),
-        lun_size_bytes: 1 << 20,
-        ..ServeOptions::default()
-    };
-    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
-        .await
-        .unwrap()
-}
 
 /// A session whose TCP connection the test can close without a logout, as an initiator that dies does.
 async fn login_closable(target: &RunningTarget, initiator: &str) -> (Session, std::net::TcpStream) {
@@ -41,7 +29,7 @@ async fn login_closable(target: &RunningTarget, initiator: &str) -> (Session, st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_of_a_connection_its_peer_closed_never_conflicts_with_a_later_command() {
     let dir = tempfile::tempdir().unwrap();
-    let target = start(dir.path()).await;
+    let target = support::start(dir.path()).await;
     let survivor = support::login(&target, TARGET, "iqn.2026-11.test:survivor").await;
     let read = Command::read_16(0, 1, false).encode();
     // The close and the next command race inside the target unless it settles the close first; many rounds make

@@ -1,6 +1,8 @@
 //! The target in-process on an ephemeral port, driven with raw iSCSI PDUs over real TCP: login, discovery,
 //! commands, and malformed input that must cost only the offending connection.
 
+mod support;
+
 use lunlock_iscsi::message::{
     encode_lun, DataIn, LoginRequest, LoginResponse, NopIn, NopOut, Reject, ScsiCommand,
     ScsiResponse, TextRequest, TextResponse, RESERVED_TAG,
@@ -17,15 +19,7 @@ use tokio::net::TcpStream;
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
 
 async fn start(dir: &Path) -> RunningTarget {
-    let options = ServeOptions {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        data_dir: dir.to_path_buf(),
-        lun_size_bytes: 64 << 20,
-        ..ServeOptions::default()
-    };
-    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
-        .await
-        .unwrap()
+    support::start_sized(dir, 64 << 20).await
 }
 
 /// A minimal raw initiator: enough to drive the target PDU by PDU.

@@ -2,15 +2,15 @@
 //! plain COMPARE AND WRITE client, and two plain PR clients. Plus the referee that checks mutual exclusion at
 //! every grant and the liveness of the lock hosts at the end.
 
-use crate::io::{SimClock, SimDisk, SimHandle};
-use crate::world::{lock, BLOCK};
+use crate::io::{MoveTo, SimClock, SimDisk, SimHandle};
+use crate::world::{initiator_name, lock, BLOCK};
 use lunlock_cluster::demo::CounterImage;
 use lunlock_cluster::resolver::{AtsRequest, AtsResult};
 use lunlock_cluster::{
     Acquire, BrokenVariant, Clock, ClusterError, Disk, EventLog, Host, HostConfig, LockMode,
     Superblock, Uuid,
 };
-use lunlock_initiator::pr::{PrOutAction, PrType};
+use lunlock_initiator::pr::{PrOutAction, PrType, TransportId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -384,30 +384,57 @@ pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, see
     }
 }
 
-/// A plain PR client on LUN 1: random PERSISTENT RESERVE OUT service actions, types, keys and APTPL. The PR
-/// checkers judge the state after each.
+/// The other of the two PR clients (actors `hosts + 1` and `hosts + 2`).
+fn other_pr_client(shared: &Shared, actor: usize) -> usize {
+    let first = shared.host_ids.len() + 1;
+    if actor == first {
+        first + 1
+    } else {
+        first
+    }
+}
+
+/// A plain PR client on LUN 1: random PERSISTENT RESERVE OUT service actions, types, keys and APTPL, and
+/// REGISTER AND MOVE to the other PR client named without ISID (a format 00b TransportID, which the target
+/// resolves through the nexuses logged in). The PR checkers judge the state after each.
 pub async fn pr_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
     let (disk, clock) = connect(&shared, actor, incarnation, 1, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let timeout = Duration::from_millis(300);
     let keys = [0xA1u64, 0xA2, 0xB1, 0xB2];
     const TYPES: [u8; 6] = [1, 3, 5, 6, 7, 8];
+    let destination = TransportId::iscsi(&initiator_name(other_pr_client(&shared, actor)), None)
+        .expect("a simulated initiator name is a valid iSCSI name");
     loop {
         let own = keys[rng.gen_range(0..keys.len())];
         let other = keys[rng.gen_range(0..keys.len())];
         let pr_type = PrType(TYPES[rng.gen_range(0..TYPES.len())]);
         let aptpl = rng.gen_bool(0.5);
-        let (action, key, sark) = match rng.gen_range(0..8) {
-            0 => (PrOutAction::Register, 0, own),
-            1 => (PrOutAction::RegisterAndIgnoreExistingKey, 0, own),
-            2 => (PrOutAction::Register, own, 0),
-            3 => (PrOutAction::Reserve, own, 0),
-            4 => (PrOutAction::Release, own, 0),
-            5 => (PrOutAction::Preempt, own, other),
-            6 => (PrOutAction::PreemptAndAbort, own, other),
-            _ => (PrOutAction::Clear, own, 0),
-        };
-        let _ = disk.prout(action, pr_type, key, sark, aptpl, timeout).await;
+        match rng.gen_range(0..9) {
+            8 => {
+                let to = MoveTo {
+                    destination: destination.clone(),
+                    unregister: rng.gen_bool(0.5),
+                    aptpl,
+                };
+                let _ = disk
+                    .register_and_move(pr_type, own, other, to, timeout)
+                    .await;
+            }
+            roll => {
+                let (action, key, sark) = match roll {
+                    0 => (PrOutAction::Register, 0, own),
+                    1 => (PrOutAction::RegisterAndIgnoreExistingKey, 0, own),
+                    2 => (PrOutAction::Register, own, 0),
+                    3 => (PrOutAction::Reserve, own, 0),
+                    4 => (PrOutAction::Release, own, 0),
+                    5 => (PrOutAction::Preempt, own, other),
+                    6 => (PrOutAction::PreemptAndAbort, own, other),
+                    _ => (PrOutAction::Clear, own, 0),
+                };
+                let _ = disk.prout(action, pr_type, key, sark, aptpl, timeout).await;
+            }
+        }
         clock
             .sleep(Duration::from_millis(rng.gen_range(2..60)))
             .await;

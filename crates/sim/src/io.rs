@@ -4,7 +4,10 @@
 use crate::world::{lock, Reply, Request, World, BLOCK};
 use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb};
 use lunlock_cluster::{CawOutcome, Clock, Disk, DiskError};
-use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
+use lunlock_initiator::pr::{
+    basic_prout, prin_cdb, prout_cdb, PrInAction, PrOutAction, PrType, ReadKeys,
+    RegisterAndMoveParameters, ReservationKey, TransportId,
+};
 use lunlock_scsi::cdb::Command;
 use std::future::Future;
 use std::pin::Pin;
@@ -102,6 +105,39 @@ pub struct SimDisk {
     pub lun: usize,
 }
 
+/// What REGISTER AND MOVE's destination and flags are, apart from the keys.
+#[derive(Clone, Debug)]
+pub struct MoveTo {
+    /// The destination initiator (a format 00b TransportID names it without ISID).
+    pub destination: TransportId,
+    pub unregister: bool,
+    pub aptpl: bool,
+}
+
+/// The CDB and parameter list of a REGISTER AND MOVE through relative target port 1 (every actor's).
+pub fn register_and_move_command(
+    pr_type: PrType,
+    key: u64,
+    service_action_key: u64,
+    to: MoveTo,
+) -> (Vec<u8>, Vec<u8>) {
+    let parameters = RegisterAndMoveParameters {
+        reservation_key: ReservationKey(key),
+        service_action_key: ReservationKey(service_action_key),
+        unregister: to.unregister,
+        activate_persist_through_power_loss: to.aptpl,
+        relative_target_port: 1,
+        transport_id: to.destination,
+    }
+    .encode();
+    let cdb = prout_cdb(
+        PrOutAction::RegisterAndMove,
+        pr_type,
+        parameters.len() as u32,
+    );
+    (cdb, parameters)
+}
+
 impl SimDisk {
     /// Sends a command and waits for its reply at most `timeout`.
     pub async fn command(
@@ -160,6 +196,16 @@ impl SimDisk {
         timeout: Duration,
     ) -> Result<(), DiskError> {
         let (cdb, parameters) = basic_prout(action, pr_type, key, service_action_key, aptpl);
+        self.send_prout(cdb, parameters, timeout).await
+    }
+
+    /// A PERSISTENT RESERVE OUT whose outcome is GOOD or a [`DiskError`].
+    async fn send_prout(
+        &self,
+        cdb: Vec<u8>,
+        parameters: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), DiskError> {
         let length = parameters.len() as u32;
         self.checked(
             lunlock_initiator::status::command_name(&cdb),
@@ -170,6 +216,19 @@ impl SimDisk {
         )
         .await
         .map(|_| ())
+    }
+
+    /// REGISTER AND MOVE (see [`register_and_move_command`]).
+    pub async fn register_and_move(
+        &self,
+        pr_type: PrType,
+        key: u64,
+        service_action_key: u64,
+        to: MoveTo,
+        timeout: Duration,
+    ) -> Result<(), DiskError> {
+        let (cdb, parameters) = register_and_move_command(pr_type, key, service_action_key, to);
+        self.send_prout(cdb, parameters, timeout).await
     }
 }
 

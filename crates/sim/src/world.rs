@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Mutex;
 use std::task::Waker;
 use std::time::Duration;
-pub use target::{BrokenTarget, SavedState, Target, Unit};
+pub use target::{initiator_name, BrokenTarget, SavedState, Target, Unit};
 use target::{InFlight, LockWakes};
 
 pub const BLOCK: u32 = 512;

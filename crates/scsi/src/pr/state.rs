@@ -7,15 +7,19 @@
 //! Choices where SPC-4 leaves room, documented once here:
 //! - A registration is identified by initiator port (name + ISID, or name alone for a format 00b TransportID given
 //!   with SPEC_I_PT) and target port (a relative target port identifier, or every port with ALL_TG_PT).
+//! - REGISTER AND MOVE always moves to one I_T nexus: a format 00b TransportID (name alone) is taken for the one
+//!   I_T nexus of that name logged in now through the given relative target port, and refused when there are none
+//!   or several ([`PrState::apply`] gets the logged-in nexuses from the runtime; this module stays I/O-free).
 //! - PREEMPT and PREEMPT AND ABORT never remove the preempting nexus's own registration (SPC-4 5.13.11.4.3 b: "other
 //!   than the I_T nexus on which the command was received").
 //! - PRGENERATION is incremented by every successful REGISTER, REGISTER AND IGNORE EXISTING KEY, CLEAR, PREEMPT,
 //!   PREEMPT AND ABORT and REGISTER AND MOVE (SPC-4 6.13.2), except a REGISTER with SARK 0 from an unregistered
 //!   nexus, for which SPC-4 5.13.7 says "do nothing except return GOOD status". RESERVE and RELEASE leave it.
 
-use super::{PrOutCommand, PrType, ServiceActionOut};
+use super::{PrOutCommand, PrType, ServiceActionOut, TransportId};
 use crate::sense::{Condition, Sense};
-use crate::{Isid, ItNexus};
+use crate::{Isid, ItNexus, LoggedInNexuses};
+use std::collections::BTreeSet;
 
 /// One registration (SPC-4 5.13.7).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,8 +167,15 @@ impl PrState {
         }
     }
 
-    /// Apply one PERSISTENT RESERVE OUT from `nexus`. On error `self` may be partly changed: callers work on a clone.
-    pub fn apply(&mut self, nexus: &ItNexus, command: &PrOutCommand) -> Result<Effects, PrError> {
+    /// Apply one PERSISTENT RESERVE OUT from `nexus`; `logged_in` are the nexuses logged in now (REGISTER AND MOVE
+    /// resolves a name-only TransportID through them). On error `self` may be partly changed: callers work on a
+    /// clone.
+    pub fn apply(
+        &mut self,
+        nexus: &ItNexus,
+        command: &PrOutCommand,
+        logged_in: &dyn LoggedInNexuses,
+    ) -> Result<Effects, PrError> {
         let mut effects = Effects::default();
         match command.action {
             ServiceActionOut::Register | ServiceActionOut::RegisterAndIgnoreExistingKey => {
@@ -176,7 +187,9 @@ impl PrState {
             ServiceActionOut::Preempt | ServiceActionOut::PreemptAndAbort => {
                 self.preempt(nexus, command, &mut effects)?
             }
-            ServiceActionOut::RegisterAndMove => self.register_and_move(nexus, command)?,
+            ServiceActionOut::RegisterAndMove => {
+                self.register_and_move(nexus, command, logged_in)?
+            }
         }
         Ok(effects)
     }
@@ -446,6 +459,7 @@ impl PrState {
         &mut self,
         nexus: &ItNexus,
         command: &PrOutCommand,
+        logged_in: &dyn LoggedInNexuses,
     ) -> Result<(), PrError> {
         let own = self.checked_registration(nexus, command.key)?;
         let Some(reservation) = self.reservation.clone() else {
@@ -463,18 +477,25 @@ impl PrState {
             .transport_ids
             .first()
             .ok_or(Sense::new(Condition::ParameterListLengthError))?;
+        let destination_port = TargetPort {
+            target_name: &nexus.target_name,
+            relative_target_port: command.relative_target_port,
+        };
+        let isid = destination_isid(destination, &destination_port, logged_in)?;
         let target = Registration {
             key: sark,
             initiator_name: destination.name.clone(),
-            isid: destination.isid,
+            isid: Some(isid),
             relative_target_port: Some(command.relative_target_port),
             target_name: nexus.target_name.clone(),
         };
-        let moving_to_self = destination.isid.is_none_or(|isid| isid == nexus.isid)
+        let moving_to_self = isid == nexus.isid
             && target.initiator_name == nexus.initiator_name
             && command.relative_target_port == nexus.relative_target_port;
-        if moving_to_self || destination.isid.is_none() {
-            return Err(Sense::invalid_parameter_field(destination.offset, None).into());
+        if moving_to_self {
+            // SPC-4 5.13.8: a TransportID naming the I_T nexus that sent the command is INVALID FIELD IN PARAMETER
+            // LIST.
+            return Err(transport_id_invalid(destination).into());
         }
         let own_identity = self.registrations[own].clone();
         let existing = self
@@ -501,4 +522,57 @@ impl PrState {
         self.bump();
         Ok(())
     }
+}
+
+/// A target port of this SCSI target device: where REGISTER AND MOVE's destination nexus must be logged in.
+struct TargetPort<'a> {
+    target_name: &'a str,
+    relative_target_port: u16,
+}
+
+/// INVALID FIELD IN PARAMETER LIST with the field pointer (C/D = 0) at the first byte of the TransportID, which
+/// for REGISTER AND MOVE is byte 24 of the parameter list (SPC-4 6.14.4; field pointer: SPC-4 4.5.2.4.2).
+fn transport_id_invalid(id: &TransportId) -> Sense {
+    Sense::invalid_parameter_field(id.offset, None)
+}
+
+/// The ISID of the initiator port REGISTER AND MOVE moves to (SPC-4 5.13.8). A format 01b iSCSI TransportID names
+/// the port itself (name and ISID). A format 00b one names only the initiator device (SPC-4 7.6.4.6), which may
+/// have several ports; it stands for a port here only when exactly one I_T nexus of that name is logged in now
+/// through the given relative target port, since the move needs one I_T nexus (the registration it creates is
+/// an I_T nexus's, and so is the reservation). None or several such nexuses: the TransportID does not name the
+/// destination, INVALID FIELD IN PARAMETER LIST pointing at it.
+fn destination_isid(
+    destination: &TransportId,
+    port: &TargetPort,
+    logged_in: &dyn LoggedInNexuses,
+) -> Result<Isid, Sense> {
+    if let Some(isid) = destination.isid {
+        return Ok(isid);
+    }
+    let isids = logged_in_isids(&destination.name, port, logged_in);
+    let mut matching = isids.iter();
+    match (matching.next(), matching.next()) {
+        (Some(isid), None) => Ok(*isid),
+        (None, _) | (Some(_), Some(_)) => Err(transport_id_invalid(destination)),
+    }
+}
+
+/// The ISIDs of the I_T nexuses logged in now whose initiator port has `initiator_name` and whose target port is
+/// `port`, each once (the runtime may list a nexus more than once; it is still one nexus).
+fn logged_in_isids(
+    initiator_name: &str,
+    port: &TargetPort,
+    logged_in: &dyn LoggedInNexuses,
+) -> BTreeSet<Isid> {
+    let mut isids = BTreeSet::new();
+    logged_in.for_each_logged_in(&mut |nexus| {
+        if nexus.initiator_name == initiator_name
+            && nexus.target_name == port.target_name
+            && nexus.relative_target_port == port.relative_target_port
+        {
+            isids.insert(nexus.isid);
+        }
+    });
+    isids
 }

@@ -4,8 +4,8 @@ use super::*;
 use crate::cdb::op;
 use crate::test_store::TestStore;
 use crate::{
-    Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ResetKind, ScsiCommand, ScsiResponse,
-    ScsiStatus, TaskAttribute,
+    Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind, ScsiCommand,
+    ScsiResponse, ScsiStatus, TaskAttribute,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +60,18 @@ impl Lu {
         while self.unit.unit_attentions().take(&self.nexuses[n]).is_some() {}
     }
 
+    /// Runs a command from nexus `n` while the five test nexuses are logged in.
     fn run(&self, n: usize, cdb: &[u8], data_out: &[u8]) -> ScsiResponse {
+        self.run_logged_in(n, cdb, data_out, &self.nexuses)
+    }
+
+    fn run_logged_in(
+        &self,
+        n: usize,
+        cdb: &[u8],
+        data_out: &[u8],
+        logged_in: &dyn LoggedInNexuses,
+    ) -> ScsiResponse {
         let cmd = ScsiCommand {
             nexus: &self.nexuses[n],
             lun: 0,
@@ -69,6 +80,7 @@ impl Lu {
             expected_transfer_length: data_out.len() as u32,
             task_tag: 1,
             attribute: TaskAttribute::Simple,
+            logged_in,
         };
         self.unit.execute(&cmd)
     }
@@ -537,40 +549,122 @@ fn spec_i_pt_registers_the_named_initiator_ports() {
     conflict(&lu.reserve(2, 0xA, 1));
 }
 
+/// A REGISTER AND MOVE parameter list (SPC-4 6.14.4): byte 17 UNREG (bit 1), 18..20 the relative target port,
+/// 20..24 the TransportID's length, the TransportID at byte 24.
+fn move_list(key: u64, sark: u64, unreg: bool, port: u16, id: &[u8]) -> Vec<u8> {
+    let mut list = params(key, sark, 0);
+    list[17] = (unreg as u8) << 1;
+    list[18..20].copy_from_slice(&port.to_be_bytes());
+    list[20..24].copy_from_slice(&(id.len() as u32).to_be_bytes());
+    list.extend_from_slice(id);
+    list
+}
+
 #[test]
 fn register_and_move_hands_the_reservation_over() {
     let lu = Lu::new();
     good(&lu.register(0, 0, 0xA));
     good(&lu.reserve(0, 0xA, 3));
     let id = iscsi_transport_id("iqn.2026-11.test:init1", Some([0x80, 0, 0, 0, 0, 1]));
-    let mut list = params(0xA, 0xB, 0);
-    // SPC-4 6.14.4: byte 17 UNREG, 18..20 relative target port, 20..24 TransportID length, TransportID at 24.
-    list[17] = 0x02; // UNREG
-    list[18..20].copy_from_slice(&1u16.to_be_bytes());
-    list[20..24].copy_from_slice(&(id.len() as u32).to_be_bytes());
-    list.extend_from_slice(&id);
-    good(&lu.prout(0, 7, 0, &list));
+    good(&lu.prout(0, 7, 0, &move_list(0xA, 0xB, true, 1, &id)));
     assert_eq!(lu.keys(), (2, vec![0xB]));
     assert_eq!(lu.reservation(), Some((0xB, 3)));
     good(&lu.run(1, &[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]));
     conflict(&lu.run(0, &[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]));
     // Moving to oneself is INVALID FIELD IN PARAMETER LIST.
-    let id = iscsi_transport_id("iqn.2026-11.test:init1", Some([0x80, 0, 0, 0, 0, 1]));
-    let mut list = params(0xB, 0xC, 0);
-    list[18..20].copy_from_slice(&1u16.to_be_bytes());
-    list[20..24].copy_from_slice(&(id.len() as u32).to_be_bytes());
-    list.extend_from_slice(&id);
     assert_eq!(
-        sense(&lu.prout(1, 7, 0, &list)),
+        sense(&lu.prout(1, 7, 0, &move_list(0xB, 0xC, false, 1, &id))),
         ((5, 0x26, 0), Some((false, 24)))
     );
     // A non-holder may not move.
     good(&lu.register(2, 0, 0xD));
-    let mut list = params(0xD, 0xE, 0);
-    list[18..20].copy_from_slice(&1u16.to_be_bytes());
-    list[20..24].copy_from_slice(&(id.len() as u32).to_be_bytes());
-    list.extend_from_slice(&id);
-    conflict(&lu.prout(2, 7, 0, &list));
+    conflict(&lu.prout(2, 7, 0, &move_list(0xD, 0xE, false, 1, &id)));
+}
+
+const INIT1: &str = "iqn.2026-11.test:init1";
+
+/// Another I_T nexus of test nexus `n`'s initiator device: the same name, another ISID or target port.
+fn sibling(n: u8, isid_last_byte: u8, relative_target_port: u16) -> Arc<ItNexus> {
+    let mut other = (*nexus(n)).clone();
+    other.isid.0[5] = isid_last_byte;
+    other.relative_target_port = relative_target_port;
+    Arc::new(other)
+}
+
+/// Nexus 0 holds an Exclusive Access reservation with key 0xA.
+fn reserved_by_nexus_0() -> Lu {
+    let lu = Lu::new();
+    good(&lu.register(0, 0, 0xA));
+    good(&lu.reserve(0, 0xA, 3));
+    lu
+}
+
+/// Nexus 0 moves its reservation (new key 0xB) to `name` through relative target port 1 with a format 00b
+/// TransportID (name only), while `logged_in` are logged in.
+fn move_by_name(lu: &Lu, name: &str, logged_in: &Vec<Arc<ItNexus>>) -> ScsiResponse {
+    let list = move_list(0xA, 0xB, false, 1, &iscsi_transport_id(name, None));
+    lu.run_logged_in(0, &prout_cdb(7, 0, list.len() as u32), &list, logged_in)
+}
+
+#[test]
+fn register_and_move_by_name_takes_the_one_nexus_logged_in_through_the_port() {
+    let lu = reserved_by_nexus_0();
+    // init1 is logged in through port 1 once (ISID ...01) and through port 2 once more: only port 1 counts.
+    let mut logged_in = lu.nexuses.clone();
+    logged_in.push(sibling(1, 0x77, 2));
+    good(&move_by_name(&lu, INIT1, &logged_in));
+    assert_eq!(lu.keys(), (2, vec![0xA, 0xB]));
+    assert_eq!(lu.reservation(), Some((0xB, 3)));
+    // The destination is that one I_T nexus, as if it had been named with its ISID (format 01b).
+    let status = String::from_utf8_lossy(&lu.prin(4, 3)).into_owned();
+    assert!(
+        status.contains("iqn.2026-11.test:init1,i,0x800000000001"),
+        "{status}"
+    );
+    let read = [op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    good(&lu.run(1, &read, &[]));
+    conflict(&lu.run(0, &read, &[]));
+}
+
+#[test]
+fn register_and_move_by_name_refuses_without_exactly_one_nexus_through_the_port() {
+    let cases: [(&str, Vec<Arc<ItNexus>>); 4] = [
+        ("not logged in at all", vec![nexus(0)]),
+        (
+            "two nexuses through the port, different ISIDs",
+            vec![nexus(0), nexus(1), sibling(1, 0x77, 1)],
+        ),
+        (
+            "logged in only through another port",
+            vec![nexus(0), sibling(1, 1, 2)],
+        ),
+        ("logged in only through another target", {
+            let mut elsewhere = (*nexus(1)).clone();
+            elsewhere.target_name = "iqn.2026-11.test:another-target".into();
+            vec![nexus(0), Arc::new(elsewhere)]
+        }),
+    ];
+    for (case, logged_in) in &cases {
+        let lu = reserved_by_nexus_0();
+        // SPC-4 5.13.8, 6.14.4: INVALID FIELD IN PARAMETER LIST, field pointer (C/D = 0) at the TransportID.
+        assert_eq!(
+            sense(&move_by_name(&lu, INIT1, logged_in)),
+            ((5, 0x26, 0), Some((false, 24))),
+            "{case}"
+        );
+        assert_eq!(lu.keys(), (1, vec![0xA]), "{case}: nothing registered");
+        assert_eq!(lu.reservation(), Some((0xA, 3)), "{case}: nothing moved");
+    }
+}
+
+#[test]
+fn register_and_move_by_name_to_the_sender_itself_is_refused() {
+    let lu = reserved_by_nexus_0();
+    assert_eq!(
+        sense(&move_by_name(&lu, "iqn.2026-11.test:init0", &lu.nexuses)),
+        ((5, 0x26, 0), Some((false, 24)))
+    );
+    assert_eq!(lu.reservation(), Some((0xA, 3)));
 }
 
 #[test]
@@ -635,6 +729,7 @@ fn all_tg_pt_registration_covers_every_target_port() {
         expected_transfer_length: 24,
         task_tag: 1,
         attribute: TaskAttribute::Simple,
+        logged_in: &vec![Arc::clone(&other_port)],
     };
     while lu.unit.unit_attentions().take(&other_port).is_some() {}
     good(&lu.unit.execute(&cmd));
@@ -1126,6 +1221,7 @@ fn a_different_isid_is_a_different_nexus() {
         expected_transfer_length: 0,
         task_tag: 1,
         attribute: TaskAttribute::Simple,
+        logged_in: &vec![Arc::clone(&same_name)],
     };
     conflict(&lu.unit.execute(&cmd));
     // The registration survives the nexus's loss and serves a re-login with the same ISID.

@@ -14,7 +14,7 @@ use crate::cdb::Command;
 use crate::hold_time::{timed, SharedLock, Timed};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
-use crate::{ItNexus, ResetKind};
+use crate::{ItNexus, LoggedInNexuses, ResetKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -152,11 +152,13 @@ impl Reservations {
 
     /// PERSISTENT RESERVE OUT: decode the parameter list, apply to a copy, save it when APTPL is involved, commit,
     /// then establish unit attentions. Returns the nexuses whose tasks the command aborts (PREEMPT AND ABORT).
+    /// `logged_in`: the nexuses logged in now, which REGISTER AND MOVE may name by initiator name alone.
     pub(crate) fn persistent_reserve_out(
         &self,
         nexus: &ItNexus,
         cdb: PrOutCdb,
         parameters: &[u8],
+        logged_in: &dyn LoggedInNexuses,
         unit_attentions: &UnitAttentions,
     ) -> Result<Vec<ItNexus>, Refusal> {
         let command = cdb.with_parameters(parameters)?;
@@ -171,7 +173,7 @@ impl Reservations {
         }
         let current = self.lock().pr.clone();
         let mut next = current.clone();
-        let effects = next.apply(nexus, &command)?;
+        let effects = next.apply(nexus, &command, logged_in)?;
         // The state is saved (an fsync) without holding the mutex, so commands that only read the reservations
         // (PERSISTENT RESERVE IN, TEST UNIT READY, ...) never wait for the disk behind it. Nothing else can change
         // the PR state meanwhile: it changes only here, and every PERSISTENT RESERVE OUT holds the whole medium's

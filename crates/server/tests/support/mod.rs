@@ -1,17 +1,53 @@
 //! Helpers shared by the server's integration tests.
 
-use lunlock_initiator::{DataDirection, LoginOptions, Session};
-use lunlock_server::RunningTarget;
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
-/// Logs in to `target_name` on the target's first portal as `initiator`, and consumes the POWER ON unit attention
-/// with a TEST UNIT READY, so the test's own first command is not answered with it.
+use lunlock_initiator::{DataDirection, LoginOptions, Session};
+use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
+use std::path::Path;
+
+/// Starts a target with the default configuration (one target, LUN 0 of 1 MiB under `dir`) on an ephemeral port of
+/// 127.0.0.1.
+pub async fn start(dir: &Path) -> RunningTarget {
+    start_sized(dir, 1 << 20).await
+}
+
+/// [`start`] with a LUN of `lun_size_bytes`.
+pub async fn start_sized(dir: &Path, lun_size_bytes: u64) -> RunningTarget {
+    let options = ServeOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        data_dir: dir.to_path_buf(),
+        lun_size_bytes,
+        ..ServeOptions::default()
+    };
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Logs in to `target_name` on the target's first portal as `initiator` (with a random ISID), and consumes the
+/// POWER ON unit attention with a TEST UNIT READY, so the test's own first command is not answered with it.
 pub async fn login(target: &RunningTarget, target_name: &str, initiator: &str) -> Session {
-    let session = Session::login(
-        target.local_addrs()[0],
-        &LoginOptions::new(initiator, target_name),
-    )
-    .await
-    .unwrap();
+    login_with(target, LoginOptions::new(initiator, target_name)).await
+}
+
+/// [`login`] as the initiator port `initiator` with `isid`: several sessions of one initiator device.
+pub async fn login_port(
+    target: &RunningTarget,
+    target_name: &str,
+    initiator: &str,
+    isid: [u8; 6],
+) -> Session {
+    let mut options = LoginOptions::new(initiator, target_name);
+    options.isid = isid;
+    login_with(target, options).await
+}
+
+async fn login_with(target: &RunningTarget, options: LoginOptions) -> Session {
+    let session = Session::login(target.local_addrs()[0], &options)
+        .await
+        .unwrap();
     let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
     session
 }

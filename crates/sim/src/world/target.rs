@@ -21,14 +21,14 @@
 //! guard from the grant to the end of its execution. Execution itself is one step, so the checkers see each
 //! command's effect at the moment it happens, between the effects of the commands it overlaps in time.
 
-use super::{describe_cdb, describe_status, lock, Event, Reply, Request, World, BLOCK};
+use super::{describe_cdb, describe_status, lock, ActorState, Event, Reply, Request, World, BLOCK};
 use crate::store::TrackingStore;
 use lunlock_scsi::cdb::{op, Command};
 use lunlock_scsi::range_lock::{LockFuture, RangeGuard};
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
-    pr::PrPersistence, Admission, Admitted, Isid, ItNexus, LogicalUnit, LogicalUnitConfig,
-    ScsiCommand, ScsiResponse, TaskAttribute,
+    pr::PrPersistence, Admission, Admitted, Isid, ItNexus, LoggedInNexuses, LogicalUnit,
+    LogicalUnitConfig, ScsiCommand, ScsiResponse, TaskAttribute,
 };
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -79,6 +79,28 @@ pub struct Target {
     pub nexus: Vec<Arc<ItNexus>>,
 }
 
+/// The iSCSI name of an actor's initiator; each actor has one nexus, through relative target port 1.
+pub fn initiator_name(actor: usize) -> String {
+    format!("iqn.2026-11.sim:actor-{actor}")
+}
+
+/// The simulated target's sessions: every actor is logged in with its own nexus, but a crashed actor's session
+/// died with it. REGISTER AND MOVE asks them when its TransportID names an initiator without ISID (SPC-4 5.13.8).
+pub(super) struct Sessions<'a> {
+    nexus: &'a [Arc<ItNexus>],
+    actors: &'a [ActorState],
+}
+
+impl LoggedInNexuses for Sessions<'_> {
+    fn for_each_logged_in(&self, visit: &mut dyn FnMut(&ItNexus)) {
+        for (nexus, actor) in self.nexus.iter().zip(self.actors) {
+            if !actor.crashed {
+                visit(nexus);
+            }
+        }
+    }
+}
+
 fn lu_config(lun: usize) -> LogicalUnitConfig {
     LogicalUnitConfig {
         block_size: BLOCK,
@@ -112,7 +134,7 @@ impl Target {
         let nexus = (0..actors)
             .map(|actor| {
                 Arc::new(ItNexus {
-                    initiator_name: format!("iqn.2026-11.sim:actor-{actor}"),
+                    initiator_name: initiator_name(actor),
                     isid: Isid([0x80, 0, 0, 0, (actor >> 8) as u8, actor as u8]),
                     target_name: TARGET_NAME.into(),
                     relative_target_port: 1,
@@ -197,8 +219,13 @@ impl Wake for LockWaker {
     }
 }
 
-fn scsi_command<'a>(request: &'a Request, nexus: &'a Arc<ItNexus>) -> ScsiCommand<'a> {
+fn scsi_command<'a>(
+    request: &'a Request,
+    nexus: &'a Arc<ItNexus>,
+    logged_in: &'a Sessions<'a>,
+) -> ScsiCommand<'a> {
     ScsiCommand {
+        logged_in,
         nexus,
         lun: request.lun as u64,
         cdb: &request.cdb,
@@ -228,6 +255,13 @@ fn injected_miscompare_sense() -> Vec<u8> {
 }
 
 impl World {
+    fn sessions(&self) -> Sessions<'_> {
+        Sessions {
+            nexus: &self.target.nexus,
+            actors: &self.actors,
+        }
+    }
+
     /// A command reaches the target: injected answers, then admission, then its range lock.
     pub(super) fn arrive_at_target(&mut self, request: Request) {
         let what = describe_cdb(&request.cdb);
@@ -267,7 +301,7 @@ impl World {
         }
         let lu = Arc::clone(&self.target.units[request.lun].lu);
         let nexus = Arc::clone(&self.target.nexus[actor]);
-        let admitted = match lu.admit(&scsi_command(&request, &nexus)) {
+        let admitted = match lu.admit(&scsi_command(&request, &nexus, &self.sessions())) {
             Admission::Ready(admitted) => admitted,
             Admission::Done(response) => {
                 self.stats.commands += 1;
@@ -391,7 +425,7 @@ impl World {
         let nexus = Arc::clone(&self.target.nexus[request.actor]);
         let before = self.before(request);
         let response = lu.run_admitted(
-            &scsi_command(request, &nexus),
+            &scsi_command(request, &nexus, &self.sessions()),
             &command.admitted,
             guard.as_ref(),
         );
@@ -527,7 +561,8 @@ impl World {
             data_out,
             ..request.clone()
         };
-        let command = scsi_command(&step, nexus);
+        let sessions = self.sessions();
+        let command = scsi_command(&step, nexus, &sessions);
         reply_of(match lu.admit(&command) {
             Admission::Done(response) => response,
             Admission::Ready(admitted) => lu.run_admitted(&command, &admitted, None),
@@ -597,8 +632,11 @@ fn caw_fields(cdb: &[u8]) -> (u64, u32, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::{register_and_move_command, MoveTo};
     use crate::world::FaultPlan;
-    use lunlock_initiator::pr::{basic_prout, PrOutAction, PrType};
+    use lunlock_initiator::pr::{basic_prout, PrOutAction, PrType, TransportId};
+    use lunlock_scsi::pr::state::RegistrantId;
+    use lunlock_scsi::pr::Holder;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -744,6 +782,65 @@ mod tests {
             }
         }
         assert_eq!(attentions, [(0x06, 0x2A, 0x05), (0x06, 0x2F, 0x00)]);
+    }
+
+    /// REGISTER AND MOVE from `actor` to the initiator of `destination`, named without ISID (format 00b).
+    fn register_and_move_by_name(actor: usize, key: u64, sark: u64, destination: usize) -> Request {
+        let to = MoveTo {
+            destination: TransportId::iscsi(&initiator_name(destination), None).unwrap(),
+            unregister: false,
+            aptpl: false,
+        };
+        let (cdb, parameters) = register_and_move_command(PrType::WRITE_EXCLUSIVE, key, sark, to);
+        request(actor, 1, cdb, parameters)
+    }
+
+    #[test]
+    fn register_and_move_by_name_reaches_the_actor_logged_in_and_not_a_crashed_one() {
+        let mut world = quiet_world();
+        let (a, b) = (0xAu64, 0xBu64);
+        for request in [
+            prout(0, PrOutAction::Register, PrType(0), 0, a),
+            prout(0, PrOutAction::Reserve, PrType::WRITE_EXCLUSIVE, a, 0),
+        ] {
+            let id = world.submit(request);
+            run_until_idle(&mut world);
+            assert_eq!(status(&mut world, id), Some(0x00));
+        }
+        // A crashed actor's session is gone: its name names no nexus logged in.
+        world.actors[1].crashed = true;
+        let refused = world.submit(register_and_move_by_name(0, a, b, 1));
+        run_until_idle(&mut world);
+        let reply = world.take_reply(refused).expect("a reply");
+        assert_eq!(
+            (
+                reply.status,
+                reply.sense[2] & 0x0F,
+                reply.sense[12],
+                reply.sense[13]
+            ),
+            (0x02, 0x05, 0x26, 0x00)
+        );
+        assert_eq!(u16::from_be_bytes([reply.sense[16], reply.sense[17]]), 24);
+        world.actors[1].crashed = false;
+        let moved = world.submit(register_and_move_by_name(0, a, b, 1));
+        run_until_idle(&mut world);
+        assert_eq!(status(&mut world, moved), Some(0x00));
+        let state = world.target.units[1].lu.pr_state();
+        let holder = world.target.nexus[1].isid;
+        assert!(
+            matches!(&state.reservation, Some(r) if r.holder == Holder::Registration(RegistrantId {
+                initiator_name: initiator_name(1),
+                isid: Some(holder),
+                relative_target_port: Some(1),
+            })),
+            "{state:?}"
+        );
+        assert!(
+            world.checks.violations.is_empty(),
+            "{:?}",
+            world.checks.violations
+        );
     }
 
     #[test]
