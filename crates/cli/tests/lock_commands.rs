@@ -1,18 +1,13 @@
 //! `lunlock lock ...` as a user runs it: the real binary against a target started in-process.
 
+mod support;
+
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::process::Command;
+use support::{failed, lunlock, ok, runtime};
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, String) {
     let options = ServeOptions {
@@ -29,32 +24,6 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, Strin
         .unwrap();
     let url = format!("iscsi://{}/{TARGET}/0", target.local_addrs()[0]);
     (target, url)
-}
-
-fn lunlock(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args(args)
-        .output()
-        .expect("run lunlock")
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "lunlock failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn failed(output: std::process::Output) -> String {
-    assert!(
-        !output.status.success(),
-        "lunlock succeeded: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]
