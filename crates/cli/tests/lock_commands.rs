@@ -2,6 +2,7 @@
 
 mod support;
 
+use lunlock_initiator::isid::{derived_isid, isid_hex, HEARTBEAT_SESSION};
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::process::Command;
@@ -132,7 +133,7 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         "--dead-after-ms",
         "800",
     ]));
-    let mut heartbeat = Command::new(env!("CARGO_BIN_EXE_lunlock"))
+    let heartbeat = Command::new(env!("CARGO_BIN_EXE_lunlock"))
         .args([&["lock", "heartbeat", &url][..], &name[..]].concat())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -154,10 +155,20 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         .status()
         .unwrap()
         .success());
-    let exit = heartbeat.wait().unwrap();
+    let exit = heartbeat.wait_with_output().unwrap();
     assert!(
-        exit.success(),
-        "the heartbeat exits cleanly on SIGINT: {exit:?}"
+        exit.status.success(),
+        "the heartbeat exits cleanly on SIGINT (the acquire, a one-shot command of its name, did not reinstate \
+         its session): {exit:?}"
+    );
+    let heartbeat_isid = isid_hex(&derived_isid(name[1], HEARTBEAT_SESSION));
+    let said = String::from_utf8_lossy(&exit.stderr);
+    assert!(
+        said.contains(&format!(
+            "heartbeat session as {} ISID {heartbeat_isid}",
+            name[1]
+        )),
+        "{said}"
     );
     let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "200"]));
     let row = slot_row(&status, "iqn.2026-11.test:beating");
@@ -173,7 +184,7 @@ fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
     let dir = tempfile::tempdir().unwrap();
     let (target, url) = start(&runtime, dir.path());
     let events = dir.path().join("events.jsonl");
-    let out = ok(lunlock(&[
+    let output = lunlock(&[
         "lock",
         "demo",
         &url,
@@ -185,7 +196,21 @@ fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
         "caw:drop-response:5%",
         "--event-log",
         events.to_str().unwrap(),
-    ]));
+    ]);
+    // Each session its own ISID, in the demo's range: the hosts' are the range's third to tenth.
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    let isid = |index| {
+        isid_hex(&derived_isid(
+            lunlock_initiator::DEFAULT_INITIATOR_NAME,
+            index,
+        ))
+    };
+    let hosts = format!("ISIDs {}..{}", isid(0x0102), isid(0x0109));
+    assert!(
+        said.contains("demo sessions: admin ") && said.contains(&hosts),
+        "{said}"
+    );
+    let out = ok(output);
     let last = out.lines().last().unwrap();
     let fields: std::collections::HashMap<&str, u64> = last
         .strip_prefix("demo ")
