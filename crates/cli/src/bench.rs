@@ -1,11 +1,13 @@
 //! `lunlock bench`: the project's own load generator, over its own initiator (crate `lunlock-initiator`).
 //!
-//! Sessions. Each of `--sessions` sessions is its own I_T nexus: its ISID is the initiator name's default ISID
-//! (`persist::default_isid`, type 0x80) with the qualifier set to 1 + the session's index across the run's loads.
-//! No two sessions of one run share an ISID, so none reinstates another (RFC 7143 6.3.5), and none takes the nexus
-//! of `lunlock persist` (qualifier 0). Each session keeps `--qd` commands outstanding: `--qd` workers per session,
-//! each sending its next command through [`Session::submit`] as soon as its last one completed, so the commands are
-//! pipelined on the session's one connection within the target's command window (RFC 7143 3.2.2.1).
+//! Sessions. Each of `--sessions` sessions is its own I_T nexus: its ISID is derived from the initiator name and
+//! the session's position across the run's loads (main load first), in bench's own range of session indices
+//! (`lunlock_initiator::isid`: qualifiers 0x1000 and up). No two sessions of one run share an ISID, so none
+//! reinstates another (RFC 7143 6.3.5), and none takes the nexus of the one-shot commands (`persist`, `read`, ...:
+//! qualifier 0), of `lock heartbeat` or of `lock demo`. Each session keeps `--qd` commands outstanding: `--qd`
+//! workers per session, each sending its next command through [`Session::submit`] as soon as its last one
+//! completed, so the commands are pipelined on the session's one connection within the target's command window
+//! (RFC 7143 3.2.2.1).
 //!
 //! Workloads. randread, randwrite, seqread, seqwrite and rw (a `--rwmix-read` percent mix) send READ(16) and
 //! WRITE(16) of `--bs` bytes at `--bs`-aligned LBAs of the region (SBC-4 5.14, 5.40); the sequential ones give each
@@ -36,6 +38,7 @@ use crate::ClientOptions;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lunlock_cluster::iscsi_disk::{classify_status, Class};
+use lunlock_initiator::isid::{derived_isid, isid_hex, session_index, BENCH_SESSIONS};
 use lunlock_initiator::{Capacity, DataDirection, InitiatorError, ScsiOutcome, Session};
 use lunlock_scsi::cdb::Command as Cdb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -48,7 +51,7 @@ use std::time::{Duration, Instant};
 
 /// Most commands one session keeps outstanding (the target grants a window of 128; more wait in `submit`).
 const MAX_QUEUE_DEPTH: usize = 1024;
-/// Most sessions per load; with the background load the ISID qualifiers stay below 2 * 1024 + 1.
+/// Most sessions per load; both loads' 2 * 1024 fit bench's range of ISID qualifiers many times over.
 const MAX_SESSIONS: usize = 1024;
 /// The largest `--bs`: the target's MAXIMUM TRANSFER LENGTH is 8 MiB; more than this is a typo.
 const MAX_COMMAND_BYTES: u64 = 64 << 20;
@@ -121,7 +124,7 @@ pub struct BenchArgs {
     /// Commands each session keeps outstanding (the CAW workloads: workers per session; heartbeat: one).
     #[arg(long, default_value_t = 1)]
     qd: usize,
-    /// Sessions, each its own I_T nexus (ISID qualifier 1 + its index).
+    /// Sessions, each its own I_T nexus (ISID qualifier 0x1000 + its index).
     #[arg(long, default_value_t = 1)]
     sessions: usize,
     /// Measured duration.
@@ -866,34 +869,40 @@ struct Load {
     live: Arc<AtomicU64>,
 }
 
+/// Logs in one session per ISID.
 async fn log_in(
     args: &BenchArgs,
-    sessions: usize,
-    isid_of: impl Fn(usize) -> [u8; 6],
+    isids: Vec<[u8; 6]>,
 ) -> Result<(Vec<Arc<Session>>, Vec<[u8; 6]>, u64), String> {
-    let mut logged_in = Vec::with_capacity(sessions);
-    let mut isids = Vec::with_capacity(sessions);
+    let mut logged_in = Vec::with_capacity(isids.len());
     let mut lun = 0;
-    for index in 0..sessions {
-        let isid = isid_of(index);
-        let (session, session_lun) = crate::client::login_as(&args.url, &args.client, Some(isid))
+    for (index, &isid) in isids.iter().enumerate() {
+        let (session, session_lun) = crate::client::login_as(&args.url, &args.client, isid)
             .await
-            .map_err(|e| format!("session {index} (ISID {}): {e}", hex(&isid)))?;
+            .map_err(|e| format!("session {index} (ISID {}): {e}", isid_hex(&isid)))?;
         // A new I_T nexus has a power-on unit attention pending; let TEST UNIT READY take it, not the load.
         session
             .test_unit_ready(session_lun)
             .await
             .map_err(|e| format!("session {index}: TEST UNIT READY: {e}"))?;
         logged_in.push(Arc::new(session));
-        isids.push(isid);
         lun = session_lun;
     }
     Ok((logged_in, isids, lun))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("0x{digits}")
+/// The ISIDs of the sessions at `positions` of the run (the main load's from 0, the background load's after them).
+fn session_isids(
+    initiator_name: &str,
+    positions: std::ops::Range<usize>,
+) -> Result<Vec<[u8; 6]>, String> {
+    positions
+        .map(|position| {
+            session_index(&BENCH_SESSIONS, position)
+                .map(|index| derived_isid(initiator_name, index))
+                .ok_or_else(|| format!("session {position} has no ISID left in bench's range"))
+        })
+        .collect()
 }
 
 fn seconds(value: f64, what: &str) -> Result<Duration, String> {
@@ -948,11 +957,8 @@ async fn connect_loads(
 ) -> Result<(Load, Option<Load>, u64), String> {
     let run_id = rand::random();
     let name = &args.client.initiator_name;
-    // The main load's qualifiers are 1..=K; the background's follow them.
-    let main_first = 1u16;
-    let background_first = main_first + main_spec.sessions as u16;
-    let main_isid = |index: usize| with_qualifier(name, main_first + index as u16);
-    let (sessions, isids, lun) = log_in(args, main_spec.sessions, main_isid).await?;
+    let main_isids = session_isids(name, 0..main_spec.sessions)?;
+    let (sessions, isids, lun) = log_in(args, main_isids).await?;
     let capacity = sessions[0]
         .read_capacity(lun)
         .await
@@ -968,8 +974,9 @@ async fn connect_loads(
         return Ok((main, None, lun));
     };
     let plan = plan(&spec, args, &capacity, limits, run_id)?;
-    let isid = |index: usize| with_qualifier(name, background_first + index as u16);
-    let (sessions, isids, _) = log_in(args, spec.sessions, isid).await?;
+    let background_positions = main_spec.sessions..main_spec.sessions + spec.sessions;
+    let background_isids = session_isids(name, background_positions)?;
+    let (sessions, isids, _) = log_in(args, background_isids).await?;
     let background = Load {
         plan: Arc::new(plan),
         sessions,
@@ -1003,12 +1010,6 @@ async fn drive(
     (main_tallies, background_tallies)
 }
 
-fn with_qualifier(initiator_name: &str, qualifier: u16) -> [u8; 6] {
-    let mut isid = crate::persist::default_isid(initiator_name);
-    isid[4..].copy_from_slice(&qualifier.to_be_bytes());
-    isid
-}
-
 fn background_spec(args: &BenchArgs) -> Result<Option<LoadSpec>, String> {
     let Some(workload) = args.background_workload else {
         return Ok(None);
@@ -1040,9 +1041,9 @@ fn announce(initiator_name: &str, main: &Load, background: Option<&Load>) {
             continue;
         };
         let isids = if first == last {
-            format!("ISID {}", hex(first))
+            format!("ISID {}", isid_hex(first))
         } else {
-            format!("ISIDs {}..{}", hex(first), hex(last))
+            format!("ISIDs {}..{}", isid_hex(first), isid_hex(last))
         };
         eprintln!(
             "bench: {} on {} session(s) as {initiator_name}, {isids}",
@@ -1378,7 +1379,7 @@ impl LoadReport {
                 self.tally.max_lateness.as_secs_f64() * 1e6
             ))),
             "verified": self.verified,
-            "isids": self.isids.iter().map(|isid| hex(isid)).collect::<Vec<_>>(),
+            "isids": self.isids.iter().map(isid_hex).collect::<Vec<_>>(),
         })
     }
 
@@ -1539,12 +1540,17 @@ mod tests {
     }
 
     #[test]
-    fn isid_qualifiers_keep_sessions_apart() {
-        let base = crate::persist::default_isid("iqn.a");
-        let first = with_qualifier("iqn.a", 1);
-        assert_eq!(first[..4], base[..4]);
-        assert_eq!(first[4..], [0, 1]);
-        assert_ne!(with_qualifier("iqn.a", 2), first);
+    fn every_session_of_both_loads_gets_its_own_isid_apart_from_the_one_shot_one() {
+        let name = "iqn.a";
+        let main = session_isids(name, 0..MAX_SESSIONS).unwrap();
+        let background = session_isids(name, MAX_SESSIONS..2 * MAX_SESSIONS).unwrap();
+        let mut all: std::collections::HashSet<[u8; 6]> = main.iter().copied().collect();
+        all.extend(background.iter().copied());
+        assert_eq!(all.len(), 2 * MAX_SESSIONS);
+        assert!(!all.contains(&lunlock_initiator::isid::default_isid(name)));
+        assert_eq!(main[0], [0x80, 0xb9, 0x3e, 0x19, 0x10, 0x00]);
+        assert_eq!(background[0][4..], [0x14, 0x00]);
+        assert!(session_isids(name, 0xF000..0xF001).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the blocks matched and were written, 14 on a miscompare (nothing written; the offset of the first differing
 //! byte is printed), 1 on any other failure.
 
-use crate::ClientOptions;
+use crate::OneShotOptions;
 use lunlock_cluster::iscsi_disk::{classify_status, Class};
 use lunlock_initiator::DataDirection;
 use lunlock_scsi::cdb::Command as Cdb;
@@ -34,7 +34,7 @@ pub struct CawArgs {
     #[arg(long)]
     no_fua: bool,
     #[command(flatten)]
-    client: ClientOptions,
+    nexus: OneShotOptions,
 }
 
 pub fn main(args: CawArgs) -> ExitCode {
@@ -75,7 +75,7 @@ async fn run(args: &CawArgs) -> Result<Option<Option<u64>>, String> {
         return Err("--num must be at least 1".into());
     }
     let data = data_out(args)?;
-    let (session, lun) = crate::client::login(&args.url, &args.client).await?;
+    let (session, lun) = crate::client::login(&args.url, &args.nexus).await?;
     let _ = session.test_unit_ready(lun).await;
     let capacity = session
         .read_capacity(lun)

@@ -1,7 +1,7 @@
 //! The client commands: discover, inquiry, readcap, read, write. Each logs in with lunlock's initiator, runs its
 //! commands and logs out. SCSI errors are printed decoded, as sg3_utils does.
 
-use crate::{ClientOptions, Command};
+use crate::{ClientOptions, Command, OneShotOptions};
 use lunlock_initiator::commands::inquiry_cdb;
 use lunlock_initiator::{status, DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
 use lunlock_scsi::cdb::{BlockCount, Command as Cdb, Lba};
@@ -23,43 +23,45 @@ pub fn run(command: Command) -> Result<(), String> {
     runtime.block_on(async move {
         match command {
             Command::Discover { url, client } => discover(&url, &client).await,
-            Command::Inquiry { url, client } => inquiry(&url, &client).await,
-            Command::Readcap { url, client } => readcap(&url, &client).await,
+            Command::Inquiry { url, nexus } => inquiry(&url, &nexus).await,
+            Command::Readcap { url, nexus } => readcap(&url, &nexus).await,
             Command::Read {
                 url,
                 lba,
                 count,
                 output,
-                client,
-            } => read(&url, &client, lba, count, output.as_deref()).await,
+                nexus,
+            } => read(&url, &nexus, lba, count, output.as_deref()).await,
             Command::Write {
                 url,
                 input,
                 lba,
-                client,
-            } => write(&url, &client, &input, lba).await,
+                nexus,
+            } => write(&url, &nexus, &input, lba).await,
             Command::Serve { .. } => unreachable!("serve is handled by main"),
             Command::Persist { .. } => unreachable!("persist is handled by main"),
         }
     })
 }
 
-async fn connect(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
-    let (session, lun) = login(url, client).await?;
+async fn connect(url: &str, nexus: &OneShotOptions) -> Result<(Session, u64), String> {
+    let (session, lun) = login(url, nexus).await?;
     clear_unit_attentions(&session, lun).await?;
     Ok((session, lun))
 }
 
-/// Logs in to the device a URL names, with the client options (initiator name, digests).
-pub(crate) async fn login(url: &str, client: &ClientOptions) -> Result<(Session, u64), String> {
-    login_as(url, client, None).await
+/// Logs in to the device a URL names as a one-shot command: the initiator name with `--isid` or the name's
+/// default ISID, so that every one-shot command of one name is the same I_T nexus.
+pub(crate) async fn login(url: &str, nexus: &OneShotOptions) -> Result<(Session, u64), String> {
+    login_as(url, &nexus.client, nexus.isid()).await
 }
 
-/// `login` with a chosen ISID (None: a random one), for callers that run several sessions as one initiator.
+/// Logs in with the client options (initiator name, digests) and `isid`: with the name, the initiator port
+/// (RFC 7143 11.12.5). A second login with the same name and ISID would reinstate this session (RFC 7143 6.3.5).
 pub(crate) async fn login_as(
     url: &str,
     client: &ClientOptions,
-    isid: Option<[u8; 6]>,
+    isid: [u8; 6],
 ) -> Result<(Session, u64), String> {
     let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
     let (target, lun) = url.device().map_err(|e| e.to_string())?;
@@ -67,9 +69,7 @@ pub(crate) async fn login_as(
     let mut options = LoginOptions::new(&client.initiator_name, target);
     options.header_digest = client.header_digest;
     options.data_digest = client.data_digest;
-    if let Some(isid) = isid {
-        options.isid = isid;
-    }
+    options.isid = isid;
     let session = Session::login(address, &options)
         .await
         .map_err(|e| format!("{address}: {e}"))?;
@@ -139,8 +139,8 @@ fn ascii(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
 }
 
-async fn inquiry(url: &str, client: &ClientOptions) -> Result<(), String> {
-    let (session, lun) = connect(url, client).await?;
+async fn inquiry(url: &str, nexus: &OneShotOptions) -> Result<(), String> {
+    let (session, lun) = connect(url, nexus).await?;
     let standard = checked(
         &session,
         lun,
@@ -258,8 +258,8 @@ async fn read_capacity(session: &Session, lun: u64) -> Result<Capacity, String> 
     })
 }
 
-async fn readcap(url: &str, client: &ClientOptions) -> Result<(), String> {
-    let (session, lun) = connect(url, client).await?;
+async fn readcap(url: &str, nexus: &OneShotOptions) -> Result<(), String> {
+    let (session, lun) = connect(url, nexus).await?;
     let capacity = read_capacity(&session, lun).await?;
     println!("blocks:       {}", capacity.blocks);
     println!("block size:   {}", capacity.block_size);
@@ -292,12 +292,12 @@ fn check_range(capacity: &Capacity, lba: u64, blocks: u64) -> Result<(), String>
 
 async fn read(
     url: &str,
-    client: &ClientOptions,
+    nexus: &OneShotOptions,
     lba: u64,
     count: u64,
     output: Option<&Path>,
 ) -> Result<(), String> {
-    let (session, lun) = connect(url, client).await?;
+    let (session, lun) = connect(url, nexus).await?;
     let capacity = read_capacity(&session, lun).await?;
     check_range(&capacity, lba, count)?;
     let mut sink: Box<dyn Write> = match output {
@@ -341,13 +341,13 @@ async fn read(
     Ok(())
 }
 
-async fn write(url: &str, client: &ClientOptions, input: &Path, lba: u64) -> Result<(), String> {
+async fn write(url: &str, nexus: &OneShotOptions, input: &Path, lba: u64) -> Result<(), String> {
     let mut file = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
     let file_bytes = file
         .metadata()
         .map_err(|e| format!("{}: {e}", input.display()))?
         .len();
-    let (session, lun) = connect(url, client).await?;
+    let (session, lun) = connect(url, nexus).await?;
     let capacity = read_capacity(&session, lun).await?;
     let block_size = capacity.block_size as u64;
     let blocks = file_bytes.div_ceil(block_size);

@@ -1,7 +1,7 @@
 //! `lunlock fault URL [SPEC...] [--clear] [--list]`: changes a running target's fault injection in-band with
 //! LUNLOCK FAULT CONTROL (vendor-specific opcode 0xC5, docs/fault-injection.md).
 
-use crate::ClientOptions;
+use crate::OneShotOptions;
 use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
 use lunlock_server::fault::{fault_control_cdb, FaultRule};
 
@@ -15,7 +15,7 @@ pub struct FaultRequest {
     pub list: bool,
 }
 
-pub fn run(url: &str, client: &ClientOptions, request: &FaultRequest) -> Result<(), String> {
+pub fn run(url: &str, nexus: &OneShotOptions, request: &FaultRequest) -> Result<(), String> {
     // Specs are checked here first, so a typo is reported before any connection is made.
     for spec in &request.specs {
         FaultRule::parse(spec).map_err(|e| e.to_string())?;
@@ -24,11 +24,11 @@ pub fn run(url: &str, client: &ClientOptions, request: &FaultRequest) -> Result<
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(apply(url, client, request))
+    runtime.block_on(apply(url, nexus, request))
 }
 
-async fn apply(url: &str, client: &ClientOptions, request: &FaultRequest) -> Result<(), String> {
-    let (session, lun) = crate::client::login(url, client).await?;
+async fn apply(url: &str, nexus: &OneShotOptions, request: &FaultRequest) -> Result<(), String> {
+    let (session, lun) = crate::client::login(url, nexus).await?;
     // A fresh nexus has a pending unit attention; consume it so a refusal is reported as what it is.
     let _ = session.test_unit_ready(lun).await;
     if request.clear {

@@ -1,12 +1,15 @@
 //! `lunlock lock ...`: the ATS lock manager over lunlock's initiator (crate lunlock-cluster).
 
-use crate::ClientOptions;
+use crate::{ClientOptions, OneShotOptions};
 use clap::Subcommand;
 use lunlock_cluster::demo::{DemoOptions, DemoReport};
 use lunlock_cluster::iscsi_disk::{connect, Endpoint, IscsiDisk};
 use lunlock_cluster::space::{format, status_report, FormatOptions};
 use lunlock_cluster::{
     Acquire, ClusterError, EventLog, Host, HostConfig, LockMode, TokioClock, Uuid,
+};
+use lunlock_initiator::isid::{
+    default_isid, derived_isid, isid_hex, session_index, DEMO_SESSIONS, HEARTBEAT_SESSION,
 };
 use lunlock_initiator::IscsiUrl;
 use std::path::PathBuf;
@@ -173,7 +176,7 @@ async fn dispatch(
             dead_after_ms,
             force,
         } => {
-            let disk = open_disk(&url, &client.initiator_name).await?;
+            let disk = open_disk(&url, &client.initiator_name, one_shot_isid(client)).await?;
             let options = FormatOptions {
                 lockspace_lba: globals.lba,
                 slots,
@@ -196,7 +199,8 @@ async fn dispatch(
             Ok(())
         }
         LockCommand::Status { url, watch_ms } => {
-            let host = host_for(&url, globals, client, &HostOptions::none(), log).await?;
+            let isid = one_shot_isid(client);
+            let host = host_for(&url, globals, client, isid, &HostOptions::none(), log).await?;
             let watch = watch_ms
                 .map(Duration::from_millis)
                 .unwrap_or(host.heartbeat_interval() * 2);
@@ -210,7 +214,7 @@ async fn dispatch(
             wait_ms,
             host,
         } => {
-            let host = host_for(&url, globals, client, &host, log).await?;
+            let host = host_for(&url, globals, client, one_shot_isid(client), &host, log).await?;
             host.attach().await.map_err(text)?;
             let mode = if shared {
                 LockMode::Shared
@@ -236,7 +240,7 @@ async fn dispatch(
             }
         }
         LockCommand::Release { url, name, host } => {
-            let host = host_for(&url, globals, client, &host, log).await?;
+            let host = host_for(&url, globals, client, one_shot_isid(client), &host, log).await?;
             host.attach().await.map_err(text)?;
             let handle = host
                 .held(&name)
@@ -248,7 +252,15 @@ async fn dispatch(
             Ok(())
         }
         LockCommand::Heartbeat { url, host } => {
-            let host = host_for(&url, globals, client, &host, log).await?;
+            // Its own session index: a one-shot command of this host (acquire, persist, ...) logging in meanwhile
+            // must not reinstate the heartbeat's session (RFC 7143 6.3.5).
+            let isid = derived_isid(&client.initiator_name, HEARTBEAT_SESSION);
+            let host = host_for(&url, globals, client, isid, &host, log).await?;
+            eprintln!(
+                "lunlock: heartbeat session as {} ISID {}",
+                client.initiator_name,
+                isid_hex(&isid)
+            );
             heartbeat_until_interrupted(&host).await
         }
         LockCommand::Demo {
@@ -319,10 +331,16 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
     })
 }
 
-async fn open_disk(url: &str, initiator_name: &str) -> Result<IscsiDisk, String> {
-    connect(&endpoint(url)?, initiator_name)
+async fn open_disk(url: &str, initiator_name: &str, isid: [u8; 6]) -> Result<IscsiDisk, String> {
+    connect(&endpoint(url)?, initiator_name, isid)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The ISID of the short lock commands (format, status, acquire, release): the name's default ISID, the nexus of
+/// `lunlock persist`, so that a key registered there is the one `--pr-key` names when a break fences a holder.
+fn one_shot_isid(client: &ClientOptions) -> [u8; 6] {
+    default_isid(&client.initiator_name)
 }
 
 /// A host identity derived from the initiator name: CRC32C of the name under four seeds, as a version-4 UUID.
@@ -347,10 +365,11 @@ async fn host_for(
     url: &str,
     globals: &LockGlobals,
     client: &ClientOptions,
+    isid: [u8; 6],
     options: &HostOptions,
     log: Arc<EventLog>,
 ) -> Result<Host<IscsiDisk, TokioClock>, String> {
-    let disk = open_disk(url, &client.initiator_name).await?;
+    let disk = open_disk(url, &client.initiator_name, isid).await?;
     let superblock =
         Host::<IscsiDisk, TokioClock>::read_superblock(&disk, globals.lba, COMMAND_TIMEOUT)
             .await
@@ -393,6 +412,92 @@ async fn heartbeat_until_interrupted(host: &Host<IscsiDisk, TokioClock>) -> Resu
     Ok(())
 }
 
+/// Who one of the demo's sessions logs in as: its initiator port (RFC 7143 11.12.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DemoSession {
+    initiator_name: String,
+    isid: [u8; 6],
+}
+
+/// The demo's sessions: the admin (formats, sets and clears fencing), the referee (reads the counters) and one per
+/// host, each with its own initiator name (`-demo-referee`, `-demo-host-N` after the given one) so that hosts
+/// register apart. Their ISIDs come from the given name and the session's position in the demo's range of session
+/// indices, so no two share one either, and none is the ISID of a one-shot command, `lock heartbeat` or `bench` of
+/// that name: none reinstates another session (RFC 7143 6.3.5). A restarted host logs in with its old ISID and
+/// reinstates its old session, as a rebooted host would.
+#[derive(Clone, Debug)]
+struct DemoSessions {
+    admin: DemoSession,
+    referee: DemoSession,
+    hosts: Vec<DemoSession>,
+}
+
+fn demo_sessions(base_name: &str, hosts: usize) -> Result<DemoSessions, String> {
+    let session = |position: usize, initiator_name: String| {
+        let index = session_index(&DEMO_SESSIONS, position).ok_or_else(|| {
+            let most = DEMO_SESSIONS.len() - 2;
+            format!("the demo runs at most {most} hosts (one ISID each)")
+        })?;
+        let isid = derived_isid(base_name, index);
+        Ok::<_, String>(DemoSession {
+            initiator_name,
+            isid,
+        })
+    };
+    Ok(DemoSessions {
+        admin: session(0, base_name.to_string())?,
+        referee: session(1, format!("{base_name}-demo-referee"))?,
+        hosts: (0..hosts)
+            .map(|host| session(2 + host, format!("{base_name}-demo-host-{host}")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+impl DemoSessions {
+    /// One line for stderr: each role's initiator name and ISID, the hosts' as ranges.
+    fn describe(&self) -> String {
+        let one = |session: &DemoSession| {
+            format!(
+                "{} ISID {}",
+                session.initiator_name,
+                isid_hex(&session.isid)
+            )
+        };
+        let mut line = format!(
+            "demo sessions: admin {}, referee {}",
+            one(&self.admin),
+            one(&self.referee)
+        );
+        if let (Some(first), Some(last)) = (self.hosts.first(), self.hosts.last()) {
+            line.push_str(&format!(
+                ", hosts {}..{} ISIDs {}..{}",
+                first.initiator_name,
+                last.initiator_name,
+                isid_hex(&first.isid),
+                isid_hex(&last.isid)
+            ));
+        }
+        line
+    }
+
+    /// The session the demo's connector opens for `index` (`usize::MAX` is the referee).
+    fn for_index(&self, index: usize) -> Option<&DemoSession> {
+        if index == usize::MAX {
+            return Some(&self.referee);
+        }
+        self.hosts.get(index)
+    }
+}
+
+async fn connect_demo_session(
+    endpoint: &Endpoint,
+    session: &DemoSession,
+) -> Result<IscsiDisk, ClusterError> {
+    connect(endpoint, &session.initiator_name, session.isid)
+        .await
+        .map_err(ClusterError::from)
+}
+
 /// The demo against a real target: formats a lockspace when the LUN has none, gives each host its own session
 /// and initiator name, and with `pr_fencing` a registered key.
 async fn demo(
@@ -405,8 +510,10 @@ async fn demo(
     if options.hosts == 0 || options.locks == 0 {
         return Err("the demo needs at least one host and one lock".into());
     }
+    let sessions = Arc::new(demo_sessions(&client.initiator_name, options.hosts)?);
+    eprintln!("lunlock: {}", sessions.describe());
     let endpoint = endpoint(url)?;
-    let admin = connect(&endpoint, &client.initiator_name)
+    let admin = connect_demo_session(&endpoint, &sessions.admin)
         .await
         .map_err(|e| e.to_string())?;
     let superblock = demo_lockspace(&admin, &options).await?;
@@ -419,18 +526,14 @@ async fn demo(
         superblock.dead_after_ms,
         options.counter_lba
     );
-    let initiator_base = client.initiator_name.clone();
     let connector = move |index: usize| {
         let endpoint = endpoint.clone();
-        let name = if index == usize::MAX {
-            format!("{initiator_base}-demo-referee")
-        } else {
-            format!("{initiator_base}-demo-host-{index}")
-        };
+        let sessions = Arc::clone(&sessions);
         async move {
-            let disk = connect(&endpoint, &name)
-                .await
-                .map_err(ClusterError::from)?;
+            let session = sessions
+                .for_index(index)
+                .ok_or_else(|| ClusterError::Usage(format!("the demo has no host {index}")))?;
+            let disk = connect_demo_session(&endpoint, session).await?;
             let key = (pr_fencing && index != usize::MAX).then(|| DEMO_KEY_BASE + index as u64);
             if let Some(key) = key {
                 disk.join_fencing(key, COMMAND_TIMEOUT).await?;
@@ -510,9 +613,14 @@ fn set_faults(
     specs: Vec<String>,
     clear: bool,
 ) -> Result<(), String> {
+    // A one-shot command of the given name, before the demo's sessions log in and after they log out.
+    let nexus = OneShotOptions {
+        client: client.clone(),
+        isid: None,
+    };
     crate::fault::run(
         url,
-        client,
+        &nexus,
         &crate::fault::FaultRequest {
             specs,
             clear,
@@ -525,4 +633,48 @@ fn set_faults(
 fn parse_key(text: &str) -> Result<u64, String> {
     let digits = text.trim_start_matches("0x").trim_start_matches("0X");
     u64::from_str_radix(digits, 16).map_err(|_| format!("{text}: not a hexadecimal key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_demo_session_has_its_own_isid_and_none_is_another_tools() {
+        let name = "iqn.2026-11.test:demo";
+        let sessions = demo_sessions(name, 64).unwrap();
+        let all: Vec<&DemoSession> = [&sessions.admin, &sessions.referee]
+            .into_iter()
+            .chain(&sessions.hosts)
+            .collect();
+        let isids: HashSet<[u8; 6]> = all.iter().map(|session| session.isid).collect();
+        let names: HashSet<&str> = all.iter().map(|s| s.initiator_name.as_str()).collect();
+        assert_eq!((isids.len(), names.len()), (66, 66));
+        assert!(!isids.contains(&default_isid(name)));
+        assert!(!isids.contains(&derived_isid(name, HEARTBEAT_SESSION)));
+        assert_eq!(
+            sessions.hosts[3].initiator_name,
+            format!("{name}-demo-host-3")
+        );
+        assert_eq!(sessions.for_index(usize::MAX), Some(&sessions.referee));
+        assert_eq!(sessions.for_index(64), None);
+    }
+
+    #[test]
+    fn the_demo_session_line_names_each_role() {
+        let sessions = demo_sessions("iqn.a", 2).unwrap();
+        assert_eq!(
+            sessions.describe(),
+            "demo sessions: admin iqn.a ISID 0x80b93e190100, referee iqn.a-demo-referee ISID 0x80b93e190101, \
+             hosts iqn.a-demo-host-0..iqn.a-demo-host-1 ISIDs 0x80b93e190102..0x80b93e190103"
+        );
+    }
+
+    #[test]
+    fn more_demo_hosts_than_isids_are_refused() {
+        assert!(demo_sessions("iqn.a", 3838).is_ok());
+        let error = demo_sessions("iqn.a", 3839).unwrap_err();
+        assert_eq!(error, "the demo runs at most 3838 hosts (one ISID each)");
+    }
 }

@@ -40,7 +40,7 @@ enum TopLevel {
         #[arg(long)]
         list: bool,
         #[command(flatten)]
-        client: ClientOptions,
+        nexus: OneShotOptions,
     },
     /// One COMPARE AND WRITE, as sg_compare_and_write: exit status 14 on a miscompare.
     Caw(caw::CawArgs),
@@ -67,6 +67,27 @@ struct ClientOptions {
     /// Negotiate CRC32C data digests.
     #[arg(long)]
     data_digest: bool,
+}
+
+/// The I_T nexus of a one-shot command (one session, logged out when the command ends): the initiator name and an
+/// ISID, by default the name's default ISID, the same for every one-shot command (`lunlock_initiator::isid`). So
+/// `persist`, `read`, `write`, `caw`, `inquiry`, `readcap` and `fault` run under one initiator name are one
+/// initiator port, and a key one registers is the others' too.
+#[derive(clap::Args, Clone)]
+struct OneShotOptions {
+    #[command(flatten)]
+    client: ClientOptions,
+    /// ISID to log in with, 6 bytes in hex (e.g. 0x400001370000) [default: derived from the initiator name].
+    #[arg(long, value_name = "ISID", value_parser = lunlock_initiator::isid::parse_isid)]
+    isid: Option<[u8; 6]>,
+}
+
+impl OneShotOptions {
+    /// The ISID to log in with: `--isid`, or the initiator name's default ISID.
+    fn isid(&self) -> [u8; 6] {
+        self.isid
+            .unwrap_or_else(|| lunlock_initiator::isid::default_isid(&self.client.initiator_name))
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,13 +141,13 @@ enum Command {
         /// iscsi://host[:port]/target-iqn/lun
         url: String,
         #[command(flatten)]
-        client: ClientOptions,
+        nexus: OneShotOptions,
     },
     /// Show a LUN's capacity.
     Readcap {
         url: String,
         #[command(flatten)]
-        client: ClientOptions,
+        nexus: OneShotOptions,
     },
     /// Read blocks: a hex dump to stdout, or raw bytes to a file.
     Read {
@@ -139,7 +160,7 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
         #[command(flatten)]
-        client: ClientOptions,
+        nexus: OneShotOptions,
     },
     /// Write a file to the LUN, starting at a block.
     Write {
@@ -149,7 +170,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         lba: u64,
         #[command(flatten)]
-        client: ClientOptions,
+        nexus: OneShotOptions,
     },
     /// PERSISTENT RESERVE IN/OUT with sg_persist's options, output and exit statuses (`lunlock persist -h`).
     #[command(disable_help_flag = true)]
@@ -176,8 +197,8 @@ fn main() -> ExitCode {
             specs,
             clear,
             list,
-            client,
-        } => fault::run(&url, &client, &fault::FaultRequest { specs, clear, list }),
+            nexus,
+        } => fault::run(&url, &nexus, &fault::FaultRequest { specs, clear, list }),
         TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
         TopLevel::Caw(args) => return caw::main(args),
         TopLevel::Bench(args) => return bench::main(*args),
@@ -222,6 +243,55 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("lunlock: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "iscsi://127.0.0.1/iqn.x:t/0";
+
+    fn one_shot(args: &[&str]) -> Result<OneShotOptions, String> {
+        let line = [&["lunlock", "inquiry", URL][..], args].concat();
+        match Cli::try_parse_from(line)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            TopLevel::Standard(Command::Inquiry { nexus, .. }) => Ok(nexus),
+            _ => Err("not an inquiry".into()),
+        }
+    }
+
+    #[test]
+    fn one_shot_commands_default_to_the_names_isid_and_take_isid() {
+        let named = one_shot(&["--initiator-name", "iqn.a"]).unwrap();
+        assert_eq!(named.isid(), lunlock_initiator::isid::default_isid("iqn.a"));
+        let chosen = one_shot(&["--isid", "0x400001370000"]).unwrap();
+        assert_eq!(chosen.isid(), [0x40, 0, 0x01, 0x37, 0, 0]);
+    }
+
+    #[test]
+    fn bad_isids_are_refused_in_plain_words() {
+        let short = one_shot(&["--isid", "0x1234"]).err().unwrap();
+        assert!(short.contains("is not 6 bytes in hex"), "{short}");
+        let reserved = one_shot(&["--isid", "0xc00000000000"]).err().unwrap();
+        assert!(reserved.contains("11b is reserved"), "{reserved}");
+    }
+
+    #[test]
+    fn every_one_shot_command_takes_isid() {
+        for command in [
+            &["inquiry", URL][..],
+            &["readcap", URL],
+            &["read", URL],
+            &["write", URL, "-i", "f"],
+            &["caw", URL, "--lba", "0", "--in", "f"],
+            &["fault", URL, "--list"],
+        ] {
+            let line = [&["lunlock"][..], command, &["--isid", "0x800000000001"]].concat();
+            assert!(Cli::try_parse_from(&line).is_ok(), "{line:?}");
         }
     }
 }

@@ -7,10 +7,12 @@
 //!
 //! The nexus. A registration belongs to the I_T nexus (initiator name + ISID), and every `lunlock persist` run is a
 //! new iSCSI session, so the ISID must be the same on every run or a key registered by one run would belong to a
-//! stranger in the next. Unless `--isid` is given, the ISID is derived from the initiator name: type 0x80 ("random"
-//! format, RFC 7143 10.12.5) with the B and C fields taken from an FNV-1a hash of the name and a qualifier of 0. FNV
-//! is fixed by its definition, so the ISID never changes between builds. Two runs with the same name and ISID at
-//! the same moment are one nexus: the second login reinstates the session (RFC 7143 6.3.5) and ends the first.
+//! stranger in the next. Unless `--isid` is given, the ISID is the initiator name's default ISID
+//! (`lunlock_initiator::isid::default_isid`: type 10b, RFC 7143 11.12.5, from an FNV-1a hash of the name, qualifier
+//! 0), the one `read`, `write`, `caw` and the other one-shot commands use too, so a key registered here lets them
+//! write under a registrants-only or Write Exclusive reservation of the same name. Two runs with the same name and
+//! ISID at the same moment are one nexus: the second login reinstates the session (RFC 7143 6.3.5) and ends the
+//! first.
 //!
 //! Unit attentions. `sg_persist` runs on a disk whose power-on unit attention the kernel consumed during the scan;
 //! here every run is a fresh session whose first command would report it. So after login, TEST UNIT READY (allowed
@@ -25,11 +27,13 @@
 //! `--replace-lost` (a SPC-5 service action) is not offered.
 
 use crate::client::describe_failure;
+use crate::ClientOptions;
+use lunlock_initiator::isid::{default_isid, parse_isid};
 use lunlock_initiator::pr::{
     self, Capabilities, FullStatus, PrInAction, PrOutAction, PrType, ProutParameters, ReadKeys,
     ReadReservation, RegisterAndMoveParameters, ReservationKey, TransportId,
 };
-use lunlock_initiator::{DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
+use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
 use std::process::ExitCode;
 
 /// sg_persist's default and largest allocation length for PERSISTENT RESERVE IN.
@@ -472,32 +476,6 @@ fn parse_hex(text: &str, max: u64) -> Option<u64> {
         .filter(|&value| value <= max)
 }
 
-/// A 6-byte ISID in hex (`0x` optional, 12 digits).
-pub fn parse_isid(text: &str) -> Option<[u8; 6]> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    if digits.len() != 12 {
-        return None;
-    }
-    let value = u64::from_str_radix(digits, 16).ok()?;
-    let bytes = value.to_be_bytes();
-    Some(bytes[2..].try_into().expect("6 bytes"))
-}
-
-/// The default ISID for an initiator name: stable across runs and builds (see the module header).
-pub fn default_isid(initiator_name: &str) -> [u8; 6] {
-    // FNV-1a, 64 bits.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in initiator_name.bytes() {
-        hash ^= byte as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let [a, b, c, ..] = hash.to_be_bytes();
-    [0x80, a, b, c, 0, 0]
-}
-
 /// TransportIDs from a file or stdin (`file=NAME` or `-`): one a line, blank lines and `#` comments skipped.
 fn transport_ids_from_lines(text: &str) -> Result<Vec<TransportId>, String> {
     text.lines()
@@ -626,11 +604,10 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, ArgError> {
                 initiator_name = value;
             }
             Opt::Isid => {
-                isid = Some(parse_isid(&value).ok_or_else(|| {
-                    ArgError::syntax(
-                        "bad argument to '--isid' (expect 6 bytes in hex, e.g. 0x800000000001)",
-                    )
-                })?)
+                isid =
+                    Some(parse_isid(&value).map_err(|why| {
+                        ArgError::syntax(format!("bad argument to '--isid': {why}"))
+                    })?)
             }
             Opt::Hex => request.hex = request.hex.saturating_add(1),
             Opt::AllocLength | Opt::Maxlen => {
@@ -793,8 +770,9 @@ pub fn usage(level: u32) -> String {
     --reserve|-R               PR Out: Reserve
     --unreg|-U                 optional with PR Out Register and Move
     --initiator-name=IQN       iSCSI initiator name of the nexus
-    --isid=ISID                ISID of the nexus (6 bytes hex; default:
-                               derived from the initiator name, stable)
+    --isid=ISID                ISID of the nexus (6 bytes hex, e.g.
+                               0x400001370000; default: derived from the
+                               initiator name, as for lunlock read/write)
 
 Performs a SCSI PERSISTENT RESERVE (IN or OUT) command over iSCSI. Invoking
 'lunlock persist DEVICE' will do a PR In Read Keys command. Use '-hh'
@@ -1124,15 +1102,12 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 async fn login(request: &Request) -> Result<(Session, u64), String> {
-    let url = IscsiUrl::parse(&request.device).map_err(|e| e.to_string())?;
-    let (target, lun) = url.device().map_err(|e| e.to_string())?;
-    let address = url.address().map_err(|e| e.to_string())?;
-    let mut options = LoginOptions::new(&request.initiator_name, target);
-    options.isid = request.isid;
-    let session = Session::login(address, &options)
-        .await
-        .map_err(|e| format!("{address}: {e}"))?;
-    Ok((session, lun))
+    let client = ClientOptions {
+        initiator_name: request.initiator_name.clone(),
+        header_digest: false,
+        data_digest: false,
+    };
+    crate::client::login_as(&request.device, &client, request.isid).await
 }
 
 /// Runs the request and returns the exit status; everything is printed on the way.
@@ -1480,20 +1455,15 @@ mod tests {
             error(&format!("--isid zz0000000000 {URL}")).status,
             exit::SYNTAX_ERROR
         );
-    }
-
-    #[test]
-    fn default_isid_is_stable_and_depends_on_the_name() {
-        // Pinned: a change here would orphan every registration made by an older build.
-        assert_eq!(
-            default_isid(lunlock_initiator::DEFAULT_INITIATOR_NAME),
-            default_isid("iqn.2026-11.io.lunlock:client")
+        let reserved_type = error(&format!("--isid 0xc00000000001 {URL}"));
+        assert_eq!(reserved_type.status, exit::SYNTAX_ERROR);
+        assert!(
+            reserved_type
+                .message
+                .starts_with("bad argument to '--isid': ISID \"0xc00000000001\": the type"),
+            "{}",
+            reserved_type.message
         );
-        assert_eq!(default_isid("iqn.a")[0], 0x80);
-        assert_eq!(default_isid("iqn.a")[4..], [0, 0]);
-        assert_ne!(default_isid("iqn.a"), default_isid("iqn.b"));
-        // FNV-1a of "a" is 0xaf63dc4c8601ec8c.
-        assert_eq!(default_isid("a"), [0x80, 0xaf, 0x63, 0xdc, 0, 0]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `lunlock bench` as a user runs it: the real binary against a target started in-process. The assertions are on
 //! behaviour (counts, errors, the final block content, the output's shape), never on how fast anything ran.
 
+use lunlock_initiator::isid::{derived_isid, isid_hex};
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use serde_json::Value;
 use std::path::Path;
@@ -166,6 +167,12 @@ fn contended_caw_counts_miscompares_apart_and_leaves_one_sessions_image() {
         .collect();
     let distinct: std::collections::HashSet<_> = isids.iter().collect();
     assert_eq!((isids.len(), distinct.len()), (4, 4), "{isids:?}");
+    // Bench's own range of session indices, so none is the one-shot commands' (or lock heartbeat's) nexus.
+    let name = lunlock_initiator::DEFAULT_INITIATOR_NAME;
+    let expected: Vec<String> = (0x1000..0x1004)
+        .map(|index| isid_hex(&derived_isid(name, index)))
+        .collect();
+    assert_eq!(isids, expected);
 
     // Read the block back with another command: it holds a whole image, written by one of the four sessions.
     let back = dir.path().join("block.bin");

@@ -1,20 +1,14 @@
 //! The real `lunlock` binary against a target started in-process on an ephemeral port.
 
+mod support;
+
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
+use support::{failed, lunlock, ok, runtime};
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
 const GIB: u64 = 1 << 30;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn start(
     runtime: &tokio::runtime::Runtime,
@@ -34,22 +28,6 @@ fn start(
         .unwrap();
     let portal = target.local_addrs()[0].to_string();
     (target, portal)
-}
-
-fn lunlock(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args(args)
-        .output()
-        .expect("run lunlock")
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "lunlock failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// xorshift64*: fast, deterministic pseudo-random bytes for a large image.
@@ -189,5 +167,75 @@ fn small_read_dumps_hex_of_what_was_written() {
     let dump = ok(lunlock(&["read", &url, "--lba", "5", "--count", "1"]));
     assert!(dump.starts_with("00000a00  68 65 6c 6c 6f"), "{dump}");
     assert!(dump.contains("|hello, shared di|"), "{dump}");
+    runtime.block_on(target.shutdown());
+}
+
+/// Issue 10's fence_scsi case: `lunlock persist` registers and reserves (Write Exclusive) as NODE2, and then every
+/// one-shot command of NODE2 (`write`, `caw`, `read`) is that same I_T nexus, the reservation holder, while
+/// another initiator name, or NODE2 with another ISID, is a stranger whose writes conflict.
+#[test]
+fn one_shot_commands_of_one_initiator_name_are_one_nexus() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, portal) = start(&runtime, &dir.path().join("data"), 16 << 20);
+    let url = format!("iscsi://{portal}/{TARGET}/0");
+    let node2 = ["--initiator-name", "iqn.2026-11.io.test:node2"];
+    let node1 = ["--initiator-name", "iqn.2026-11.io.test:node1"];
+    let with = |args: &[&str], nexus: &[&str]| lunlock(&[args, nexus].concat());
+    let block = |byte: u8| {
+        let path = dir.path().join(format!("block-{byte:02x}.bin"));
+        std::fs::write(&path, vec![byte; 512]).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (old, new) = (block(0x11), block(0x22));
+
+    ok(with(
+        &["persist", "--out", "--register", "--param-sark=4e32", &url],
+        &node2,
+    ));
+    ok(with(
+        &[
+            "persist",
+            "--out",
+            "--reserve",
+            "--param-rk=4e32",
+            "--prout-type=1",
+            &url,
+        ],
+        &node2,
+    ));
+    let reservation = ok(with(&["persist", "-n", "-r", &url], &node2));
+    assert!(
+        reservation.contains("type: Write Exclusive"),
+        "{reservation}"
+    );
+
+    ok(with(&["write", &url, "-i", &old, "--lba", "3"], &node2));
+    let caw = ok(with(
+        &["caw", &url, "--lba", "3", "--inc", &old, "--inw", &new],
+        &node2,
+    ));
+    assert!(caw.starts_with("GOOD"), "{caw}");
+
+    let stranger = failed(with(&["write", &url, "-i", &old, "--lba", "3"], &node1));
+    assert!(stranger.contains("Reservation Conflict"), "{stranger}");
+    let other_isid = ["--isid", "0x800000000001"];
+    let other_port = failed(with(
+        &["write", &url, "-i", &old, "--lba", "3"],
+        &[&node2[..], &other_isid[..]].concat(),
+    ));
+    assert!(other_port.contains("Reservation Conflict"), "{other_port}");
+    let caw_conflict = failed(with(
+        &["caw", &url, "--lba", "3", "--inc", &new, "--inw", &old],
+        &node1,
+    ));
+    assert!(
+        caw_conflict.contains("Reservation Conflict"),
+        "{caw_conflict}"
+    );
+
+    // Write Exclusive leaves reads to everyone; the block holds NODE2's COMPARE AND WRITE.
+    let dump = ok(with(&["read", &url, "--lba", "3", "--count", "1"], &node1));
+    assert!(dump.starts_with("00000600  22 22 22 22"), "{dump}");
     runtime.block_on(target.shutdown());
 }

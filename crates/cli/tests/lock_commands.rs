@@ -1,18 +1,14 @@
 //! `lunlock lock ...` as a user runs it: the real binary against a target started in-process.
 
+mod support;
+
+use lunlock_initiator::isid::{derived_isid, isid_hex, HEARTBEAT_SESSION};
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
 use std::process::Command;
+use support::{failed, lunlock, ok, runtime};
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, String) {
     let options = ServeOptions {
@@ -29,32 +25,6 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path) -> (RunningTarget, Strin
         .unwrap();
     let url = format!("iscsi://{}/{TARGET}/0", target.local_addrs()[0]);
     (target, url)
-}
-
-fn lunlock(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args(args)
-        .output()
-        .expect("run lunlock")
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "lunlock failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn failed(output: std::process::Output) -> String {
-    assert!(
-        !output.status.success(),
-        "lunlock succeeded: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]
@@ -163,7 +133,7 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         "--dead-after-ms",
         "800",
     ]));
-    let mut heartbeat = Command::new(env!("CARGO_BIN_EXE_lunlock"))
+    let heartbeat = Command::new(env!("CARGO_BIN_EXE_lunlock"))
         .args([&["lock", "heartbeat", &url][..], &name[..]].concat())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -185,10 +155,20 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
         .status()
         .unwrap()
         .success());
-    let exit = heartbeat.wait().unwrap();
+    let exit = heartbeat.wait_with_output().unwrap();
     assert!(
-        exit.success(),
-        "the heartbeat exits cleanly on SIGINT: {exit:?}"
+        exit.status.success(),
+        "the heartbeat exits cleanly on SIGINT (the acquire, a one-shot command of its name, did not reinstate \
+         its session): {exit:?}"
+    );
+    let heartbeat_isid = isid_hex(&derived_isid(name[1], HEARTBEAT_SESSION));
+    let said = String::from_utf8_lossy(&exit.stderr);
+    assert!(
+        said.contains(&format!(
+            "heartbeat session as {} ISID {heartbeat_isid}",
+            name[1]
+        )),
+        "{said}"
     );
     let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "200"]));
     let row = slot_row(&status, "iqn.2026-11.test:beating");
@@ -204,7 +184,7 @@ fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
     let dir = tempfile::tempdir().unwrap();
     let (target, url) = start(&runtime, dir.path());
     let events = dir.path().join("events.jsonl");
-    let out = ok(lunlock(&[
+    let output = lunlock(&[
         "lock",
         "demo",
         &url,
@@ -216,7 +196,21 @@ fn demo_with_lost_replies_resolves_false_miscompares_without_violations() {
         "caw:drop-response:5%",
         "--event-log",
         events.to_str().unwrap(),
-    ]));
+    ]);
+    // Each session its own ISID, in the demo's range: the hosts' are the range's third to tenth.
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    let isid = |index| {
+        isid_hex(&derived_isid(
+            lunlock_initiator::DEFAULT_INITIATOR_NAME,
+            index,
+        ))
+    };
+    let hosts = format!("ISIDs {}..{}", isid(0x0102), isid(0x0109));
+    assert!(
+        said.contains("demo sessions: admin ") && said.contains(&hosts),
+        "{said}"
+    );
+    let out = ok(output);
     let last = out.lines().last().unwrap();
     let fields: std::collections::HashMap<&str, u64> = last
         .strip_prefix("demo ")

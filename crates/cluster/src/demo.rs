@@ -165,7 +165,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A connected host's disk and its PR key (registered by the connector), if any.
 pub type Connected<D> = (D, Option<u64>);
 
-/// Runs the demo. `connect(i)` gives host `i` a fresh disk handle (a new session) each time it (re)starts.
+/// Runs the demo. `connect(i)` gives host `i` a fresh disk handle (a new session) each time it (re)starts, and
+/// `connect(usize::MAX)` the referee's, once for the whole run.
 pub async fn run<D, F, Fut>(
     options: DemoOptions,
     superblock: Superblock,
@@ -190,7 +191,10 @@ where
         pauses: AtomicU64::new(0),
     });
     let connect = Arc::new(connect);
-    read_initial_counters(&arena, &connect).await?;
+    // The referee's one session reads the counters at the start and at the end: a second login of its nexus would
+    // reinstate the first session (RFC 7143 6.3.5) if the target had not yet seen it go.
+    let (referee_disk, _) = connect(usize::MAX).await?;
+    read_initial_counters(&arena, &referee_disk).await?;
     let end = Instant::now() + options.duration;
     let host_ids: Vec<Uuid> = (0..options.hosts).map(|_| Uuid::random()).collect();
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -260,7 +264,7 @@ where
         .await;
         task.abort();
     }
-    final_report(&arena, &connect).await
+    final_report(&arena, &referee_disk).await
 }
 
 /// A host inside a hold when there is one (so kills and pauses test lock breaking), else any host.
@@ -279,16 +283,10 @@ fn pick_victim<D, C>(arena: &Arena<D, C>, rng: &mut StdRng) -> usize {
     }
 }
 
-async fn read_initial_counters<D, F, Fut>(
+async fn read_initial_counters<D: Disk + 'static>(
     arena: &Arc<Arena<D, TokioClock>>,
-    connect: &Arc<F>,
-) -> Result<(), ClusterError>
-where
-    D: Disk + 'static,
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Connected<D>, ClusterError>> + Send + 'static,
-{
-    let (disk, _) = connect(usize::MAX).await?;
+    disk: &D,
+) -> Result<(), ClusterError> {
     for lock_index in 0..arena.options.locks {
         let lba = arena.options.counter_lba + u64::from(lock_index);
         let block = disk.read(lba, 1, Duration::from_secs(10)).await?;
@@ -577,16 +575,10 @@ async fn increment<D: Disk + 'static>(
     Ok(())
 }
 
-async fn final_report<D, F, Fut>(
+async fn final_report<D: Disk + 'static>(
     arena: &Arc<Arena<D, TokioClock>>,
-    connect: &Arc<F>,
-) -> Result<DemoReport, ClusterError>
-where
-    D: Disk + 'static,
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Connected<D>, ClusterError>> + Send + 'static,
-{
-    let (disk, _) = connect(usize::MAX).await?;
+    disk: &D,
+) -> Result<DemoReport, ClusterError> {
     let mut violations = lock(&arena.referee).violations.clone();
     let timeout = Duration::from_secs(10);
     for lock_index in 0..arena.options.locks {

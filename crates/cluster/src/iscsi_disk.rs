@@ -118,16 +118,23 @@ pub struct Endpoint {
     pub lun: u64,
 }
 
-/// Logs in as `initiator_name`, reports pending unit attentions away (a new I_T nexus has one) and learns the
+/// Logs in as `initiator_name` with `isid` (the pair is the I_T nexus that registrations and reservations belong
+/// to; see `lunlock_initiator::isid`), reports pending unit attentions away (a new I_T nexus has one) and learns the
 /// block size with READ CAPACITY.
-pub async fn connect(endpoint: &Endpoint, initiator_name: &str) -> Result<IscsiDisk, DiskError> {
-    let options = lunlock_initiator::LoginOptions::new(initiator_name, &endpoint.target_name);
+pub async fn connect(
+    endpoint: &Endpoint,
+    initiator_name: &str,
+    isid: [u8; 6],
+) -> Result<IscsiDisk, DiskError> {
+    let mut options = lunlock_initiator::LoginOptions::new(initiator_name, &endpoint.target_name);
+    options.isid = isid;
     let session = Session::login(endpoint.address, &options)
         .await
         .map_err(|e| {
             DiskError::Failed(format!(
-                "login to {} as {initiator_name}: {e}",
-                endpoint.address
+                "login to {} as {initiator_name} ISID {}: {e}",
+                endpoint.address,
+                lunlock_initiator::isid::isid_hex(&isid)
             ))
         })?;
     // SAM-5 5.14: each TEST UNIT READY reports one pending unit attention; a handful clears them all.

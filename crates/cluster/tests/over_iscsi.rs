@@ -8,6 +8,7 @@ use lunlock_cluster::space::{format, FormatOptions};
 use lunlock_cluster::{
     Acquire, ClusterError, EventLog, Host, HostConfig, LockMode, TokioClock, Uuid,
 };
+use lunlock_initiator::isid::{default_isid, derived_isid, DEMO_SESSIONS};
 use lunlock_initiator::{DataDirection, InitiatorError, LoginOptions, Session};
 use lunlock_server::fault::FaultRule;
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
@@ -33,6 +34,19 @@ async fn start(dir: &Path, faults: &[&str]) -> RunningTarget {
     lunlock_server::start(TargetConfig::from_options(&options).unwrap())
         .await
         .unwrap()
+}
+
+/// A session as a one-shot command of `initiator_name` would open it: the name's default ISID.
+async fn connect_one_shot(
+    target: &RunningTarget,
+    initiator_name: &str,
+) -> Result<IscsiDisk, lunlock_cluster::DiskError> {
+    connect(
+        &endpoint(target),
+        initiator_name,
+        default_isid(initiator_name),
+    )
+    .await
 }
 
 async fn fault_control(disk: &IscsiDisk, text: &str) {
@@ -103,7 +117,7 @@ async fn a_lost_reply_makes_a_naive_retry_miscompare_while_the_lock_manager_keep
 
     // Replies are delivered again for the retry, which reports MISCOMPARE: the first attempt had landed. A naive
     // host now declares the heartbeat lost and drops the datastore.
-    let control = connect(&endpoint(&target), "iqn.2026-11.test:control")
+    let control = connect_one_shot(&target, "iqn.2026-11.test:control")
         .await
         .unwrap();
     fault_control(&control, "clear").await;
@@ -122,7 +136,7 @@ async fn a_lost_reply_makes_a_naive_retry_miscompare_while_the_lock_manager_keep
 
     // The lock manager under the same fault: every ATS it makes has its reply dropped.
     fault_control(&control, "add caw:drop-response").await;
-    let disk = connect(&endpoint(&target), "iqn.2026-11.test:host-a")
+    let disk = connect_one_shot(&target, "iqn.2026-11.test:host-a")
         .await
         .unwrap();
     let sb = small_lockspace(&disk, 200, 2000).await;
@@ -158,7 +172,7 @@ async fn a_lost_reply_makes_a_naive_retry_miscompare_while_the_lock_manager_keep
 async fn eight_hosts_four_locks_with_kills_and_pauses_keep_mutual_exclusion() {
     let dir = tempfile::tempdir().unwrap();
     let target = start(dir.path(), &[]).await;
-    let admin = connect(&endpoint(&target), "iqn.2026-11.test:admin")
+    let admin = connect_one_shot(&target, "iqn.2026-11.test:admin")
         .await
         .unwrap();
     let sb = small_lockspace(&admin, 500, 4000).await;
@@ -176,7 +190,10 @@ async fn eight_hosts_four_locks_with_kills_and_pauses_keep_mutual_exclusion() {
         let endpoint = endpoint.clone();
         async move {
             let name = format!("iqn.2026-11.test:chaos-{index}");
-            let disk = connect(&endpoint, &name)
+            // One nexus per host, the same in each incarnation (a restarted host reinstates its old session,
+            // RFC 7143 6.3.5); each host has its own name, so one index of the demo's range serves them all.
+            let isid = derived_isid(&name, *DEMO_SESSIONS.start());
+            let disk = connect(&endpoint, &name, isid)
                 .await
                 .map_err(ClusterError::from)?;
             let key = (index != usize::MAX).then(|| 0x1000 + index as u64);

@@ -8,14 +8,16 @@
 //!
 //! Modules: `login` (security and operational stages, RFC 7143 6 and 13), `commands` (typed SCSI helpers and
 //! task management), `status` (sg3_utils-style text for failed commands), `url` (libiscsi URLs), `pr`
-//! (PERSISTENT RESERVE encoders and decoders). The transport is generic over any byte stream
-//! ([`Session::login_over`]), which is how `tests/fake_peer.rs` drives it against a scripted target.
+//! (PERSISTENT RESERVE encoders and decoders), `isid` (ISIDs derived from the initiator name, and `--isid`). The
+//! transport is generic over any byte stream ([`Session::login_over`]), which is how `tests/fake_peer.rs` drives it
+//! against a scripted target.
 //!
 //! Data-In is placed by buffer offset and bounded by the command's expected length (RFC 7143 11.7.4); each R2T is
 //! answered by its own Data-Out sequence, DataSN from 0, split at the target's MaxRecvDataSegmentLength
 //! (RFC 7143 11.7, 11.8), so several R2Ts may be outstanding at once.
 
 pub mod commands;
+pub mod isid;
 mod login;
 pub mod pr;
 pub mod status;
@@ -120,7 +122,8 @@ fn login_status_text(class: u8, detail: u8) -> &'static str {
 #[derive(Clone, Debug)]
 pub struct LoginOptions {
     pub initiator_name: String,
-    /// The ISID (RFC 7143 10.12.5); `LoginOptions::new` picks a random one of type 0x80.
+    /// The ISID (RFC 7143 11.12.5); `LoginOptions::new` picks a random one of type 0x80. Commands that act as one
+    /// host choose theirs with [`isid::derived_isid`] instead, so that each run is the same I_T nexus.
     pub isid: [u8; 6],
     pub target_name: String,
     pub header_digest: bool,

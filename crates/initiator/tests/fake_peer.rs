@@ -118,7 +118,7 @@ impl Peer {
         assert_eq!(
             request.isid[0] & 0xC0,
             0x80,
-            "ISID type 10b, random (RFC 7143 10.12.5)"
+            "ISID type 10b, random (RFC 7143 11.12.5)"
         );
         self.exp_cmd_sn = request.cmd_sn;
         let mut pairs = TextPairs::new();

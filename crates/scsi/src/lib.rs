@@ -39,7 +39,7 @@ pub use sanitize::SanitizeOperation;
 
 use std::sync::Arc;
 
-/// An iSCSI initiator port identifier's session part (RFC 7143 10.12.5), 6 bytes.
+/// An iSCSI initiator port identifier's session part (RFC 7143 11.12.5), 6 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Isid(pub [u8; 6]);
 
