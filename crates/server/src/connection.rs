@@ -40,10 +40,14 @@ use tokio::sync::watch;
 const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
 /// A login must finish within this time.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// An idle full-feature connection is pinged this often (NOP-In)...
+/// An idle full-feature connection is pinged this often (NOP-In, RFC 7143 11.19)...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and closed after this many pings go unanswered.
-pub const KEEPALIVE_MISSES_ALLOWED: u32 = 3;
+/// ...and closed after this many pings go unanswered: 80 s. RFC 7143 sets no value. An initiator driven by one
+/// thread answers only when it next services its socket: libiscsi's synchronous API does not while its caller
+/// sleeps, and libiscsi's own Sanitize.Reset sleeps 60 s between TEST UNIT READYs. Closing such a connection
+/// sooner makes that initiator reconnect into a new nexus, whose unit attention starts the wait over, forever. A
+/// host that is gone is found sooner anyway: its kernel resets the connection, or TCP retransmission gives up.
+pub const KEEPALIVE_MISSES_ALLOWED: u32 = 16;
 /// MaxRecvDataSegmentLength in force during login (RFC 7143 13.12: the default until negotiated).
 pub const LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 8192;
 /// Command window granted to each session.
