@@ -218,9 +218,13 @@ impl Shared {
 /// The nexuses logged in now are the keys of the sessions in full feature phase (a discovery session has no
 /// nexus to a logical unit and is never registered).
 impl LoggedInNexuses for Shared {
+    /// Every registered session but those whose peer has already closed the connection: their nexus is ending
+    /// (see [`Shared::settle_closed_peers`]).
     fn for_each_logged_in(&self, visit: &mut dyn FnMut(&ItNexus)) {
-        for nexus in lock(&self.sessions).keys() {
-            visit(nexus);
+        for (nexus, handle) in lock(&self.sessions).iter() {
+            if !handle.peer_closed() {
+                visit(nexus);
+            }
         }
     }
 }
