@@ -3,8 +3,9 @@
 
 use crate::{ClientOptions, Command, OneShotOptions};
 use lunlock_initiator::commands::inquiry_cdb;
+use lunlock_initiator::TargetPortGroupDescriptor;
 use lunlock_initiator::{status, DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
-use lunlock_scsi::cdb::{BlockCount, Command as Cdb, Lba};
+use lunlock_scsi::cdb::{BlockCount, Command as Cdb, Lba, TargetPortGroupsFormat};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -183,8 +184,48 @@ async fn inquiry(url: &str, nexus: &OneShotOptions) -> Result<(), String> {
     for designator in designators(&ids.data_in) {
         println!("{designator}");
     }
+    // TPGS (standard INQUIRY byte 5, bits 5..4): only a target that claims ALUA answers REPORT TARGET PORT GROUPS.
+    if standard[5] & 0x30 != 0 {
+        let report = session
+            .report_target_port_groups(lun, TargetPortGroupsFormat::Extended)
+            .await
+            .map_err(|e| e.to_string())?;
+        for group in &report.groups {
+            println!("{}", target_port_group_line(group));
+        }
+    }
     let _ = session.logout().await;
     Ok(())
+}
+
+/// "port group 2: active/optimized, target ports 2" for one REPORT TARGET PORT GROUPS descriptor.
+fn target_port_group_line(group: &TargetPortGroupDescriptor) -> String {
+    let ports: Vec<String> = group
+        .relative_target_ports
+        .iter()
+        .map(u16::to_string)
+        .collect();
+    format!(
+        "port group {}: {}{}, target ports {}",
+        group.id,
+        asymmetric_access_state_name(group.asymmetric_access_state),
+        if group.preferred { " (preferred)" } else { "" },
+        ports.join(", ")
+    )
+}
+
+/// ASYMMETRIC ACCESS STATE names (SPC-4 6.37 Table 307).
+fn asymmetric_access_state_name(state: u8) -> &'static str {
+    match state {
+        0x0 => "active/optimized",
+        0x1 => "active/non-optimized",
+        0x2 => "standby",
+        0x3 => "unavailable",
+        0x4 => "logical block dependent",
+        0xE => "offline",
+        0xF => "transitioning",
+        _ => "reserved state",
+    }
 }
 
 /// Peripheral device type names (SPC-4 Table 146), for the common ones.
@@ -531,6 +572,22 @@ mod tests {
         assert_eq!(
             designators(&page),
             vec!["naa:         6001020304050607", "target port: 2"]
+        );
+    }
+
+    #[test]
+    fn target_port_groups_are_listed() {
+        let group = TargetPortGroupDescriptor {
+            id: 2,
+            preferred: false,
+            asymmetric_access_state: 0,
+            supported_states: 0x01,
+            status_code: 0,
+            relative_target_ports: vec![2, 5],
+        };
+        assert_eq!(
+            target_port_group_line(&group),
+            "port group 2: active/optimized, target ports 2, 5"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Typed helpers for the SCSI commands lunlock's clients send, over [`Session::execute_checked`]: TEST UNIT READY
 //! (SPC-4 6.47), INQUIRY and its VPD pages (SPC-4 6.6, 7.8), READ CAPACITY (SBC-4 5.20, 5.21), READ(16) and
-//! WRITE(16) (SBC-4 5.14, 5.40), SYNCHRONIZE CACHE(16) (SBC-4 5.26), REPORT LUNS (SPC-4 6.33), and the task
-//! management functions ABORT TASK and LOGICAL UNIT RESET (RFC 7143 11.5.1).
+//! WRITE(16) (SBC-4 5.14, 5.40), SYNCHRONIZE CACHE(16) (SBC-4 5.26), REPORT LUNS (SPC-4 6.33), REPORT TARGET PORT
+//! GROUPS (SPC-4 6.37), and the task management functions ABORT TASK and LOGICAL UNIT RESET (RFC 7143 11.5.1).
 //!
 //! Decoders never trust the target's lengths: fields past the returned data are an error, not a panic.
 
@@ -10,7 +10,7 @@
 
 use crate::{DataDirection, InitiatorError, Session, Task};
 use lunlock_iscsi::message::decode_lun;
-use lunlock_scsi::cdb::{BlockCount, Command, Lba};
+use lunlock_scsi::cdb::{BlockCount, Command, Lba, TargetPortGroupsFormat};
 
 /// How many unit attentions `test_unit_ready` clears before giving up (power on, reset, parameters changed...).
 pub const MAX_UNIT_ATTENTION_RETRIES: usize = 8;
@@ -20,6 +20,8 @@ const STANDARD_INQUIRY_BYTES: u16 = 96;
 const VPD_PAGE_BYTES: u16 = 1024;
 /// REPORT LUNS allocation length: 8-byte header plus 511 LUNs.
 const REPORT_LUNS_BYTES: u32 = 4096;
+/// REPORT TARGET PORT GROUPS allocation length: the extended header plus 340 groups of one port.
+const TARGET_PORT_GROUPS_BYTES: u32 = 4096;
 
 /// The standard INQUIRY data we print (SPC-4 6.6.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,32 @@ pub struct Designator {
     /// Association: 0 = logical unit, 1 = target port, 2 = target device.
     pub association: u8,
     pub value: Vec<u8>,
+}
+
+/// One target port group descriptor of REPORT TARGET PORT GROUPS (SPC-4 6.37 Table 306).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPortGroupDescriptor {
+    pub id: u16,
+    /// PREF: a preferred primary target port group.
+    pub preferred: bool,
+    /// ASYMMETRIC ACCESS STATE (Table 307): 0h active/optimized, 1h active/non-optimized, 2h standby, 3h
+    /// unavailable, 4h logical block dependent, Eh offline, Fh transitioning.
+    pub asymmetric_access_state: u8,
+    /// Byte 1 as sent: T_SUP, O_SUP, (reserved), LBD_SUP, U_SUP, S_SUP, AN_SUP, AO_SUP from bit 7 down.
+    pub supported_states: u8,
+    pub status_code: u8,
+    pub relative_target_ports: Vec<u16>,
+}
+
+/// REPORT TARGET PORT GROUPS parameter data (SPC-4 6.37 Tables 304, 305).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPortGroupsReport {
+    /// RETURN DATA LENGTH: the length of the whole data after this field, which may be more than was returned.
+    pub return_data_length: u32,
+    /// IMPLICIT TRANSITION TIME (seconds, 0 unspecified) when the target answered with the extended header.
+    pub implicit_transition_time: Option<u8>,
+    /// The descriptors returned whole.
+    pub groups: Vec<TargetPortGroupDescriptor>,
 }
 
 /// The capacity of a logical unit (SBC-4 5.20.2).
@@ -184,6 +212,56 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u64>, InitiatorError> {
         .chunks_exact(8)
         .filter_map(|entry| decode_lun(entry.try_into().expect("8 bytes")))
         .collect())
+}
+
+/// Decodes REPORT TARGET PORT GROUPS parameter data (SPC-4 6.37) asked for in `asked` format. A target may ignore
+/// the PARAMETER DATA FORMAT field and answer with the length-only header, so the FORMAT TYPE decides, as Linux's
+/// scsi_dh_alua does: a length-only answer has a descriptor's reserved bits 6..4 where FORMAT TYPE would be.
+/// Descriptors cut short by the allocation length or the RETURN DATA LENGTH are left out.
+pub fn parse_target_port_groups(
+    data: &[u8],
+    asked: TargetPortGroupsFormat,
+) -> Result<TargetPortGroupsReport, InitiatorError> {
+    if data.len() < 4 {
+        return Err(too_short("REPORT TARGET PORT GROUPS", data.len()));
+    }
+    let return_data_length = u32::from_be_bytes(data[..4].try_into().expect("4 bytes"));
+    let extended = asked == TargetPortGroupsFormat::Extended
+        && data.len() >= 8
+        && (data[4] >> 4) & 0x07 == 0b001;
+    let end = data
+        .len()
+        .min(4usize.saturating_add(return_data_length as usize));
+    let mut groups = Vec::new();
+    let mut at = if extended { 8 } else { 4 };
+    while let Some((group, next)) = target_port_group_at(&data[..end], at) {
+        groups.push(group);
+        at = next;
+    }
+    Ok(TargetPortGroupsReport {
+        return_data_length,
+        implicit_transition_time: extended.then(|| data[5]),
+        groups,
+    })
+}
+
+/// The descriptor at `at` and where the next one starts, if it is there whole (Tables 306, 309).
+fn target_port_group_at(data: &[u8], at: usize) -> Option<(TargetPortGroupDescriptor, usize)> {
+    let header = data.get(at..at + 8)?;
+    let ports_end = at + 8 + 4 * header[7] as usize;
+    let ports = data.get(at + 8..ports_end)?;
+    let group = TargetPortGroupDescriptor {
+        id: u16::from_be_bytes([header[2], header[3]]),
+        preferred: header[0] & 0x80 != 0,
+        asymmetric_access_state: header[0] & 0x0F,
+        supported_states: header[1],
+        status_code: header[5],
+        relative_target_ports: ports
+            .chunks_exact(4)
+            .map(|port| u16::from_be_bytes([port[2], port[3]]))
+            .collect(),
+    };
+    Some((group, ports_end))
 }
 
 /// An INQUIRY CDB (SPC-4 6.6): the standard data, or VPD page `page` with `evpd`.
@@ -352,6 +430,23 @@ impl Session {
         parse_report_luns(&outcome.data_in)
     }
 
+    /// REPORT TARGET PORT GROUPS (SPC-4 6.37) with the parameter data header `format`.
+    pub async fn report_target_port_groups(
+        &self,
+        lun: u64,
+        format: TargetPortGroupsFormat,
+    ) -> Result<TargetPortGroupsReport, InitiatorError> {
+        let cdb = Command::ReportTargetPortGroups {
+            format,
+            allocation_length: TARGET_PORT_GROUPS_BYTES,
+        }
+        .encode();
+        let outcome = self
+            .execute_checked(lun, &cdb, DataDirection::Read(TARGET_PORT_GROUPS_BYTES))
+            .await?;
+        parse_target_port_groups(&outcome.data_in, format)
+    }
+
     /// ABORT TASK for a command sent with [`Session::submit`].
     pub async fn abort_task(&self, task: &Task) -> Result<TmfResponse, InitiatorError> {
         let code = self
@@ -404,6 +499,49 @@ mod tests {
         // A descriptor claiming more bytes than were returned is dropped, not read past the end.
         page.truncate(page.len() - 2);
         assert_eq!(parse_designators(&page).len(), 1);
+    }
+
+    #[test]
+    fn target_port_groups_are_decoded_in_either_header_format() {
+        // Group 1, PREF, active/optimized, AO_SUP: port 1. Group 2, active/non-optimized, AN_SUP and AO_SUP,
+        // status 02h: ports 2 and 3.
+        #[rustfmt::skip]
+        let descriptors = [
+            0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1,
+            0x01, 0x03, 0, 2, 0, 2, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3,
+        ];
+        let mut length_only = 28u32.to_be_bytes().to_vec();
+        length_only.extend_from_slice(&descriptors);
+        let mut extended = 32u32.to_be_bytes().to_vec();
+        extended.extend_from_slice(&[0x10, 9, 0, 0]);
+        extended.extend_from_slice(&descriptors);
+        let group_2 = TargetPortGroupDescriptor {
+            id: 2,
+            preferred: false,
+            asymmetric_access_state: 1,
+            supported_states: 0x03,
+            status_code: 2,
+            relative_target_ports: vec![2, 3],
+        };
+        for (data, asked, time) in [
+            (&length_only, TargetPortGroupsFormat::LengthOnly, None),
+            // A target that ignores PARAMETER DATA FORMAT answers with the length-only header.
+            (&length_only, TargetPortGroupsFormat::Extended, None),
+            (&extended, TargetPortGroupsFormat::Extended, Some(9)),
+        ] {
+            let report = parse_target_port_groups(data, asked).unwrap();
+            assert_eq!(report.implicit_transition_time, time);
+            assert_eq!(report.groups.len(), 2);
+            assert!(report.groups[0].preferred);
+            assert_eq!(report.groups[0].relative_target_ports, [1]);
+            assert_eq!(report.groups[1], group_2);
+        }
+        // Cut inside the second descriptor: only the first is whole.
+        let cut = parse_target_port_groups(&length_only[..20], TargetPortGroupsFormat::LengthOnly)
+            .unwrap();
+        assert_eq!(cut.return_data_length, 28);
+        assert_eq!(cut.groups.len(), 1);
+        assert!(parse_target_port_groups(&[0, 0], TargetPortGroupsFormat::LengthOnly).is_err());
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub mod pr;
 pub mod status;
 pub mod url;
 
-pub use commands::{Capacity, Designator, StandardInquiry, TmfResponse};
+pub use commands::{
+    Capacity, Designator, StandardInquiry, TargetPortGroupDescriptor, TargetPortGroupsReport,
+    TmfResponse,
+};
 pub use login::{
     MAX_LOGIN_EXCHANGES, OUR_FIRST_BURST_LENGTH, OUR_MAX_BURST_LENGTH, OUR_MAX_OUTSTANDING_R2T,
     OUR_MAX_RECV_DATA_SEGMENT_LENGTH,

@@ -61,6 +61,16 @@ pub enum SanitizeAction {
     ExitFailureMode,
 }
 
+/// The PARAMETER DATA FORMAT of REPORT TARGET PORT GROUPS (SPC-4 6.37 Table 303): which header the parameter data
+/// starts with. The codes 010b..111b are reserved and refused by the decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetPortGroupsFormat {
+    /// 000b: a 4-byte header holding only the RETURN DATA LENGTH (Table 304).
+    LengthOnly,
+    /// 001b: an 8-byte header that adds FORMAT TYPE and IMPLICIT TRANSITION TIME (Table 305).
+    Extended,
+}
+
 /// Page control of MODE SENSE (SPC-4 6.11 Table 131).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageControl {
@@ -111,6 +121,11 @@ pub enum Command {
     },
     ReportSupportedTmfs {
         repd: bool,
+        allocation_length: u32,
+    },
+    /// REPORT TARGET PORT GROUPS (SPC-4 6.37).
+    ReportTargetPortGroups {
+        format: TargetPortGroupsFormat,
         allocation_length: u32,
     },
     StartStopUnit {
@@ -428,6 +443,7 @@ impl Command {
             | Command::ModeSelect { .. }
             | Command::ReportSupportedOpcodes { .. }
             | Command::ReportSupportedTmfs { .. }
+            | Command::ReportTargetPortGroups { .. }
             | Command::StartStopUnit { .. }
             | Command::PreventAllowMediumRemoval { .. }
             | Command::ReadDefectData { .. }
@@ -587,6 +603,17 @@ impl Command {
                 allocation_length,
             } => {
                 cdb[2] = bit(repd, 0x80);
+                put32(&mut cdb, 6, allocation_length as u64);
+            }
+            Command::ReportTargetPortGroups {
+                format,
+                allocation_length,
+            } => {
+                let code = match format {
+                    TargetPortGroupsFormat::LengthOnly => 0b000,
+                    TargetPortGroupsFormat::Extended => 0b001,
+                };
+                cdb[1] |= code << 5;
                 put32(&mut cdb, 6, allocation_length as u64);
             }
             Command::StartStopUnit {
@@ -805,9 +832,14 @@ pub(crate) mod decode {
         })
     }
 
-    /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES and REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
+    /// MAINTENANCE IN: REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPERATION CODES and REPORT SUPPORTED TASK
+    /// MANAGEMENT FUNCTIONS.
     pub(crate) fn maintenance_in(cdb: &[u8]) -> Parsed {
         match service_action(cdb) {
+            Some(op::SA_REPORT_TARGET_PORT_GROUPS) => Ok(Command::ReportTargetPortGroups {
+                format: target_port_groups_format(cdb[1] >> 5)?,
+                allocation_length: be32(cdb, 6),
+            }),
             Some(op::SA_REPORT_SUPPORTED_OPCODES) => {
                 let options = cdb[2] & 0x07;
                 if options > 3 {
@@ -826,6 +858,17 @@ pub(crate) mod decode {
                 allocation_length: be32(cdb, 6),
             }),
             _ => Err(invalid(1, Some(4))),
+        }
+    }
+
+    /// SPC-4 6.37 Table 303. SPC-4 lets a device server ignore the field, but an initiator that asks for a format
+    /// lunlock does not know would misread whichever it got, so a reserved code is INVALID FIELD IN CDB, pointing
+    /// at the field's most significant bit (byte 1, bit 7; SPC-4 4.5.2.4.2).
+    fn target_port_groups_format(code: u8) -> Result<TargetPortGroupsFormat, Sense> {
+        match code {
+            0b000 => Ok(TargetPortGroupsFormat::LengthOnly),
+            0b001 => Ok(TargetPortGroupsFormat::Extended),
+            _ => Err(invalid(1, Some(7))),
         }
     }
 

@@ -18,6 +18,17 @@ const STANDARD_LENGTH: usize = 96;
 pub(crate) const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
 /// iSCSI protocol identifier (SPC-4 Table 476).
 const PROTOCOL_ISCSI: u8 = 0x5;
+/// Designation descriptor byte 0: protocol iSCSI, CODE SET 1h (binary), as types 4h and 5h require (SPC-4
+/// 7.8.6.7, 7.8.6.8).
+const ISCSI_BINARY: u8 = (PROTOCOL_ISCSI << 4) | 0x01;
+/// Designation descriptor byte 1: PIV=1 and ASSOCIATION 01b (the target port that received the command).
+const PIV_TARGET_PORT: u8 = 0x80 | 0x10;
+/// DESIGNATOR TYPE 4h, relative target port identifier (SPC-4 7.8.6.7).
+const DESIGNATOR_RELATIVE_TARGET_PORT: u8 = 0x04;
+/// DESIGNATOR TYPE 5h, target port group (SPC-4 7.8.6.8).
+const DESIGNATOR_TARGET_PORT_GROUP: u8 = 0x05;
+/// DESIGNATOR TYPE 8h, SCSI name string (SPC-4 7.8.6.11).
+const DESIGNATOR_SCSI_NAME_STRING: u8 = 0x08;
 
 /// ASCII field padded with spaces (SPC-4 4.4.1) and cut to `width`; non-printable characters become spaces.
 fn ascii_field(text: &str, width: usize) -> Vec<u8> {
@@ -75,7 +86,7 @@ impl LogicalUnit {
         data[2] = 0x06; // SPC-4
         data[3] = 0x10 | 0x02; // HISUP, response data format 2
         data[4] = (STANDARD_LENGTH - 5) as u8;
-        data[5] = 0x10; // TPGS 01b: implicit asymmetric access
+        data[5] = 0x10; // TPGS 01b: implicit asymmetric access only (`crate::alua`)
         data[7] = 0x02; // CMDQUE
         data[8..16].copy_from_slice(&ascii_field(&self.config.vendor, 8));
         data[16..32].copy_from_slice(&ascii_field(&self.config.product, 16));
@@ -87,40 +98,42 @@ impl LogicalUnit {
     }
 
     /// Device Identification VPD page designators (SPC-4 7.8.6): NAA (LU), relative target port and target port
-    /// group (target port, from the nexus), SCSI name strings of the target port and target device.
+    /// group (the target port the command arrived through, from the nexus), SCSI name strings of the target port
+    /// and target device.
     fn device_identification(&self, nexus: &ItNexus) -> Vec<u8> {
         let mut out = Vec::new();
-        // NAA, binary, association LU (00b), PIV 0.
+        // NAA, binary, association LU (00b), PIV 0 (SPC-4 7.8.6.6.5).
         designator(&mut out, 0x01, 0x03, &self.config.naa);
-        let port = nexus.relative_target_port.to_be_bytes();
-        // Relative target port (type 4) and target port group (type 5): PIV=1, association target port (01b).
+        let port = nexus.relative_target_port;
         designator(
             &mut out,
-            (PROTOCOL_ISCSI << 4) | 0x01,
-            0x80 | 0x10 | 0x04,
-            &[0, 0, port[0], port[1]],
+            ISCSI_BINARY,
+            PIV_TARGET_PORT | DESIGNATOR_RELATIVE_TARGET_PORT,
+            &two_reserved_then(port),
         );
-        designator(
-            &mut out,
-            (PROTOCOL_ISCSI << 4) | 0x01,
-            0x80 | 0x10 | 0x05,
-            &[0, 0, port[0], port[1]],
-        );
-        // SCSI name string (type 8, UTF-8): target port "<name>,t,0x<tpgt>" and target device "<name>".
-        let port_name = format!(
-            "{},t,0x{:04x}",
-            nexus.target_name, nexus.relative_target_port
-        );
+        // A port the runtime did not describe has no group to name; naming one would send a multipath initiator
+        // to the wrong group's state in REPORT TARGET PORT GROUPS.
+        if let Some(group) = self.port_groups.group_of(port) {
+            designator(
+                &mut out,
+                ISCSI_BINARY,
+                PIV_TARGET_PORT | DESIGNATOR_TARGET_PORT_GROUP,
+                &two_reserved_then(group),
+            );
+        }
+        // SCSI name string (type 8, UTF-8; SPC-4 7.8.6.11): target port "<name>,t,0x<tpgt>" and target device
+        // "<name>".
+        let port_name = format!("{},t,0x{:04x}", nexus.target_name, port);
         designator(
             &mut out,
             (PROTOCOL_ISCSI << 4) | 0x03,
-            0x80 | 0x10 | 0x08,
+            PIV_TARGET_PORT | DESIGNATOR_SCSI_NAME_STRING,
             &name_string(&port_name),
         );
         designator(
             &mut out,
             (PROTOCOL_ISCSI << 4) | 0x03,
-            0x80 | 0x20 | 0x08,
+            0x80 | 0x20 | DESIGNATOR_SCSI_NAME_STRING,
             &name_string(&nexus.target_name),
         );
         out
@@ -203,6 +216,13 @@ fn designator(
         value.len() as u8,
     ]);
     out.extend_from_slice(value);
+}
+
+/// Two reserved bytes, then a 16-bit identifier: the DESIGNATOR of types 4h and 5h (SPC-4 Tables 607 and 609), and
+/// the target port descriptor of REPORT TARGET PORT GROUPS (SPC-4 6.37 Table 309).
+pub(crate) fn two_reserved_then(identifier: u16) -> [u8; 4] {
+    let [high, low] = identifier.to_be_bytes();
+    [0, 0, high, low]
 }
 
 /// SCSI name string: null-terminated, padded with nulls to a multiple of 4 bytes (SPC-4 7.8.6.11), at most 256.

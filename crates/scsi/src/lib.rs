@@ -8,6 +8,7 @@
 //!
 //! Types below are the contract with the `server` and `sim` crates; keep them stable.
 
+pub mod alua;
 mod block_io;
 pub mod cdb;
 mod dispatcher;
@@ -31,6 +32,7 @@ mod test_store;
 mod tests;
 pub mod ua;
 
+pub use alua::{TargetPortGroup, TargetPortGroups, TargetPortGroupsError};
 pub use block_io::BlockIo;
 pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
 pub use lu::{Admission, Admitted, LogicalUnit, LogicalUnitConfig};
@@ -45,12 +47,13 @@ pub struct Isid(pub [u8; 6]);
 
 /// An I_T nexus (SAM-5 4.6.4): initiator port (iSCSI name + ISID) and target port (target name + relative target
 /// port identifier, which lunlock takes from the portal group tag). Reservations and unit attentions belong to it.
+/// The port's target port group comes from the logical unit's [`TargetPortGroups`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ItNexus {
     pub initiator_name: String,
     pub isid: Isid,
     pub target_name: String,
-    /// Relative target port identifier (SPC-4 7.8.6.4); 1-based.
+    /// Relative target port identifier (SPC-4 7.8.6.7); 1-based.
     pub relative_target_port: u16,
 }
 

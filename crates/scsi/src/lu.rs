@@ -12,6 +12,7 @@
 //! Shared state is small and behind fine-grained locks or atomics; none is held across store I/O, and READ/WRITE
 //! touch only the unit-attention shard of their own nexus.
 
+use crate::alua::TargetPortGroups;
 use crate::cdb::Command;
 use crate::pr::unit::{PrPersistence, Refusal, Reservations};
 use crate::pr::wire::PrOutCdb;
@@ -151,6 +152,8 @@ pub struct LogicalUnit {
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
     /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
     pub(crate) offline: Option<String>,
+    /// The target's ports in target port groups (`crate::alua`), for REPORT TARGET PORT GROUPS and VPD page 83h.
+    pub(crate) port_groups: Arc<TargetPortGroups>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -194,7 +197,15 @@ impl LogicalUnit {
             sanitize: AtomicU8::new(crate::sanitize::state::IDLE),
             sanitize_progress: AtomicU32::new(0),
             offline: None,
+            port_groups: Arc::new(TargetPortGroups::default()),
         }
+    }
+
+    /// Installs the target's target port groups (SPC-4 5.16), which the runtime knows from its portals. Without
+    /// this call the LU reports one group 1 holding relative target port 1 ([`TargetPortGroups::default`]).
+    pub fn with_target_port_groups(mut self, port_groups: Arc<TargetPortGroups>) -> LogicalUnit {
+        self.port_groups = port_groups;
+        self
     }
 
     /// Installs APTPL persistence and restores a previously saved state (`restored`: bytes a [`PrPersistence`]
@@ -660,6 +671,14 @@ impl LogicalUnit {
                 allocation_length,
             } => Ok(Completed::Good(crate::opcodes::report_tmfs(
                 repd,
+                allocation_length,
+            ))),
+            Command::ReportTargetPortGroups {
+                format,
+                allocation_length,
+            } => Ok(Completed::Good(crate::alua::report_target_port_groups(
+                &self.port_groups,
+                format,
                 allocation_length,
             ))),
             Command::StartStopUnit {

@@ -81,6 +81,7 @@ pub mod op {
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
     pub const SA_GET_LBA_STATUS: u16 = 0x12;
     /// MAINTENANCE IN service actions (SPC-4).
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u16 = 0x0A;
     pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
     pub const SA_REPORT_SUPPORTED_TMFS: u16 = 0x0D;
 }
@@ -361,6 +362,11 @@ pub mod rows {
         .action(None).waits();
     pub static REPORT_LUNS: Row = Row::new("REPORT LUNS",
         &[op::REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::report_luns);
+    // SPC-4 6.37 Table 302: PARAMETER DATA FORMAT (byte 1 bits 7..5) with the service action, allocation length.
+    // Memory only: no lock, no disk.
+    pub static REPORT_TARGET_PORT_GROUPS: Row = Row::new("REPORT TARGET PORT GROUPS",
+        &[op::MAINTENANCE_IN, 0xE0 | 0x0A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::maintenance_in)
+        .action(None);
     pub static REPORT_SUPPORTED_OPERATION_CODES: Row = Row::new("REPORT SUPPORTED OPERATION CODES",
         &[op::MAINTENANCE_IN, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::maintenance_in)
         .action(None);
@@ -383,7 +389,7 @@ pub mod rows {
         &[op::READ_DEFECT_DATA_12, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::read_defect_data);
 
     /// Every row, in the order REPORT SUPPORTED OPERATION CODES lists them.
-    pub static TABLE: [&Row; 60] = [
+    pub static TABLE: [&Row; 61] = [
         &TEST_UNIT_READY, &REQUEST_SENSE, &READ_6, &WRITE_6, &INQUIRY, &MODE_SELECT_6, &MODE_SENSE_6,
         &START_STOP_UNIT, &PREVENT_ALLOW_MEDIUM_REMOVAL, &READ_CAPACITY_10, &READ_10, &WRITE_10,
         &WRITE_AND_VERIFY_10, &VERIFY_10, &PRE_FETCH_10, &SYNCHRONIZE_CACHE_10, &READ_DEFECT_DATA_10,
@@ -393,7 +399,8 @@ pub mod rows {
         &PROUT_CLEAR, &PROUT_PREEMPT, &PROUT_PREEMPT_AND_ABORT, &PROUT_REGISTER_AND_IGNORE_EXISTING_KEY,
         &PROUT_REGISTER_AND_MOVE, &RESERVE_6, &RELEASE_6, &RESERVE_10, &RELEASE_10, &READ_16, &WRITE_16,
         &COMPARE_AND_WRITE, &ORWRITE_16, &WRITE_AND_VERIFY_16, &VERIFY_16, &PRE_FETCH_16, &SYNCHRONIZE_CACHE_16,
-        &WRITE_SAME_16, &READ_CAPACITY_16, &GET_LBA_STATUS, &REPORT_LUNS, &REPORT_SUPPORTED_OPERATION_CODES,
+        &WRITE_SAME_16, &READ_CAPACITY_16, &GET_LBA_STATUS, &REPORT_LUNS, &REPORT_TARGET_PORT_GROUPS,
+        &REPORT_SUPPORTED_OPERATION_CODES,
         &REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS, &READ_12, &WRITE_12, &WRITE_AND_VERIFY_12, &VERIFY_12,
         &READ_DEFECT_DATA_12,
     ];
@@ -492,6 +499,7 @@ impl Command {
             Command::ModeSelect { ten: true, .. } => &MODE_SELECT_10,
             Command::ReportSupportedOpcodes { .. } => &REPORT_SUPPORTED_OPERATION_CODES,
             Command::ReportSupportedTmfs { .. } => &REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS,
+            Command::ReportTargetPortGroups { .. } => &REPORT_TARGET_PORT_GROUPS,
             Command::StartStopUnit { .. } => &START_STOP_UNIT,
             Command::PreventAllowMediumRemoval { .. } => &PREVENT_ALLOW_MEDIUM_REMOVAL,
             Command::ReadDefectData { twelve: false, .. } => &READ_DEFECT_DATA_10,

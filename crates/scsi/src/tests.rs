@@ -1635,3 +1635,197 @@ fn commands_during_a_sanitize_are_not_ready_except_inquiry_report_luns_request_s
         not_ready
     );
 }
+
+/// A unit of a target with two portals, each its own portal group and so its own target port group and relative
+/// target port (1 and 2), as the server describes it; nexus 1 arrives through port 1, the returned one through 2.
+fn two_portal_unit() -> (Fixture, Arc<ItNexus>) {
+    let mut f = Fixture::new();
+    let groups = crate::TargetPortGroups::one_per_port([1, 2]).unwrap();
+    f.unit = LogicalUnit::new(config(), f.store.clone()).with_target_port_groups(Arc::new(groups));
+    f.clear_ua();
+    let through_port_2 = Arc::new(ItNexus {
+        relative_target_port: 2,
+        ..(*f.nexus).clone()
+    });
+    // The new nexus's power-on unit attention, so REPORT TARGET PORT GROUPS (not exempt) answers.
+    let _ = f.run_as(&through_port_2, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]);
+    (f, through_port_2)
+}
+
+fn rtpg_cdb(format: crate::cdb::TargetPortGroupsFormat, allocation_length: u32) -> Vec<u8> {
+    crate::cdb::Command::ReportTargetPortGroups {
+        format,
+        allocation_length,
+    }
+    .encode()
+}
+
+/// Both groups, each active/optimized (state 0h, AO_SUP alone), no status, one port: its own.
+const TWO_PORTAL_GROUP_DESCRIPTORS: [u8; 24] = [
+    0x00, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, //
+    0x00, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2,
+];
+
+#[test]
+fn report_target_port_groups_answers_both_header_formats_through_every_port() {
+    use crate::cdb::TargetPortGroupsFormat::{Extended, LengthOnly};
+    let (f, through_port_2) = two_portal_unit();
+    assert_eq!(
+        &rtpg_cdb(Extended, 0x1234)[..],
+        &[op::MAINTENANCE_IN, 0x2A, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0]
+    );
+    for nexus in [&f.nexus, &through_port_2] {
+        let response = f.run_as(nexus, &rtpg_cdb(LengthOnly, 1024), &[]);
+        good(&response);
+        assert_eq!(&response.data_in[..4], &24u32.to_be_bytes());
+        assert_eq!(&response.data_in[4..], &TWO_PORTAL_GROUP_DESCRIPTORS);
+
+        let response = f.run_as(nexus, &rtpg_cdb(Extended, 1024), &[]);
+        good(&response);
+        assert_eq!(&response.data_in[..4], &28u32.to_be_bytes());
+        assert_eq!(
+            &response.data_in[4..8],
+            &[0x10, 0, 0, 0],
+            "FORMAT TYPE 001b"
+        );
+        assert_eq!(&response.data_in[8..], &TWO_PORTAL_GROUP_DESCRIPTORS);
+    }
+}
+
+#[test]
+fn report_target_port_groups_truncates_to_the_allocation_length() {
+    use crate::cdb::TargetPortGroupsFormat::{Extended, LengthOnly};
+    let (f, _) = two_portal_unit();
+    for format in [LengthOnly, Extended] {
+        let whole = f.run(&rtpg_cdb(format, 1024), &[]).data_in;
+        for allocation_length in [0, 3, 4, 8, 13] {
+            let response = f.run(&rtpg_cdb(format, allocation_length), &[]);
+            good(&response);
+            assert_eq!(
+                response.data_in,
+                whole[..allocation_length as usize],
+                "{format:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn report_target_port_groups_refuses_reserved_parameter_data_formats() {
+    let (f, _) = two_portal_unit();
+    for code in 0b010..=0b111u8 {
+        let mut cdb = rtpg_cdb(crate::cdb::TargetPortGroupsFormat::LengthOnly, 1024);
+        cdb[1] |= code << 5;
+        let response = f.run(&cdb, &[]);
+        assert_eq!(
+            sense_code(&response),
+            (0x05, 0x24, 0x00),
+            "format {code:03b}"
+        );
+        assert_eq!(field_pointer(&response), (true, 1, Some(7)));
+    }
+}
+
+#[test]
+fn report_supported_opcodes_lists_report_target_port_groups_with_its_usage_data() {
+    let f = Fixture::new();
+    let cdb = crate::cdb::Command::ReportSupportedOpcodes {
+        rctd: false,
+        options: 2,
+        opcode: op::MAINTENANCE_IN,
+        service_action: op::SA_REPORT_TARGET_PORT_GROUPS,
+        allocation_length: 64,
+    }
+    .encode();
+    let response = f.run(&cdb, &[]);
+    good(&response);
+    assert_eq!(response.data_in[1] & 0x07, 0x03, "supported");
+    assert_eq!(&response.data_in[2..4], &12u16.to_be_bytes());
+    assert_eq!(
+        &response.data_in[4..],
+        &[
+            op::MAINTENANCE_IN,
+            0xEA,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0x05
+        ]
+    );
+    let row = crate::registry::lookup(&[op::MAINTENANCE_IN, 0x0A]).expect("a row");
+    assert_eq!(row.name, "REPORT TARGET PORT GROUPS");
+    assert_eq!(row.lock, crate::registry::LockKind::None);
+    assert!(!row.may_wait_for_disk && !row.writes_medium);
+}
+
+/// (byte 0, byte 1, value) of each designation descriptor of a VPD page 83h.
+fn designation_descriptors(page: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    assert_eq!(page[1], 0x83);
+    let end = 4 + u16::from_be_bytes([page[2], page[3]]) as usize;
+    assert_eq!(page.len(), end, "page length");
+    let mut descriptors = Vec::new();
+    let mut at = 4;
+    while at < end {
+        let length = page[at + 3] as usize;
+        descriptors.push((
+            page[at],
+            page[at + 1],
+            page[at + 4..at + 4 + length].to_vec(),
+        ));
+        at += 4 + length;
+    }
+    descriptors
+}
+
+#[test]
+fn device_identification_names_the_port_and_group_the_command_arrived_through() {
+    let (f, through_port_2) = two_portal_unit();
+    for (nexus, port) in [(&f.nexus, 1u8), (&through_port_2, 2)] {
+        let response = f.run_as(nexus, &[op::INQUIRY, 0x01, 0x83, 0x04, 0x00, 0], &[]);
+        good(&response);
+        let descriptors = designation_descriptors(&response.data_in);
+        let of_type = |designator_type: u8| {
+            descriptors
+                .iter()
+                .filter(|(_, byte1, _)| byte1 & 0x0F == designator_type)
+                .collect::<Vec<_>>()
+        };
+        // SPC-4 7.8.6.7 and 7.8.6.8: iSCSI, binary, PIV=1, association target port, 4 bytes.
+        assert_eq!(
+            of_type(4),
+            [&(0x51, 0x94, vec![0, 0, 0, port])],
+            "relative target port"
+        );
+        assert_eq!(
+            of_type(5),
+            [&(0x51, 0x95, vec![0, 0, 0, port])],
+            "target port group"
+        );
+        let port_name = format!("iqn.2026-11.test:target,t,0x000{port}");
+        assert!(of_type(8)
+            .iter()
+            .any(|(_, _, value)| value.starts_with(port_name.as_bytes())));
+    }
+}
+
+#[test]
+fn device_identification_names_no_group_for_a_port_outside_the_layout() {
+    let (f, _) = two_portal_unit();
+    let elsewhere = Arc::new(ItNexus {
+        relative_target_port: 9,
+        ..(*f.nexus).clone()
+    });
+    let response = f.run_as(&elsewhere, &[op::INQUIRY, 0x01, 0x83, 0x04, 0x00, 0], &[]);
+    good(&response);
+    let descriptors = designation_descriptors(&response.data_in);
+    assert!(descriptors
+        .iter()
+        .any(|(_, byte1, value)| byte1 & 0x0F == 4 && value == &[0, 0, 0, 9]));
+    assert!(!descriptors.iter().any(|(_, byte1, _)| byte1 & 0x0F == 5));
+}

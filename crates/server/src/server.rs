@@ -2,8 +2,9 @@
 //!
 //! One tokio listener per portal; each accepted connection runs in its own task (see `connection`). The targets
 //! (each an `Arc<Dispatcher>` over its logical units) and the session registry are shared by all portals.
-//! Portal N (1-based, in configuration order) is target portal group N and relative target port N (SPC-4
-//! 7.8.6.4), so several portals give an initiator several paths for multipath.
+//! Portal N (1-based, in configuration order) is portal group N (RFC 7143 4.4.1), relative target port N (SPC-4
+//! 7.8.6.7) and target port group N (SPC-4 5.16, 7.8.6.8), so several portals give an initiator several paths for
+//! multipath, which REPORT TARGET PORT GROUPS reports as one active/optimized group each.
 
 use crate::config::{
     LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig, TargetDefinition,
@@ -19,6 +20,7 @@ use crate::uring::Uring;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{
     Dispatcher, Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind,
+    TargetPortGroups,
 };
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
@@ -269,6 +271,7 @@ impl RunningTarget {
 fn open_lun(
     target: &TargetDefinition,
     lun: &LunConfig,
+    port_groups: &Arc<TargetPortGroups>,
 ) -> Result<(Arc<LogicalUnit>, Arc<dyn BlockStore>), ServeError> {
     let storage = |what: &str, e: &dyn std::fmt::Display| {
         ServeError::Storage(format!(
@@ -317,7 +320,8 @@ fn open_lun(
         read_only: lun.read_only,
         thin_provisioned,
     };
-    let unit = unit_with_reservations(target, lun, config, Arc::clone(&store));
+    let unit = unit_with_reservations(target, lun, config, Arc::clone(&store))
+        .with_target_port_groups(Arc::clone(port_groups));
     Ok((Arc::new(unit), store))
 }
 
@@ -455,8 +459,25 @@ fn lun_runtime(
     Ok(LunRuntime::new(unit, engine, uring))
 }
 
+/// The portal group tag of the portal at `index` in the configuration (RFC 7143 4.4.1): 1-based. It is also the
+/// portal's relative target port identifier (`connection::serve`) and its target port group.
+fn portal_group_tag(index: usize) -> u16 {
+    (index + 1) as u16
+}
+
+/// Every portal is its own portal group, so its own target port and target port group (see the module comment).
+/// Every target listens on every portal, so this one layout is every LU's. (More portals than 16-bit tags would
+/// repeat a tag, which `one_per_port` refuses.)
+fn target_port_groups(config: &TargetConfig) -> Result<Arc<TargetPortGroups>, ServeError> {
+    let tags = (0..config.portals.len()).map(portal_group_tag);
+    TargetPortGroups::one_per_port(tags)
+        .map(Arc::new)
+        .map_err(|e| ServeError::Invalid(format!("portals: {e}")))
+}
+
 fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {
     let engine_kind = choose_engine(config.io_engine)?;
+    let port_groups = target_port_groups(config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServeError::Storage(format!(
             "cannot create data directory {}: {e}",
@@ -469,7 +490,7 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
         let mut runtimes = BTreeMap::new();
         let mut stores = Vec::new();
         for lun in &definition.luns {
-            let (unit, store) = open_lun(definition, lun)?;
+            let (unit, store) = open_lun(definition, lun, &port_groups)?;
             let name = format!("{} LUN {}", definition.name, lun.id);
             let runtime = lun_runtime(&name, unit.clone(), &store, engine_kind)?;
             runtimes.insert(lun.id, runtime);
@@ -500,7 +521,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
                 error,
             })?;
         let local = listener.local_addr().map_err(ServeError::Io)?;
-        listeners.push((listener, local, (index + 1) as u16));
+        listeners.push((listener, local, portal_group_tag(index)));
     }
     let shared = Arc::new(Shared {
         targets,

@@ -44,6 +44,7 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::ReportLuns { .. }
         | Command::ReportSupportedOpcodes { .. }
         | Command::ReportSupportedTmfs { .. }
+        | Command::ReportTargetPortGroups { .. }
         | Command::ReadCapacity10
         | Command::ReadCapacity16 { .. }
         | Command::PersistentReserveIn(_)

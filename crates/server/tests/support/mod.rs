@@ -44,8 +44,22 @@ pub async fn login_port(
     login_with(target, options).await
 }
 
+/// [`login`] through the target's portal number `portal` (0-based, in configuration order).
+pub async fn login_at(
+    target: &RunningTarget,
+    portal: usize,
+    target_name: &str,
+    initiator: &str,
+) -> Session {
+    login_through(target, portal, LoginOptions::new(initiator, target_name)).await
+}
+
 async fn login_with(target: &RunningTarget, options: LoginOptions) -> Session {
-    let session = Session::login(target.local_addrs()[0], &options)
+    login_through(target, 0, options).await
+}
+
+async fn login_through(target: &RunningTarget, portal: usize, options: LoginOptions) -> Session {
+    let session = Session::login(target.local_addrs()[portal], &options)
         .await
         .unwrap();
     let _ = session.execute(0, &[0u8; 6], DataDirection::None).await;
