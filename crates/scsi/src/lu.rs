@@ -151,6 +151,8 @@ pub struct LogicalUnit {
     /// Why the LU is offline (its saved state could not be restored), when it is: it then answers only INQUIRY
     /// and REPORT LUNS, and everything else with NOT READY, MANUAL INTERVENTION REQUIRED.
     pub(crate) offline: Option<String>,
+    /// The copy manager's records of EXTENDED COPY commands, for RECEIVE COPY RESULTS (`crate::xcopy`).
+    pub(crate) copies: Arc<crate::xcopy::CopyRecords>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -194,6 +196,7 @@ impl LogicalUnit {
             sanitize: AtomicU8::new(crate::sanitize::state::IDLE),
             sanitize_progress: AtomicU32::new(0),
             offline: None,
+            copies: Arc::default(),
         }
     }
 
@@ -436,6 +439,11 @@ impl LogicalUnit {
                 .reservations
                 .release_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
+            // A logical unit alone can copy only within itself; the Dispatcher and the runtime offer the copy
+            // every LU of the nexus's target.
+            Command::ExtendedCopy { .. } => {
+                return crate::xcopy::execute_blocking(self, cmd, admitted, &[self])
+            }
             _ => self.run(&command, cmd).map_err(Refusal::Check),
         };
         self.response_of(result, data_out_wanted)
@@ -722,10 +730,15 @@ impl LogicalUnit {
             Command::PersistentReserveIn(command) => Ok(Completed::Good(
                 self.reservations.persistent_reserve_in(command),
             )),
-            // Executed by `execute`, which alone can answer RESERVATION CONFLICT.
+            Command::ReceiveCopyResults {
+                request,
+                allocation_length,
+            } => self.receive_copy_results(cmd.nexus, request, allocation_length),
+            // Executed by `run_admitted`, which alone can answer RESERVATION CONFLICT.
             Command::PersistentReserveOut(_)
             | Command::Reserve { .. }
-            | Command::Release { .. } => Ok(Completed::Good(Vec::new())),
+            | Command::Release { .. }
+            | Command::ExtendedCopy { .. } => Ok(Completed::Good(Vec::new())),
         }
     }
 
@@ -791,6 +804,12 @@ impl LogicalUnit {
     /// Task management reaching this logical unit (SAM-5 6.3, 7).
     pub fn reset(&self, nexus: &ItNexus, kind: ResetKind) {
         self.reservations.reset(nexus, kind);
+        match kind {
+            ResetKind::NexusLoss => self.copies.forget_nexus(nexus),
+            ResetKind::LogicalUnitReset
+            | ResetKind::TargetWarmReset
+            | ResetKind::TargetColdReset => self.copies.forget_all(),
+        }
         match kind {
             // SAM-5 6.3.3: a logical unit reset clears prevention and establishes 29/03 for every I_T nexus.
             ResetKind::LogicalUnitReset => {
