@@ -71,6 +71,16 @@ pub enum TargetPortGroupsFormat {
     Extended,
 }
 
+/// What a RECEIVE COPY RESULTS asks for (SPC-3 6.18.1 Table 144; SPC-4 calls these RECEIVE COPY STATUS(LID1)
+/// and RECEIVE COPY OPERATING PARAMETERS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyResultsRequest {
+    /// 00h COPY STATUS of the latest EXTENDED COPY with this LIST IDENTIFIER from the same I_T nexus.
+    CopyStatus { list_id: u8 },
+    /// 03h OPERATING PARAMETERS: the copy manager's limits (the LIST IDENTIFIER field is ignored).
+    OperatingParameters,
+}
+
 /// Page control of MODE SENSE (SPC-4 6.11 Table 131).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageControl {
@@ -231,18 +241,28 @@ pub enum Command {
     Release {
         ten: bool,
     },
+    /// EXTENDED COPY(LID1) (SPC-4 6.4, SPC-3 6.3): the parameter list, `parameter_list_length` bytes of
+    /// Data-Out, is parsed and checked by `crate::xcopy`.
+    ExtendedCopy {
+        parameter_list_length: u32,
+    },
+    /// RECEIVE COPY RESULTS (SPC-3 6.18): COPY STATUS or OPERATING PARAMETERS.
+    ReceiveCopyResults {
+        request: CopyResultsRequest,
+        allocation_length: u32,
+    },
 }
 
-fn be16(cdb: &[u8], at: usize) -> u32 {
+pub(crate) fn be16(cdb: &[u8], at: usize) -> u32 {
     u16::from_be_bytes([cdb[at], cdb[at + 1]]) as u32
 }
 fn be24(cdb: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([0, cdb[at], cdb[at + 1], cdb[at + 2]])
 }
-fn be32(cdb: &[u8], at: usize) -> u32 {
+pub(crate) fn be32(cdb: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([cdb[at], cdb[at + 1], cdb[at + 2], cdb[at + 3]])
 }
-fn be64(cdb: &[u8], at: usize) -> u64 {
+pub(crate) fn be64(cdb: &[u8], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&cdb[at..at + 8]);
     u64::from_be_bytes(bytes)
@@ -402,6 +422,9 @@ impl Command {
                 ..
             } => *parameter_list_length as u64,
             Command::PersistentReserveOut(cdb) => cdb.parameter_list_length as u64,
+            Command::ExtendedCopy {
+                parameter_list_length,
+            } => *parameter_list_length as u64,
             _ => 0,
         }
     }
@@ -454,7 +477,10 @@ impl Command {
             | Command::PersistentReserveOut(_)
             | Command::Sanitize { .. }
             | Command::Reserve { .. }
-            | Command::Release { .. } => None,
+            | Command::Release { .. }
+            // The blocks of an EXTENDED COPY are in its parameter list, on the logical units it names.
+            | Command::ExtendedCopy { .. }
+            | Command::ReceiveCopyResults { .. } => None,
         }
     }
 
@@ -746,6 +772,18 @@ impl Command {
                 put16(&mut cdb, 7, parameter_list_length);
             }
             Command::Reserve { .. } | Command::Release { .. } => {}
+            Command::ExtendedCopy {
+                parameter_list_length,
+            } => put32(&mut cdb, 10, parameter_list_length as u64),
+            Command::ReceiveCopyResults {
+                request,
+                allocation_length,
+            } => {
+                if let CopyResultsRequest::CopyStatus { list_id } = request {
+                    cdb[2] = list_id;
+                }
+                put32(&mut cdb, 10, allocation_length as u64);
+            }
         }
         cdb
     }
@@ -1122,6 +1160,38 @@ pub(crate) mod decode {
         })
     }
 
+    /// EXTENDED COPY (SPC-4 6.4.1 Table 103): service action 00h (LID1) in byte 1, bytes 2..10 reserved,
+    /// PARAMETER LIST LENGTH in bytes 10..14. LID4 (01h) and the ROD token service actions are not supported.
+    pub(crate) fn extended_copy(cdb: &[u8]) -> Parsed {
+        if service_action(cdb) != Some(op::SA_EXTENDED_COPY_LID1) {
+            return Err(invalid(1, Some(4)));
+        }
+        if cdb[1] & 0xE0 != 0 {
+            return Err(invalid(1, Some(7)));
+        }
+        if let Some(at) = (2..10).chain(14..15).find(|&at| cdb[at] != 0) {
+            return Err(invalid(at as u16, None));
+        }
+        Ok(Command::ExtendedCopy {
+            parameter_list_length: be32(cdb, 10),
+        })
+    }
+
+    /// RECEIVE COPY RESULTS (SPC-3 6.18.1 Table 144): service action in byte 1, LIST IDENTIFIER in byte 2,
+    /// ALLOCATION LENGTH in bytes 10..14.
+    pub(crate) fn receive_copy_results(cdb: &[u8]) -> Parsed {
+        let request = match service_action(cdb) {
+            Some(op::SA_COPY_STATUS) => CopyResultsRequest::CopyStatus { list_id: cdb[2] },
+            Some(op::SA_COPY_OPERATING_PARAMETERS) => CopyResultsRequest::OperatingParameters,
+            // RECEIVE DATA (01h) and FAILED SEGMENT DETAILS (04h) are not supported.
+            _ => return Err(invalid(1, Some(4))),
+        };
+        Ok(Command::ReceiveCopyResults {
+            request,
+            allocation_length: be32(cdb, 10),
+        })
+    }
+
     pub(crate) fn persistent_reserve_in(cdb: &[u8]) -> Parsed {
         Ok(Command::PersistentReserveIn(PrIn::parse(cdb)?))
     }
@@ -1204,12 +1274,7 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_are_invalid_operation_codes() {
-        for opcode in [
-            op::EXTENDED_COPY,
-            op::RECEIVE_COPY_RESULTS,
-            op::WRITE_ATOMIC_16,
-            0xC0,
-        ] {
+        for opcode in [op::WRITE_ATOMIC_16, 0xC0] {
             let mut cdb = [0u8; 16];
             cdb[0] = opcode;
             assert_eq!(

@@ -4,7 +4,7 @@
 
 use crate::cdb::op;
 use crate::inquiry::not_present_inquiry;
-use crate::lu::{truncate, LogicalUnit};
+use crate::lu::{truncate, Admission, LogicalUnit};
 use crate::sense::{Condition, Sense};
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
 use std::collections::BTreeMap;
@@ -76,8 +76,21 @@ impl Dispatcher {
             return self.report_luns(cmd);
         }
         match self.luns.get(&cmd.lun) {
+            Some(unit) if opcode == Some(op::EXTENDED_COPY) => self.extended_copy(unit, cmd),
             Some(unit) => unit.execute(cmd),
             None => self.missing_lun(cmd),
+        }
+    }
+
+    /// EXTENDED COPY through the copy manager of `unit`, which may copy between every LU of this target: the
+    /// LUs the nexus may access (SPC-4 5.16; CVE-2020-28374).
+    fn extended_copy(&self, unit: &LogicalUnit, cmd: &ScsiCommand) -> ScsiResponse {
+        match unit.admit(cmd) {
+            Admission::Done(response) => response,
+            Admission::Ready(admitted) => {
+                let units: Vec<&LogicalUnit> = self.luns.values().map(|unit| &**unit).collect();
+                crate::xcopy::execute_blocking(unit, cmd, &admitted, &units)
+            }
         }
     }
 

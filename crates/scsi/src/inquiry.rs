@@ -1,7 +1,7 @@
 //! INQUIRY (SPC-4 6.6): standard data and the vital product data pages lunlock supports (SPC-4 7.8, SBC-4 6.6).
 //!
 //! Supported VPD pages, in ascending order as SPC-4 7.8.13 requires: 00h supported pages, 80h unit serial number,
-//! 83h device identification, 86h extended INQUIRY data, B0h block limits, B1h block device characteristics,
+//! 83h device identification, 86h extended INQUIRY data, 8Fh third-party copy, B0h block limits, B1h block device characteristics,
 //! B2h logical block provisioning. Values in B0h come from [`crate::sbc::limits`], the same constants the data path
 //! enforces.
 
@@ -15,7 +15,7 @@ const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0460, 0x04C0, 0x0960];
 /// Length of the standard INQUIRY data lunlock returns.
 const STANDARD_LENGTH: usize = 96;
 /// Supported VPD page codes, ascending.
-pub(crate) const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+pub(crate) const VPD_PAGES: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 /// iSCSI protocol identifier (SPC-4 Table 476).
 const PROTOCOL_ISCSI: u8 = 0x5;
 /// Designation descriptor byte 0: protocol iSCSI, CODE SET 1h (binary), as types 4h and 5h require (SPC-4
@@ -70,6 +70,7 @@ impl LogicalUnit {
                 ),
                 0x83 => vpd_page(0x83, &self.device_identification(nexus)),
                 0x86 => self.extended_inquiry(),
+                0x8F => vpd_page(0x8F, &self.third_party_copy_descriptors()),
                 0xB0 => self.block_limits(),
                 0xB1 => self.block_device_characteristics(),
                 0xB2 => self.logical_block_provisioning(),
@@ -86,7 +87,8 @@ impl LogicalUnit {
         data[2] = 0x06; // SPC-4
         data[3] = 0x10 | 0x02; // HISUP, response data format 2
         data[4] = (STANDARD_LENGTH - 5) as u8;
-        data[5] = 0x10; // TPGS 01b: implicit asymmetric access only (`crate::alua`)
+        // TPGS 01b: implicit asymmetric access; 3PC: EXTENDED COPY is supported (SPC-4 6.6.2, 5.16).
+        data[5] = 0x10 | 0x08;
         data[7] = 0x02; // CMDQUE
         data[8..16].copy_from_slice(&ascii_field(&self.config.vendor, 8));
         data[16..32].copy_from_slice(&ascii_field(&self.config.product, 16));

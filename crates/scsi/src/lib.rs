@@ -31,6 +31,7 @@ mod test_store;
 #[cfg(test)]
 mod tests;
 pub mod ua;
+pub mod xcopy;
 
 pub use alua::{TargetPortGroup, TargetPortGroups, TargetPortGroupsError};
 pub use block_io::BlockIo;
@@ -38,6 +39,7 @@ pub use dispatcher::{encode_lun, Dispatcher, MAX_LUN};
 pub use lu::{Admission, Admitted, LogicalUnit, LogicalUnitConfig};
 pub use pr::{decode_pr_state, encode_pr_state, PrPersistence, PrStateError};
 pub use sanitize::SanitizeOperation;
+pub use xcopy::{CopyChunk, CopyFailure, CopyStart, ExtendedCopy};
 
 use std::sync::Arc;
 

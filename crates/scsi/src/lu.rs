@@ -154,6 +154,8 @@ pub struct LogicalUnit {
     pub(crate) offline: Option<String>,
     /// The target's ports in target port groups (`crate::alua`), for REPORT TARGET PORT GROUPS and VPD page 83h.
     pub(crate) port_groups: Arc<TargetPortGroups>,
+    /// The copy manager's records of EXTENDED COPY commands, for RECEIVE COPY RESULTS (`crate::xcopy`).
+    pub(crate) copies: Arc<crate::xcopy::CopyRecords>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -198,6 +200,7 @@ impl LogicalUnit {
             sanitize_progress: AtomicU32::new(0),
             offline: None,
             port_groups: Arc::new(TargetPortGroups::default()),
+            copies: Arc::default(),
         }
     }
 
@@ -447,6 +450,11 @@ impl LogicalUnit {
                 .reservations
                 .release_scsi2(cmd.nexus)
                 .map(|()| Completed::Good(Vec::new())),
+            // A logical unit alone can copy only within itself; the Dispatcher and the runtime offer the copy
+            // every LU of the nexus's target.
+            Command::ExtendedCopy { .. } => {
+                return crate::xcopy::execute_blocking(self, cmd, admitted, &[self])
+            }
             _ => self.run(&command, cmd).map_err(Refusal::Check),
         };
         self.response_of(result, data_out_wanted)
@@ -741,10 +749,15 @@ impl LogicalUnit {
             Command::PersistentReserveIn(command) => Ok(Completed::Good(
                 self.reservations.persistent_reserve_in(command),
             )),
-            // Executed by `execute`, which alone can answer RESERVATION CONFLICT.
+            Command::ReceiveCopyResults {
+                request,
+                allocation_length,
+            } => self.receive_copy_results(cmd.nexus, request, allocation_length),
+            // Executed by `run_admitted`, which alone can answer RESERVATION CONFLICT.
             Command::PersistentReserveOut(_)
             | Command::Reserve { .. }
-            | Command::Release { .. } => Ok(Completed::Good(Vec::new())),
+            | Command::Release { .. }
+            | Command::ExtendedCopy { .. } => Ok(Completed::Good(Vec::new())),
         }
     }
 
@@ -810,6 +823,12 @@ impl LogicalUnit {
     /// Task management reaching this logical unit (SAM-5 6.3, 7).
     pub fn reset(&self, nexus: &ItNexus, kind: ResetKind) {
         self.reservations.reset(nexus, kind);
+        match kind {
+            ResetKind::NexusLoss => self.copies.forget_nexus(nexus),
+            ResetKind::LogicalUnitReset
+            | ResetKind::TargetWarmReset
+            | ResetKind::TargetColdReset => self.copies.forget_all(),
+        }
         match kind {
             // SAM-5 6.3.3: a logical unit reset clears prevention and establishes 29/03 for every I_T nexus.
             ResetKind::LogicalUnitReset => {

@@ -20,13 +20,15 @@
 //! simulator's event log. The crate is sans-IO and depends only on `store`, so clients depend on it directly
 //! rather than on a copy of the table.
 
-use crate::cdb::{decode, Addressed, Command, RwCdb, SanitizeAction, VerifyCdb};
+use crate::cdb::{
+    decode, Addressed, Command, CopyResultsRequest, RwCdb, SanitizeAction, VerifyCdb,
+};
 use crate::pr::{PrIn, ServiceActionOut};
 use crate::range_lock::{Access, LockRequest, Span};
 use crate::sense::Sense;
 
-/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16), including some it refuses (EXTENDED COPY,
-/// WRITE ATOMIC(16)), which have no row.
+/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16), including one it refuses (WRITE ATOMIC(16)),
+/// which has no row.
 pub mod op {
     pub const TEST_UNIT_READY: u8 = 0x00;
     pub const REQUEST_SENSE: u8 = 0x03;
@@ -80,6 +82,11 @@ pub mod op {
     /// SERVICE ACTION IN(16) service actions (SBC-4).
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
     pub const SA_GET_LBA_STATUS: u16 = 0x12;
+    /// EXTENDED COPY service actions (SPC-4 6.4): 00h is LID1.
+    pub const SA_EXTENDED_COPY_LID1: u16 = 0x00;
+    /// RECEIVE COPY RESULTS service actions (SPC-3 6.18.1).
+    pub const SA_COPY_STATUS: u16 = 0x00;
+    pub const SA_COPY_OPERATING_PARAMETERS: u16 = 0x03;
     /// MAINTENANCE IN service actions (SPC-4).
     pub const SA_REPORT_TARGET_PORT_GROUPS: u16 = 0x0A;
     pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
@@ -108,6 +115,10 @@ pub enum LockKind {
     Shared(Extent),
     /// Changes the medium or the reservations.
     Exclusive(Extent),
+    /// Takes its own locks, one bounded chunk at a time, on the logical units its parameter list names (EXTENDED
+    /// COPY, which may span LUNs): the source range shared, then the destination range exclusive, never both at
+    /// once, so two copies cannot wait for each other (`crate::xcopy`).
+    PerCopyChunk,
 }
 
 /// One operation code and service action lunlock executes.
@@ -127,7 +138,8 @@ pub struct Row {
     pub lock: LockKind,
     /// Store I/O, a flush or an fsync of saved state: the runtime runs it on the LUN's I/O engine.
     pub may_wait_for_disk: bool,
-    /// Changes the medium: refused with DATA PROTECT on a write-protected LU; always holds an exclusive lock.
+    /// Changes the medium: refused with DATA PROTECT on a write-protected LU; always holds an exclusive lock (per
+    /// chunk, for EXTENDED COPY).
     pub writes_medium: bool,
 }
 
@@ -195,6 +207,19 @@ impl Row {
         self.writes_medium = true;
         self
     }
+
+    /// EXTENDED COPY: it may write the medium of another LU than the one it is sent to, and locks chunk by chunk.
+    const fn copies(mut self) -> Row {
+        self.lock = LockKind::PerCopyChunk;
+        self.may_wait_for_disk = true;
+        self.writes_medium = true;
+        self
+    }
+}
+
+/// Whether `lock` keeps every write of a command exclusive against the other commands of its blocks.
+const fn writes_exclusively(lock: LockKind) -> bool {
+    matches!(lock, LockKind::Exclusive(_) | LockKind::PerCopyChunk)
 }
 
 /// Control byte usage: NACA (bit 2) and LINK (bit 0) are examined (and refused when set).
@@ -316,6 +341,19 @@ pub mod rows {
     pub static RELEASE_10: Row = Row::new("RELEASE(10)",
         &[op::RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, C], decode::reserve_release)
         .lock(EXCLUSIVE_MEDIUM);
+    // SPC-4 6.4.1: service action 00h (LID1), PARAMETER LIST LENGTH.
+    pub static EXTENDED_COPY_LID1: Row = Row::new("EXTENDED COPY(LID1)",
+        &[op::EXTENDED_COPY, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::extended_copy)
+        .action(None).copies();
+    // SPC-3 6.18.1: service action, LIST IDENTIFIER (COPY STATUS only), ALLOCATION LENGTH.
+    pub static RECEIVE_COPY_STATUS: Row = Row::new("RECEIVE COPY RESULTS",
+        &[op::RECEIVE_COPY_RESULTS, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        decode::receive_copy_results)
+        .action(Some("COPY STATUS"));
+    pub static RECEIVE_COPY_OPERATING_PARAMETERS: Row = Row::new("RECEIVE COPY RESULTS",
+        &[op::RECEIVE_COPY_RESULTS, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
+        decode::receive_copy_results)
+        .action(Some("OPERATING PARAMETERS"));
     pub static READ_16: Row = Row::new("READ(16)",
         &[op::READ_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
         decode::read_write)
@@ -389,7 +427,7 @@ pub mod rows {
         &[op::READ_DEFECT_DATA_12, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::read_defect_data);
 
     /// Every row, in the order REPORT SUPPORTED OPERATION CODES lists them.
-    pub static TABLE: [&Row; 61] = [
+    pub static TABLE: [&Row; 64] = [
         &TEST_UNIT_READY, &REQUEST_SENSE, &READ_6, &WRITE_6, &INQUIRY, &MODE_SELECT_6, &MODE_SENSE_6,
         &START_STOP_UNIT, &PREVENT_ALLOW_MEDIUM_REMOVAL, &READ_CAPACITY_10, &READ_10, &WRITE_10,
         &WRITE_AND_VERIFY_10, &VERIFY_10, &PRE_FETCH_10, &SYNCHRONIZE_CACHE_10, &READ_DEFECT_DATA_10,
@@ -397,7 +435,8 @@ pub mod rows {
         &SANITIZE_EXIT_FAILURE_MODE, &MODE_SELECT_10, &MODE_SENSE_10, &PRIN_READ_KEYS, &PRIN_READ_RESERVATION,
         &PRIN_REPORT_CAPABILITIES, &PRIN_READ_FULL_STATUS, &PROUT_REGISTER, &PROUT_RESERVE, &PROUT_RELEASE,
         &PROUT_CLEAR, &PROUT_PREEMPT, &PROUT_PREEMPT_AND_ABORT, &PROUT_REGISTER_AND_IGNORE_EXISTING_KEY,
-        &PROUT_REGISTER_AND_MOVE, &RESERVE_6, &RELEASE_6, &RESERVE_10, &RELEASE_10, &READ_16, &WRITE_16,
+        &PROUT_REGISTER_AND_MOVE, &RESERVE_6, &RELEASE_6, &RESERVE_10, &RELEASE_10, &EXTENDED_COPY_LID1,
+        &RECEIVE_COPY_STATUS, &RECEIVE_COPY_OPERATING_PARAMETERS, &READ_16, &WRITE_16,
         &COMPARE_AND_WRITE, &ORWRITE_16, &WRITE_AND_VERIFY_16, &VERIFY_16, &PRE_FETCH_16, &SYNCHRONIZE_CACHE_16,
         &WRITE_SAME_16, &READ_CAPACITY_16, &GET_LBA_STATUS, &REPORT_LUNS, &REPORT_TARGET_PORT_GROUPS,
         &REPORT_SUPPORTED_OPERATION_CODES,
@@ -423,7 +462,7 @@ static FIRST_ROW: [u8; 256] = {
 };
 
 /// Checked when the crate compiles: usage data as long as the opcode's CDB and starting with it, and an exclusive
-/// lock for every command that changes the medium.
+/// lock (or exclusive locks per copy chunk) for every command that changes the medium.
 const _: () = {
     assert!(TABLE.len() < NO_ROW as usize);
     let mut at = 0;
@@ -437,7 +476,7 @@ const _: () = {
             _ => 0,
         };
         assert!(row.usage.len() == length && row.usage[0] == row.opcode);
-        assert!(!row.writes_medium || matches!(row.lock, LockKind::Exclusive(_)));
+        assert!(!row.writes_medium || writes_exclusively(row.lock));
         at += 1;
     }
 };
@@ -566,6 +605,11 @@ impl Command {
             Command::Reserve { ten: true } => &RESERVE_10,
             Command::Release { ten: false } => &RELEASE_6,
             Command::Release { ten: true } => &RELEASE_10,
+            Command::ExtendedCopy { .. } => &EXTENDED_COPY_LID1,
+            Command::ReceiveCopyResults { request, .. } => match request {
+                CopyResultsRequest::CopyStatus { .. } => &RECEIVE_COPY_STATUS,
+                CopyResultsRequest::OperatingParameters => &RECEIVE_COPY_OPERATING_PARAMETERS,
+            },
         }
     }
 
@@ -573,7 +617,7 @@ impl Command {
     /// blocks when the command names none locks the whole medium: more than needed, never less.
     pub fn lock_request(&self) -> Option<LockRequest> {
         let (extent, access) = match self.row().lock {
-            LockKind::None => return None,
+            LockKind::None | LockKind::PerCopyChunk => return None,
             LockKind::Shared(extent) => (extent, Access::Shared),
             LockKind::Exclusive(extent) => (extent, Access::Exclusive),
         };
@@ -634,7 +678,7 @@ mod tests {
         for row in TABLE {
             if row.writes_medium {
                 assert!(
-                    matches!(row.lock, LockKind::Exclusive(_)),
+                    writes_exclusively(row.lock),
                     "{} writes the medium without an exclusive lock",
                     row.full_name()
                 );
@@ -759,7 +803,17 @@ mod tests {
             preempt.full_name(),
             "PERSISTENT RESERVE OUT PREEMPT AND ABORT"
         );
-        assert_eq!(name(&[op::EXTENDED_COPY]), None);
+        assert_eq!(name(&[op::WRITE_ATOMIC_16]), None);
+        assert_eq!(
+            name(&[op::EXTENDED_COPY, 0x00]),
+            Some("EXTENDED COPY(LID1)")
+        );
+        assert_eq!(
+            name(&[op::EXTENDED_COPY, 0x01]),
+            None,
+            "LID4 is not supported"
+        );
+        assert_eq!(rows::EXTENDED_COPY_LID1.family(), "EXTENDED COPY");
         assert_eq!(name(&[]), None);
         assert_eq!(rows::READ_16.family(), "READ");
         assert_eq!(rows::WRITE_AND_VERIFY_12.family(), "WRITE AND VERIFY");
@@ -800,6 +854,28 @@ mod tests {
                 None,
             ),
             (Command::parse(&[op::INQUIRY, 0, 0, 0, 36, 0]), None),
+            // EXTENDED COPY locks chunk by chunk on the LUs its parameter list names, not through its row.
+            (
+                Command::parse(&[
+                    op::EXTENDED_COPY,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    76,
+                    0,
+                    0,
+                ]),
+                None,
+            ),
         ];
         for (command, expected) in cases {
             let command = command.unwrap();

@@ -123,7 +123,7 @@ impl LogicalUnit {
     }
 
     /// The bytes of `len` blocks at `lba`, as the medium holds them.
-    fn read_blocks(&self, lba: Lba, len: usize) -> Result<Vec<u8>, Sense> {
+    pub(crate) fn read_blocks(&self, lba: Lba, len: usize) -> Result<Vec<u8>, Sense> {
         let mut data = vec![0u8; len];
         self.store
             .read_at(&mut data, self.offset(lba))
@@ -132,7 +132,7 @@ impl LogicalUnit {
     }
 
     /// Writes `data` at `lba`; with FUA it is durable before GOOD (SBC-4 4.15).
-    fn write_blocks(&self, lba: Lba, data: &[u8], fua: bool) -> Outcome {
+    pub(crate) fn write_blocks(&self, lba: Lba, data: &[u8], fua: bool) -> Outcome {
         self.store
             .write_at(data, self.offset(lba))
             .map_err(write_error)?;

@@ -17,6 +17,7 @@ pub enum SenseKey {
     UnitAttention = 0x6,
     DataProtect = 0x7,
     BlankCheck = 0x8,
+    CopyAborted = 0xA,
     AbortedCommand = 0xB,
     Miscompare = 0xE,
 }
@@ -86,6 +87,18 @@ conditions! {
     InitiatorDetectedErrorMessageReceived => (AbortedCommand, 0x48, 0x00, "INITIATOR DETECTED ERROR MESSAGE RECEIVED");
     LogicalUnitCommunicationFailure => (AbortedCommand, 0x08, 0x00, "LOGICAL UNIT COMMUNICATION FAILURE");
     NoAdditionalSenseAborted => (AbortedCommand, 0x00, 0x00, "NO ADDITIONAL SENSE INFORMATION");
+    // EXTENDED COPY (SPC-4 6.4, 5.16.7.3-4): parameter list errors found before any segment is processed are
+    // ILLEGAL REQUEST; errors found while processing a segment are COPY ABORTED.
+    TooManyTargetDescriptors => (IllegalRequest, 0x26, 0x06, "TOO MANY TARGET DESCRIPTORS");
+    UnsupportedTargetDescriptorTypeCode => (IllegalRequest, 0x26, 0x07, "UNSUPPORTED TARGET DESCRIPTOR TYPE CODE");
+    TooManySegmentDescriptors => (IllegalRequest, 0x26, 0x08, "TOO MANY SEGMENT DESCRIPTORS");
+    UnsupportedSegmentDescriptorTypeCode => (IllegalRequest, 0x26, 0x09, "UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE");
+    OperationInProgress => (IllegalRequest, 0x00, 0x16, "OPERATION IN PROGRESS");
+    InsufficientResources => (IllegalRequest, 0x55, 0x03, "INSUFFICIENT RESOURCES");
+    CopySegmentError => (CopyAborted, 0x00, 0x00, "NO ADDITIONAL SENSE INFORMATION");
+    ThirdPartyDeviceFailure => (CopyAborted, 0x0D, 0x01, "THIRD PARTY DEVICE FAILURE");
+    CopyTargetDeviceNotReachable => (CopyAborted, 0x0D, 0x02, "COPY TARGET DEVICE NOT REACHABLE");
+    IncorrectCopyTargetDeviceType => (CopyAborted, 0x0D, 0x03, "INCORRECT COPY TARGET DEVICE TYPE");
 }
 
 /// Sense-key-specific field pointer (SPC-4 4.5.2.4.2): which byte (and bit) of the CDB or parameter list was bad.
@@ -108,6 +121,11 @@ pub struct Sense {
     /// PROGRESS INDICATION in the sense-key specific bytes (SPC-4 4.5.2.4.4): the fraction of an operation done,
     /// in 65536ths, e.g. of a sanitize operation in progress (SBC-4 4.33.2).
     pub progress: Option<u16>,
+    /// The EXTENDED COPY segment descriptor being processed when the copy was aborted (SPC-4 5.16.7.4 b): the
+    /// third and fourth bytes of the COMMAND-SPECIFIC INFORMATION field. With a COPY ABORTED sense key the field
+    /// pointer is then the segment pointer (SPC-4 4.5.2.4.5) with SD=0, an offset into the parameter list, whose
+    /// bits are those of a parameter-data field pointer.
+    pub copy_segment: Option<u16>,
 }
 
 impl Sense {
@@ -117,6 +135,7 @@ impl Sense {
             information: None,
             field_pointer: None,
             progress: None,
+            copy_segment: None,
         }
     }
 
@@ -131,21 +150,29 @@ impl Sense {
                 bit,
             }),
             progress: None,
+            copy_segment: None,
         }
     }
 
     /// INVALID FIELD IN PARAMETER LIST pointing at `byte` (and `bit`) of the parameter data.
     pub const fn invalid_parameter_field(byte: u16, bit: Option<u8>) -> Self {
-        Sense {
-            condition: Condition::InvalidFieldInParameterList,
-            information: None,
-            field_pointer: Some(FieldPointer {
-                in_cdb: false,
-                byte,
-                bit,
-            }),
-            progress: None,
-        }
+        Sense::new(Condition::InvalidFieldInParameterList).at_parameter_byte(byte, bit)
+    }
+
+    /// The same sense pointing at `byte` (and `bit`) of the parameter data.
+    pub const fn at_parameter_byte(mut self, byte: u16, bit: Option<u8>) -> Self {
+        self.field_pointer = Some(FieldPointer {
+            in_cdb: false,
+            byte,
+            bit,
+        });
+        self
+    }
+
+    /// The same sense naming the EXTENDED COPY segment descriptor being processed (see [`Sense::copy_segment`]).
+    pub const fn with_copy_segment(mut self, segment: u16) -> Self {
+        self.copy_segment = Some(segment);
+        self
     }
 
     pub const fn with_information(mut self, information: u64) -> Self {
@@ -170,6 +197,9 @@ impl Sense {
             sense[3..7].copy_from_slice(&(information as u32).to_be_bytes());
         }
         sense[7] = 10; // additional sense length
+        if let Some(segment) = self.copy_segment {
+            sense[10..12].copy_from_slice(&segment.to_be_bytes());
+        }
         sense[12] = self.condition.asc();
         sense[13] = self.condition.ascq();
         if let Some(pointer) = self.field_pointer {
@@ -205,6 +235,12 @@ impl Sense {
         if let Some(information) = self.information {
             sense.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             sense.extend_from_slice(&information.to_be_bytes());
+        }
+        if let Some(segment) = self.copy_segment {
+            // Command-specific information descriptor (SPC-4 4.5.2.3): the segment number in the third and
+            // fourth bytes of its 8-byte field.
+            let [high, low] = segment.to_be_bytes();
+            sense.extend_from_slice(&[0x01, 0x0A, 0x00, 0x00, 0, 0, high, low, 0, 0, 0, 0]);
         }
         if let Some(pointer) = self.field_pointer {
             let mut byte4 = 0x80;
@@ -281,6 +317,22 @@ mod tests {
         assert_eq!(descriptor[0], 0x72);
         assert_eq!(descriptor[7] as usize, descriptor.len() - 8);
         assert_eq!(descriptor[19], 7);
+    }
+
+    #[test]
+    fn copy_aborted_sense_carries_the_segment_and_a_parameter_list_pointer() {
+        let sense = Sense::new(Condition::CopyTargetDeviceNotReachable)
+            .with_copy_segment(3)
+            .at_parameter_byte(48, None);
+        let fixed = sense.to_fixed();
+        assert_eq!(fixed[2], 0x0A);
+        assert_eq!(&fixed[10..14], &[0, 3, 0x0D, 0x02]);
+        assert_eq!(fixed[15], 0x80, "SKSV, SD=0");
+        assert_eq!(&fixed[16..18], &[0, 48]);
+        let descriptor = sense.to_descriptor();
+        assert_eq!(&descriptor[8..10], &[0x01, 0x0A]);
+        assert_eq!(&descriptor[14..16], &[0, 3]);
+        assert_eq!(descriptor[7] as usize, descriptor.len() - 8);
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn config() -> LogicalUnitConfig {
     }
 }
 
-fn nexus(isid: u8) -> Arc<ItNexus> {
+pub(crate) fn nexus(isid: u8) -> Arc<ItNexus> {
     Arc::new(ItNexus {
         initiator_name: "iqn.2026-11.test:init".into(),
         isid: Isid([0, 0, 0, 0, 0, isid]),
@@ -96,7 +96,7 @@ impl Fixture {
 }
 
 /// (sense key, ASC, ASCQ) of a CHECK CONDITION, from either sense format.
-fn sense_code(response: &ScsiResponse) -> (u8, u8, u8) {
+pub(crate) fn sense_code(response: &ScsiResponse) -> (u8, u8, u8) {
     assert_eq!(
         response.status,
         ScsiStatus::CheckCondition,
@@ -111,7 +111,7 @@ fn sense_code(response: &ScsiResponse) -> (u8, u8, u8) {
 }
 
 /// The sense-key-specific field pointer of fixed-format sense: (C/D, byte, bit if BPV).
-fn field_pointer(response: &ScsiResponse) -> (bool, u16, Option<u8>) {
+pub(crate) fn field_pointer(response: &ScsiResponse) -> (bool, u16, Option<u8>) {
     let s = &response.sense;
     assert_eq!(s[0] & 0x7F, 0x70);
     assert!(s[15] & 0x80 != 0, "SKSV not set: {s:02x?}");
@@ -123,7 +123,7 @@ fn field_pointer(response: &ScsiResponse) -> (bool, u16, Option<u8>) {
     (s[15] & 0x40 != 0, u16::from_be_bytes([s[16], s[17]]), bit)
 }
 
-fn good(response: &ScsiResponse) {
+pub(crate) fn good(response: &ScsiResponse) {
     assert_eq!(
         response.status,
         ScsiStatus::Good,
@@ -970,12 +970,23 @@ fn dispatcher(f: &Fixture) -> Dispatcher {
 }
 
 fn run_lun(d: &Dispatcher, nexus: &Arc<ItNexus>, lun: u64, cdb: &[u8]) -> ScsiResponse {
+    dispatch(d, nexus, lun, cdb, &[])
+}
+
+/// One command through a dispatcher, from `nexus`, the only nexus logged in.
+pub(crate) fn dispatch(
+    d: &Dispatcher,
+    nexus: &Arc<ItNexus>,
+    lun: u64,
+    cdb: &[u8],
+    data_out: &[u8],
+) -> ScsiResponse {
     d.execute(&ScsiCommand {
         nexus,
         lun,
         cdb,
-        data_out: &[],
-        expected_transfer_length: 0,
+        data_out,
+        expected_transfer_length: data_out.len() as u32,
         task_tag: 7,
         attribute: TaskAttribute::Simple,
         logged_in: &vec![Arc::clone(nexus)],

@@ -12,6 +12,7 @@ mod pr_state;
 pub mod server;
 mod task;
 pub mod uring;
+mod xcopy;
 
 pub use config::{parse_size, ServeError, ServeOptions, TargetConfig};
 pub use server::{run_blocking, start, RunningTarget};

@@ -4,7 +4,8 @@
 //! 1. `LogicalUnit::admit`: unit attention, decode and Data-Out checks (no I/O, no lock);
 //! 2. its LBA range lock, awaited: the command parks, its thread does not (scsi::range_lock);
 //! 3. execution: in-memory commands inline; a READ the page cache holds inline through RWF_NOWAIT; anything else
-//!    that may wait for the disk on the LUN's I/O engine (`engine`).
+//!    that may wait for the disk on the LUN's I/O engine (`engine`); EXTENDED COPY chunk by chunk on the engines
+//!    of the LUNs it copies between (`xcopy`).
 //!
 //! Every command in flight is registered with its LUN ([`LunRuntime`]), so task management and PREEMPT AND ABORT
 //! can abort it: a command not yet running stops at its next step, one already running finishes its I/O (its
@@ -15,6 +16,7 @@ use crate::engine::IoEngine;
 use crate::latch::Latch;
 use crate::server::Shared;
 use crate::uring::Uring;
+use lunlock_scsi::cdb::Command;
 use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
@@ -55,7 +57,7 @@ impl TaskControl {
     }
 
     /// Resolves once `abort` has been called.
-    async fn aborted(&self) {
+    pub(crate) async fn aborted(&self) {
         self.aborted.wait().await
     }
 
@@ -252,6 +254,16 @@ async fn execute(
             Err(refused) => done(refused),
             Ok(operation) => run_sanitize(lun, control, operation, guard).await,
         };
+    }
+    if matches!(admitted.command(), Command::ExtendedCopy { .. }) {
+        // The copy may span the target's LUNs and takes its own ranges, chunk by chunk (`crate::xcopy`).
+        let target_luns = request
+            .sessions
+            .target(&request.nexus.target_name)
+            .map(|target| target.luns.values().cloned().collect())
+            .unwrap_or_default();
+        return crate::xcopy::run_extended_copy(lun, control, &command, &admitted, target_luns)
+            .await;
     }
     if !admitted.may_wait_for_disk() {
         return done(lun.unit.run_admitted(&command, &admitted, guard.as_ref()));

@@ -50,7 +50,10 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::PersistentReserveIn(_)
         | Command::PersistentReserveOut(_)
         | Command::Reserve { .. }
-        | Command::Release { .. } => CommandClass::Allowed,
+        | Command::Release { .. }
+        // SPC-4 5.13.1 Table 66 leaves EXTENDED COPY to the copy manager's policy: lunlock checks the reservations
+        // of every LU the copy reads (as READ) and writes (as WRITE) for the requesting nexus (`crate::xcopy`).
+        | Command::ExtendedCopy { .. } => CommandClass::Allowed,
         Command::PreventAllowMediumRemoval { prevent } => {
             if *prevent == 0 {
                 CommandClass::Allowed
@@ -74,7 +77,9 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::PreFetch { .. }
         | Command::GetLbaStatus { .. }
         | Command::ReadDefectData { .. }
-        | Command::ModeSense { .. } => CommandClass::Read,
+        | Command::ModeSense { .. }
+        // Reports the copy manager's state, like MODE SENSE reports the LU's.
+        | Command::ReceiveCopyResults { .. } => CommandClass::Read,
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
         | Command::OrWrite { .. }
