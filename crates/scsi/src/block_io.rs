@@ -43,6 +43,9 @@ impl LogicalUnit {
             Command::Write {
                 lba, blocks, fua, ..
             } => (lba, blocks, Some(fua)),
+            // WRITE ATOMIC runs on the thread engine: one store call under the same exclusive range, with its
+            // atomic limits checked by `run_admitted`; the ring's write loop would resubmit the rest of a short
+            // write as a second write, which an atomic write must never be.
             _ => return None,
         };
         if blocks.0 == 0 {

@@ -168,6 +168,13 @@ impl LogicalUnit {
             body[28] = 0x80;
         }
         body[32..40].copy_from_slice(&limits::MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+        // SBC-4 6.6.4, 4.29: the atomic write limits WRITE ATOMIC enforces. Boundaries are not supported, so
+        // MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY (page bytes 56..60) and MAXIMUM ATOMIC BOUNDARY SIZE
+        // (60..64) stay 0.
+        let atomic = self.atomic_limits();
+        body[40..44].copy_from_slice(&atomic.max_blocks.to_be_bytes());
+        body[44..48].copy_from_slice(&atomic.alignment.to_be_bytes());
+        body[48..52].copy_from_slice(&atomic.granularity.to_be_bytes());
         vpd_page(0xB0, &body)
     }
 

@@ -90,15 +90,16 @@ impl Admitted {
         self.data_out_wanted
     }
 
-    /// The same command with its FUA bit cleared, and whether it was set, for a WRITE, ORWRITE or COMPARE AND
-    /// WRITE. The caller runs the returned command under the range lock, may release the range, and then must call
+    /// The same command with its FUA bit cleared, and whether it was set, for a WRITE, ORWRITE, COMPARE AND WRITE
+    /// or WRITE ATOMIC. The caller runs the returned command under the range lock, may release the range, and then must call
     /// [`LogicalUnit::make_durable`] before answering: FUA asks for durability before the status (SBC-4 4.15), and
     /// the flush then need not hold back the commands waiting for the range. Any other command comes back as is.
     pub fn deferring_fua(mut self) -> (Admitted, bool) {
         let fua = match &mut self.command {
             Command::Write { fua, .. }
             | Command::OrWrite { fua, .. }
-            | Command::CompareAndWrite { fua, .. } => fua,
+            | Command::CompareAndWrite { fua, .. }
+            | Command::WriteAtomic { fua, .. } => fua,
             _ => return (self, false),
         };
         let had = std::mem::replace(fua, false);
@@ -731,6 +732,9 @@ impl LogicalUnit {
                 ..
             } => self.verify(lba, blocks, byte_check, cmd.data_out),
             Command::OrWrite { lba, blocks, fua } => self.or_write(lba, blocks, fua, cmd.data_out),
+            Command::WriteAtomic {
+                lba, blocks, fua, ..
+            } => self.write_atomic(lba, blocks, fua, cmd.data_out),
             Command::WriteSame {
                 lba,
                 blocks,

@@ -27,8 +27,7 @@ use crate::pr::{PrIn, ServiceActionOut};
 use crate::range_lock::{Access, LockRequest, Span};
 use crate::sense::Sense;
 
-/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16), including one it refuses (WRITE ATOMIC(16)),
-/// which has no row.
+/// Operation codes lunlock knows (SPC-4 Annex D / SBC-4 Table 16).
 pub mod op {
     pub const TEST_UNIT_READY: u8 = 0x00;
     pub const REQUEST_SENSE: u8 = 0x03;
@@ -390,6 +389,12 @@ pub mod rows {
         &[op::WRITE_SAME_16, 0xF9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
         decode::write_same)
         .writes(Blocks);
+    // SBC-4 5.48: WRPROTECT, DPO, FUA; LBA; ATOMIC BOUNDARY (examined: must be 0); TRANSFER LENGTH; GROUP NUMBER.
+    // Exclusive over its blocks like a WRITE, so an overlapping READ sees all old or all new data (SBC-4 4.29).
+    pub static WRITE_ATOMIC_16: Row = Row::new("WRITE ATOMIC(16)",
+        &[op::WRITE_ATOMIC_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C],
+        decode::write_atomic)
+        .writes(Blocks);
     pub static READ_CAPACITY_16: Row = Row::new("READ CAPACITY(16)",
         &[op::SERVICE_ACTION_IN_16, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
         decode::service_action_in_16)
@@ -427,7 +432,7 @@ pub mod rows {
         &[op::READ_DEFECT_DATA_12, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], decode::read_defect_data);
 
     /// Every row, in the order REPORT SUPPORTED OPERATION CODES lists them.
-    pub static TABLE: [&Row; 64] = [
+    pub static TABLE: [&Row; 65] = [
         &TEST_UNIT_READY, &REQUEST_SENSE, &READ_6, &WRITE_6, &INQUIRY, &MODE_SELECT_6, &MODE_SENSE_6,
         &START_STOP_UNIT, &PREVENT_ALLOW_MEDIUM_REMOVAL, &READ_CAPACITY_10, &READ_10, &WRITE_10,
         &WRITE_AND_VERIFY_10, &VERIFY_10, &PRE_FETCH_10, &SYNCHRONIZE_CACHE_10, &READ_DEFECT_DATA_10,
@@ -438,7 +443,7 @@ pub mod rows {
         &PROUT_REGISTER_AND_MOVE, &RESERVE_6, &RELEASE_6, &RESERVE_10, &RELEASE_10, &EXTENDED_COPY_LID1,
         &RECEIVE_COPY_STATUS, &RECEIVE_COPY_OPERATING_PARAMETERS, &READ_16, &WRITE_16,
         &COMPARE_AND_WRITE, &ORWRITE_16, &WRITE_AND_VERIFY_16, &VERIFY_16, &PRE_FETCH_16, &SYNCHRONIZE_CACHE_16,
-        &WRITE_SAME_16, &READ_CAPACITY_16, &GET_LBA_STATUS, &REPORT_LUNS, &REPORT_TARGET_PORT_GROUPS,
+        &WRITE_SAME_16, &WRITE_ATOMIC_16, &READ_CAPACITY_16, &GET_LBA_STATUS, &REPORT_LUNS, &REPORT_TARGET_PORT_GROUPS,
         &REPORT_SUPPORTED_OPERATION_CODES,
         &REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS, &READ_12, &WRITE_12, &WRITE_AND_VERIFY_12, &VERIFY_12,
         &READ_DEFECT_DATA_12,
@@ -569,6 +574,7 @@ impl Command {
             },
             Command::OrWrite { .. } => &ORWRITE_16,
             Command::CompareAndWrite { .. } => &COMPARE_AND_WRITE,
+            Command::WriteAtomic { .. } => &WRITE_ATOMIC_16,
             Command::WriteSame { ten: true, .. } => &WRITE_SAME_10,
             Command::WriteSame { ten: false, .. } => &WRITE_SAME_16,
             Command::Unmap { .. } => &UNMAP,
@@ -803,7 +809,7 @@ mod tests {
             preempt.full_name(),
             "PERSISTENT RESERVE OUT PREEMPT AND ABORT"
         );
-        assert_eq!(name(&[op::WRITE_ATOMIC_16]), None);
+        assert_eq!(name(&[op::WRITE_ATOMIC_16]), Some("WRITE ATOMIC(16)"));
         assert_eq!(
             name(&[op::EXTENDED_COPY, 0x00]),
             Some("EXTENDED COPY(LID1)")
@@ -840,6 +846,10 @@ mod tests {
             (
                 Command::parse(&[op::WRITE_SAME_10, 0, 0, 0, 0, 8, 0, 0, 4, 0]),
                 Some((span(8, 4), Access::Exclusive)),
+            ),
+            (
+                Ok(Command::write_atomic_16(8, 1, true)),
+                Some((span(8, 1), Access::Exclusive)),
             ),
             (
                 Command::parse(&[op::UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0]),

@@ -166,6 +166,7 @@ impl LogicalUnit {
                 | Command::Verify { .. }
                 | Command::OrWrite { .. }
                 | Command::CompareAndWrite { .. }
+                | Command::WriteAtomic { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
                 | Command::GetLbaStatus { .. }

@@ -382,6 +382,7 @@ fn write_protection_is_data_protect_and_reads_still_work() {
             block_cdb(10, op::WRITE_AND_VERIFY_10, 0, 1),
             block_cdb(16, op::ORWRITE_16, 0, 1),
             block_cdb(10, op::WRITE_SAME_10, 0, 1),
+            write_atomic_cdb(0, 1, 0),
         ] {
             assert_eq!(
                 sense_code(&f.run(&cdb, &pattern(1, 0))),
@@ -1839,4 +1840,174 @@ fn device_identification_names_no_group_for_a_port_outside_the_layout() {
         .iter()
         .any(|(_, byte1, value)| byte1 & 0x0F == 4 && value == &[0, 0, 0, 9]));
     assert!(!descriptors.iter().any(|(_, byte1, _)| byte1 & 0x0F == 5));
+}
+
+/// WRITE ATOMIC (16) (SBC-4 5.48) with `byte1` (WRPROTECT, DPO, FUA) and ATOMIC BOUNDARY 0.
+fn write_atomic_cdb(lba: u64, blocks: u16, byte1: u8) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = op::WRITE_ATOMIC_16;
+    cdb[1] = byte1;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[12..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn store_writes(f: &Fixture) -> usize {
+    f.store.writes.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn write_atomic_writes_one_block_and_refuses_more_than_the_maximum() {
+    let f = Fixture::new();
+    good(&f.run(&write_atomic_cdb(5, 1, 0), &pattern(1, 7)));
+    assert_eq!(f.medium(5, 1), pattern(1, 7));
+    let writes = store_writes(&f);
+    // SBC-4 5.48: above MAXIMUM ATOMIC TRANSFER LENGTH (1) is INVALID FIELD IN CDB at TRANSFER LENGTH; nothing is
+    // written.
+    for blocks in [2u16, 8, 256] {
+        let response = f.run(&write_atomic_cdb(5, blocks, 0), &pattern(blocks as u64, 9));
+        assert_eq!(sense_code(&response), (0x05, 0x24, 0x00), "{blocks} blocks");
+        assert_eq!(field_pointer(&response), (true, 12, None));
+    }
+    assert_eq!(store_writes(&f), writes);
+    assert_eq!(f.medium(5, 1), pattern(1, 7));
+}
+
+#[test]
+fn write_atomic_checks_the_range_first_and_zero_blocks_write_nothing() {
+    let f = Fixture::new();
+    // Beyond the end is LOGICAL BLOCK ADDRESS OUT OF RANGE whatever the length (libiscsi's BeyondEol sends up to
+    // 256 blocks there), also for zero blocks past the end (ZeroBlocks).
+    for (lba, blocks) in [
+        (BLOCKS, 1u16),
+        (BLOCKS - 1, 2),
+        (BLOCKS - 1, 256),
+        (1 << 63, 1),
+        (u64::MAX, 1),
+        (BLOCKS + 1, 0),
+        (1 << 63, 0),
+        (u64::MAX, 0),
+    ] {
+        let response = f.run(
+            &write_atomic_cdb(lba, blocks, 0),
+            &pattern(blocks as u64, 1),
+        );
+        assert_eq!(
+            sense_code(&response),
+            (0x05, 0x21, 0x00),
+            "lba {lba} blocks {blocks}"
+        );
+    }
+    // SBC-4 5.48: TRANSFER LENGTH 0 is not an error and writes nothing.
+    good(&f.run(&write_atomic_cdb(0, 0, 0), &[]));
+    good(&f.run(&write_atomic_cdb(BLOCKS, 0, 0), &[]));
+    good(&f.run(&write_atomic_cdb(BLOCKS - 1, 1, 0), &pattern(1, 3)));
+    assert_eq!(store_writes(&f), 1);
+}
+
+#[test]
+fn write_atomic_cdb_refusals_point_at_their_fields() {
+    let f = Fixture::new();
+    // No protection information (SBC-4 4.22): any WRPROTECT is INVALID FIELD IN CDB.
+    for wrprotect in 1..8u8 {
+        let response = f.run(&write_atomic_cdb(0, 1, wrprotect << 5), &pattern(1, 0));
+        assert_eq!(sense_code(&response), (0x05, 0x24, 0x00));
+        assert_eq!(field_pointer(&response), (true, 1, Some(7)));
+    }
+    // Atomic boundaries are not supported (MAXIMUM ATOMIC BOUNDARY SIZE 0).
+    let mut cdb = write_atomic_cdb(0, 1, 0);
+    cdb[11] = 1;
+    let response = f.run(&cdb, &pattern(1, 0));
+    assert_eq!(sense_code(&response), (0x05, 0x24, 0x00));
+    assert_eq!(field_pointer(&response), (true, 10, None));
+    // Less Data-Out than the CDB asks: an atomic write is not shortened (0E/03, nothing written).
+    let response = f.run(&write_atomic_cdb(0, 1, 0), &pattern(1, 0)[..100]);
+    assert_eq!(sense_code(&response), (0x05, 0x0E, 0x03));
+    assert_eq!(store_writes(&f), 0);
+}
+
+#[test]
+fn write_atomic_with_fua_flushes_once_and_dpo_is_accepted() {
+    let f = Fixture::new();
+    let flushes = || f.store.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    good(&f.run(&write_atomic_cdb(2, 1, 0x10), &pattern(1, 4))); // DPO
+    assert_eq!(flushes(), 0);
+    good(&f.run(&write_atomic_cdb(2, 1, 0x18), &pattern(1, 5))); // DPO and FUA
+    assert_eq!(flushes(), 1);
+    assert_eq!(f.medium(2, 1), pattern(1, 5));
+}
+
+#[test]
+fn write_atomic_defers_its_fua_like_a_write() {
+    let f = Fixture::new();
+    let cdb = write_atomic_cdb(3, 1, 0x08);
+    let data = pattern(1, 6);
+    let cmd = ScsiCommand {
+        nexus: &f.nexus,
+        lun: 0,
+        cdb: &cdb,
+        data_out: &data,
+        expected_transfer_length: data.len() as u32,
+        task_tag: 1,
+        attribute: TaskAttribute::Simple,
+        logged_in: &vec![Arc::clone(&f.nexus)],
+    };
+    let crate::Admission::Ready(admitted) = f.unit.admit(&cmd) else {
+        panic!("a valid WRITE ATOMIC is admitted");
+    };
+    assert!(admitted.may_wait_for_disk());
+    let (admitted, fua) = admitted.deferring_fua();
+    assert!(fua);
+    let response = f.unit.run_admitted(&cmd, &admitted, None);
+    good(&response);
+    assert_eq!(f.store.flushes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    good(&f.unit.make_durable(response));
+    assert_eq!(f.store.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn block_limits_report_the_atomic_write_limits() {
+    let f = Fixture::new();
+    let response = f.run(&[op::INQUIRY, 0x01, 0xB0, 0, 0xFF, 0], &[]);
+    good(&response);
+    let page = &response.data_in;
+    let field = |at: usize| u32::from_be_bytes(page[at..at + 4].try_into().unwrap());
+    assert_eq!(page.len(), 64);
+    assert_eq!(field(44), 1, "MAXIMUM ATOMIC TRANSFER LENGTH");
+    assert_eq!(field(48), 1, "ATOMIC ALIGNMENT");
+    assert_eq!(field(52), 1, "ATOMIC TRANSFER LENGTH GRANULARITY");
+    assert_eq!(
+        field(56),
+        0,
+        "MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY"
+    );
+    assert_eq!(field(60), 0, "MAXIMUM ATOMIC BOUNDARY SIZE");
+    assert!(field(44) <= field(8), "at most MAXIMUM TRANSFER LENGTH");
+}
+
+#[test]
+fn report_supported_opcodes_lists_write_atomic_with_dpo_and_fua() {
+    let f = Fixture::new();
+    // REPORTING OPTIONS 001b: one command, by opcode.
+    let cdb = [
+        op::MAINTENANCE_IN,
+        0x0C,
+        0x01,
+        op::WRITE_ATOMIC_16,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+    ];
+    let response = f.run(&cdb, &[]);
+    good(&response);
+    let data = &response.data_in;
+    assert_eq!(data[1] & 0x07, 0x03, "supported as the standard says");
+    assert_eq!(u16::from_be_bytes([data[2], data[3]]), 16);
+    assert_eq!(data[4], op::WRITE_ATOMIC_16);
+    assert_eq!(data[5] & 0x18, 0x18, "DPO and FUA in the usage data");
 }

@@ -1,5 +1,5 @@
 //! The simulated hosts: lock hosts running the real `cluster` code (heartbeats, locks, resolver, PR fencing), a
-//! plain COMPARE AND WRITE client, and two plain PR clients. Plus the referee that checks mutual exclusion at
+//! plain COMPARE AND WRITE client, two plain PR clients, and a WRITE ATOMIC client. Plus the referee that checks mutual exclusion at
 //! every grant and the liveness of the lock hosts at the end.
 
 use crate::io::{MoveTo, SimClock, SimDisk, SimHandle};
@@ -34,6 +34,8 @@ pub struct Shared {
     pub locks: u32,
     pub counter_lba: u64,
     pub caw_client_lba: u64,
+    /// The first block of the WRITE ATOMIC client's range (`checks::ATOMIC_RANGE_BLOCKS` blocks).
+    pub atomic_lba: u64,
     pub pr_fencing: bool,
     pub broken: BrokenVariant,
 }
@@ -378,6 +380,54 @@ pub async fn caw_client(shared: Arc<Shared>, actor: usize, incarnation: u64, see
         let mut data = current;
         data.extend_from_slice(&new);
         let _ = disk.command(cdb, data, 2 * BLOCK, timeout).await;
+        clock
+            .sleep(Duration::from_millis(rng.gen_range(1..30)))
+            .await;
+    }
+}
+
+/// MAXIMUM ATOMIC TRANSFER LENGTH as the target reports it (Block Limits VPD page bytes 44..48, SBC-4 6.6.4),
+/// asked until answered.
+async fn max_atomic_blocks(disk: &SimDisk, clock: &SimClock, timeout: Duration) -> u64 {
+    let inquiry = lunlock_scsi::cdb::Command::Inquiry {
+        evpd: true,
+        page_code: 0xB0,
+        allocation_length: 64,
+    };
+    loop {
+        if let Some(reply) = disk
+            .command(inquiry.encode(), Vec::new(), 64, timeout)
+            .await
+        {
+            if let Some(field) = reply.data_in.get(44..48).filter(|_| reply.status == 0) {
+                return u32::from_be_bytes(field.try_into().expect("4 bytes")) as u64;
+            }
+        }
+        clock.sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client overwriting its own range with WRITE ATOMIC of as many blocks as the target says it writes atomically
+/// (at most `ATOMIC_RANGE_BLOCKS`), FUA or not, each write a new self-checking image. The atomic checker judges the
+/// range after every target power loss: one image whole, never a mix (SBC-4 4.29).
+pub async fn atomic_client(shared: Arc<Shared>, actor: usize, incarnation: u64, seed: u64) {
+    let (disk, clock) = connect(&shared, actor, incarnation, 0, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let timeout = Duration::from_millis(300);
+    if shared.pr_fencing {
+        join_fencing(&disk, actor).await;
+    }
+    let blocks = max_atomic_blocks(&disk, &clock, timeout)
+        .await
+        .clamp(1, crate::checks::ATOMIC_RANGE_BLOCKS);
+    loop {
+        let image = crate::checks::atomic_image(rng.gen(), blocks);
+        let fua = rng.gen_bool(0.3);
+        let cdb =
+            lunlock_scsi::cdb::Command::write_atomic_16(shared.atomic_lba, blocks as u16, fua)
+                .encode();
+        let length = image.len() as u32;
+        let _ = disk.command(cdb, image, length, timeout).await;
         clock
             .sleep(Duration::from_millis(rng.gen_range(1..30)))
             .await;

@@ -1,7 +1,7 @@
 //! The checkers that run at every command the target executes (at the step where its effect happens, while other
 //! commands are in flight), at target restarts and on every ATS verdict:
-//! CAW linearizability, fencing of the protected counters, PR invariants, durability, and the resolver's verdicts
-//! against what really happened. Mutual exclusion and liveness are checked by the actors' referee (`actors.rs`).
+//! CAW linearizability, fencing of the protected counters, PR invariants, durability, WRITE ATOMIC across power
+//! loss, and the resolver's verdicts against what really happened. Mutual exclusion and liveness are checked by the actors' referee (`actors.rs`).
 
 use crate::store::TrackingStore;
 use crate::world::{Reply, Request, BLOCK};
@@ -34,6 +34,61 @@ pub struct Checks {
     pr_generation: BTreeMap<usize, u32>,
     /// PR state of each LUN when the target lost power.
     pub pr_before_crash: Vec<PrState>,
+    /// Blocks of LUN 0 that only the WRITE ATOMIC client writes, always from the first one.
+    pub atomic_lbas: Range<u64>,
+}
+
+/// Most blocks the WRITE ATOMIC client writes at once (it writes the smaller of this and MAXIMUM ATOMIC TRANSFER
+/// LENGTH).
+pub const ATOMIC_RANGE_BLOCKS: u64 = 8;
+
+/// Block `index` of the WRITE ATOMIC client's write `stamp` of `count` blocks: stamp, index and count, then words
+/// that mix the stamp with the index, so a block of one write passes neither for another write's block nor for
+/// another block of the same write.
+pub fn atomic_image(stamp: u64, count: u64) -> Vec<u8> {
+    let mut data = Vec::with_capacity((count * BLOCK as u64) as usize);
+    for index in 0..count {
+        data.extend_from_slice(&stamp.to_le_bytes());
+        data.extend_from_slice(&index.to_le_bytes());
+        data.extend_from_slice(&count.to_le_bytes());
+        for _ in 3..BLOCK / 8 {
+            data.extend_from_slice(&atomic_word(stamp, index).to_le_bytes());
+        }
+    }
+    data
+}
+
+fn atomic_word(stamp: u64, index: u64) -> u64 {
+    (stamp ^ index.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// (stamp, index, count) of one block of [`atomic_image`]; None for zeros or anything else.
+fn atomic_block(block: &[u8]) -> Option<(u64, u64, u64)> {
+    let word =
+        |at: usize| u64::from_le_bytes(block[at * 8..at * 8 + 8].try_into().expect("8 bytes"));
+    let (stamp, index, count) = (word(0), word(1), word(2));
+    let whole = block.len() == BLOCK as usize
+        && index < count
+        && (3..BLOCK as usize / 8).all(|at| word(at) == atomic_word(stamp, index));
+    whole.then_some((stamp, index, count))
+}
+
+/// Whether `blocks` (the atomic range from its first block) hold one write's image whole, or were never written.
+pub fn atomic_range_is_whole(blocks: &[Vec<u8>]) -> bool {
+    if blocks
+        .iter()
+        .all(|block| block.iter().all(|&byte| byte == 0))
+    {
+        return true;
+    }
+    let Some((stamp, 0, count)) = blocks.first().and_then(|block| atomic_block(block)) else {
+        return false;
+    };
+    count as usize <= blocks.len()
+        && blocks[..count as usize]
+            .iter()
+            .enumerate()
+            .all(|(index, block)| atomic_block(block) == Some((stamp, index as u64, count)))
 }
 
 /// What a checker needs from before a command executes.
@@ -225,6 +280,27 @@ impl Checks {
         }
     }
 
+    /// WRITE ATOMIC across a power loss (SBC-4 4.29): after the crash store kept or lost each block, the atomic
+    /// range holds one write's image whole (the newest, or one flushed before), never part of one write and part
+    /// of another. Commands in flight at the crash never reached the store (execution is one step), so this covers
+    /// every acknowledged and every unacknowledged WRITE ATOMIC.
+    pub fn atomic_writes_after_crash(&mut self, now: Duration, store: &TrackingStore) {
+        let blocks: Vec<Vec<u8>> = self
+            .atomic_lbas
+            .clone()
+            .map(|lba| store.block(lba))
+            .collect();
+        if !atomic_range_is_whole(&blocks) {
+            let first = self.atomic_lbas.start;
+            let seen: Vec<Option<(u64, u64, u64)>> =
+                blocks.iter().map(|b| atomic_block(b)).collect();
+            self.violation(
+                now,
+                format!("atomic: after the crash the WRITE ATOMIC range at lba {first} holds a mix: {seen:x?}"),
+            );
+        }
+    }
+
     /// Durability of APTPL (SPC-4 5.13.5): after a power loss the state is what it was, when APTPL was in effect,
     /// and empty otherwise.
     pub fn check_restored(&mut self, now: Duration, after: &[PrState]) {
@@ -284,4 +360,54 @@ pub fn caw_lba(cdb: &[u8]) -> Option<u64> {
 /// The token of a protected counter block; 0 for a never-written or unreadable block.
 pub fn counter_token(block: &[u8]) -> u64 {
     CounterImage::decode(block).map_or(0, |c| c.token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks_of(image: &[u8]) -> Vec<Vec<u8>> {
+        image.chunks(BLOCK as usize).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn a_whole_write_or_an_untouched_range_passes() {
+        let mut range = blocks_of(&atomic_image(7, 3));
+        range.extend(vec![vec![0u8; BLOCK as usize]; 5]);
+        assert!(atomic_range_is_whole(&range));
+        assert!(atomic_range_is_whole(&vec![vec![0u8; BLOCK as usize]; 8]));
+    }
+
+    /// What a crash store that tears a multi-block write leaves: some blocks of the new write, some of the old one
+    /// (or zeros). Each must be caught.
+    #[test]
+    fn a_torn_write_atomic_is_caught() {
+        let (old, new) = (
+            blocks_of(&atomic_image(1, 4)),
+            blocks_of(&atomic_image(2, 4)),
+        );
+        for torn_at in 1..4 {
+            let mut torn = new[..torn_at].to_vec();
+            torn.extend_from_slice(&old[torn_at..]);
+            assert!(
+                !atomic_range_is_whole(&torn),
+                "new up to block {torn_at}, old after"
+            );
+            let mut lost_first = old[..torn_at].to_vec();
+            lost_first.extend_from_slice(&new[torn_at..]);
+            assert!(
+                !atomic_range_is_whole(&lost_first),
+                "old up to block {torn_at}, new after"
+            );
+            let mut over_zeros = new[..torn_at].to_vec();
+            over_zeros.extend(vec![vec![0u8; BLOCK as usize]; 4 - torn_at]);
+            assert!(
+                !atomic_range_is_whole(&over_zeros),
+                "new over a never-written range"
+            );
+        }
+        let mut swapped = new.clone();
+        swapped.swap(0, 1);
+        assert!(!atomic_range_is_whole(&swapped), "blocks out of place");
+    }
 }

@@ -1,12 +1,12 @@
 //! `lunlock-sim --seeds A..B [--steps N] [--faults LIST]`, or `--seed S` to replay one seed bit for bit.
 
 use lunlock_cluster::BrokenVariant;
-use lunlock_sim::{run_seed, BrokenTarget, FaultKind, SeedReport, SimOptions};
+use lunlock_sim::{run_seed, FaultKind, SeedReport, SimOptions};
 use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: lunlock-sim (--seeds A..B | --seed S) [--steps N] [--faults all|none|LIST] [--hosts N] \
-[--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease|unlocked-caw]
+[--echo] [--broken naive-resolver|ignore-dead-after|revive-lapsed-lease|unlocked-caw|oversized-atomic]
   --seeds A..B   run seeds A to B-1
   --seed S       replay one seed; with --echo print every event
   --steps N      events with faults on per seed (default 3800); a quiet phase follows
@@ -67,14 +67,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     "naive-resolver" => options.broken.naive_resolver = true,
                     "ignore-dead-after" => options.broken.ignore_dead_after = true,
                     "revive-lapsed-lease" => options.broken.revive_lapsed_lease = true,
-                    "unlocked-caw" => {
-                        options.broken_target = BrokenTarget {
-                            unlocked_compare_and_write: true,
-                        }
-                    }
+                    "unlocked-caw" => options.broken_target.unlocked_compare_and_write = true,
+                    "oversized-atomic" => options.broken_target.oversized_atomic_write = true,
                     _ => {
                         return Err(format!(
-                        "--broken {text}: naive-resolver, ignore-dead-after, revive-lapsed-lease or unlocked-caw"
+                        "--broken {text}: naive-resolver, ignore-dead-after, revive-lapsed-lease, unlocked-caw or oversized-atomic"
                     ))
                     }
                 }

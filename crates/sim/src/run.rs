@@ -1,7 +1,7 @@
 //! One seed's run: build the world, format the lockspace, start the actors, inject faults for the first part of
 //! the run and then stop them, and check liveness at the end.
 
-use crate::actors::{caw_client, lock_host, pr_client, Referee, Shared};
+use crate::actors::{atomic_client, caw_client, lock_host, pr_client, Referee, Shared};
 use crate::executor::Executor;
 use crate::io::{SimDisk, SimHandle};
 use crate::world::{lock, BrokenTarget, Control, FaultKind, FaultPlan, World};
@@ -78,7 +78,8 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
     let mut rng = StdRng::seed_from_u64(seed);
     let plan = FaultPlan::draw(&mut rng, &options.faults);
     let hosts = options.lock_hosts;
-    let actors = hosts + 3;
+    // The lock hosts, the CAW client, two PR clients, the WRITE ATOMIC client.
+    let actors = hosts + 4;
     let world_rng = StdRng::seed_from_u64(rng.gen());
     let world: SimHandle = Arc::new(Mutex::new(World::new(
         world_rng,
@@ -93,7 +94,13 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
     }
     let superblock = format_lockspace(&world, hosts, options.locks, rng.gen());
     let counter_lba = superblock.total_blocks() + 4;
-    lock(&world).checks.counter_lbas = counter_lba..counter_lba + u64::from(options.locks);
+    let caw_client_lba = counter_lba + u64::from(options.locks) + 4;
+    let atomic_lba = caw_client_lba + 4;
+    {
+        let mut w = lock(&world);
+        w.checks.counter_lbas = counter_lba..counter_lba + u64::from(options.locks);
+        w.checks.atomic_lbas = atomic_lba..atomic_lba + crate::checks::ATOMIC_RANGE_BLOCKS;
+    }
     let log =
         Arc::new(EventLog::counting_only().with_observer(verdict_observer(Arc::clone(&world))));
     let shared = Arc::new(Shared {
@@ -104,7 +111,8 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
         host_ids: (0..hosts).map(|_| Uuid::from_rng(&mut rng)).collect(),
         locks: options.locks,
         counter_lba,
-        caw_client_lba: counter_lba + u64::from(options.locks) + 4,
+        caw_client_lba,
+        atomic_lba,
         // Half the seeds run without PR keys: then leases and the compare alone must keep writers apart.
         pr_fencing: rng.gen_bool(0.5),
         broken: options.broken,
@@ -148,8 +156,10 @@ fn spawn(executor: &mut Executor, shared: &Arc<Shared>, actor: usize, incarnatio
         Box::pin(lock_host(shared, actor, incarnation, seed))
     } else if actor == hosts {
         Box::pin(caw_client(shared, actor, incarnation, seed))
-    } else {
+    } else if actor <= hosts + 2 {
         Box::pin(pr_client(shared, actor, incarnation, seed))
+    } else {
+        Box::pin(atomic_client(shared, actor, incarnation, seed))
     };
     executor.spawn(actor, task);
 }

@@ -12,7 +12,7 @@ use rand::Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 pub use target::{initiator_name, BrokenTarget, SavedState, Target, Unit};
@@ -444,6 +444,9 @@ impl World {
         for w in wrong {
             self.checks.violation(self.now, w);
         }
+        let atomic_store = Arc::clone(&self.target.units[0].store);
+        self.checks
+            .atomic_writes_after_crash(self.now, &atomic_store);
         self.checks.pr_before_crash = pr_before;
         self.trace.record(self.now, format_args!("target crashed"));
     }

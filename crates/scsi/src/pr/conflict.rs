@@ -84,6 +84,7 @@ pub fn class(command: &Command) -> CommandClass {
         | Command::WriteAndVerify { .. }
         | Command::OrWrite { .. }
         | Command::CompareAndWrite { .. }
+        | Command::WriteAtomic { .. }
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }

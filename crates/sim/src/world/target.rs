@@ -48,7 +48,14 @@ pub struct BrokenTarget {
     /// compare, then, after another simulated I/O, a WRITE (both through the real unit, so reservations still
     /// apply). Another command can change the block between the compare and the write.
     pub unlocked_compare_and_write: bool,
+    /// The Block Limits VPD page claims a MAXIMUM ATOMIC TRANSFER LENGTH of [`OVERSIZED_ATOMIC_BLOCKS`], and a WRITE
+    /// ATOMIC of more than one block runs as a plain WRITE (16) of the same blocks: more than the store writes all
+    /// or nothing, so a power loss can tear it between blocks.
+    pub oversized_atomic_write: bool,
 }
+
+/// What the broken target claims it writes atomically.
+pub const OVERSIZED_ATOMIC_BLOCKS: u32 = 8;
 
 /// APTPL state as the target's persistence saved it: durable at the moment `save` returns.
 #[derive(Default)]
@@ -273,6 +280,7 @@ impl World {
             );
             return;
         }
+        let request = self.oversized_atomic_as_plain_write(request);
         if self.chance(self.plan.busy) {
             self.stats.faults += 1;
             self.trace.record(
@@ -465,6 +473,7 @@ impl World {
 
     /// The reply crosses the network, unless it is lost.
     fn send_reply(&mut self, request: &Request, reply: Reply) {
+        let reply = self.oversized_block_limits(request, reply);
         let (actor, id) = (request.actor, request.id);
         if self.chance(self.plan.lost_reply) {
             self.stats.faults += 1;
@@ -549,6 +558,40 @@ impl World {
         }
         self.queue
             .retain(|std::cmp::Reverse((_, seq))| self.events.contains_key(seq));
+    }
+
+    /// The broken target's WRITE ATOMIC of several blocks: a plain WRITE (16) of the same blocks.
+    fn oversized_atomic_as_plain_write(&self, mut request: Request) -> Request {
+        if !self.broken.oversized_atomic_write {
+            return request;
+        }
+        if let Ok(Command::WriteAtomic {
+            lba, blocks, fua, ..
+        }) = Command::parse(&request.cdb)
+        {
+            if blocks.0 > 1 {
+                request.cdb = Command::write_16(lba.0, blocks.0 as u32, fua).encode();
+            }
+        }
+        request
+    }
+
+    /// The broken target's Block Limits VPD page: MAXIMUM ATOMIC TRANSFER LENGTH [`OVERSIZED_ATOMIC_BLOCKS`].
+    fn oversized_block_limits(&self, request: &Request, mut reply: Reply) -> Reply {
+        let block_limits = matches!(
+            Command::parse(&request.cdb),
+            Ok(Command::Inquiry {
+                evpd: true,
+                page_code: 0xB0,
+                ..
+            })
+        );
+        if self.broken.oversized_atomic_write && block_limits {
+            if let Some(field) = reply.data_in.get_mut(44..48) {
+                field.copy_from_slice(&OVERSIZED_ATOMIC_BLOCKS.to_be_bytes());
+            }
+        }
+        reply
     }
 
     /// Runs a command on the unit at once and without a range lock: the broken target's steps.
