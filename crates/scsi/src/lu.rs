@@ -21,6 +21,7 @@ use crate::range_lock::{LockRequest, RangeGuard, RangeLocks};
 use crate::sense::{Condition, Sense};
 use crate::ua::UnitAttentions;
 use crate::{ItNexus, ResetKind, ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
+use lunlock_store::journal::AtomicJournal;
 use lunlock_store::BlockStore;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
@@ -157,6 +158,9 @@ pub struct LogicalUnit {
     pub(crate) port_groups: Arc<TargetPortGroups>,
     /// The copy manager's records of EXTENDED COPY commands, for RECEIVE COPY RESULTS (`crate::xcopy`).
     pub(crate) copies: Arc<crate::xcopy::CopyRecords>,
+    /// Makes WRITE ATOMIC of several blocks all or nothing across a power loss (`lunlock_store::journal`); without
+    /// it the LU promises one block, what every backing writes whole.
+    pub(crate) atomic_journal: Option<Arc<AtomicJournal>>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -202,7 +206,16 @@ impl LogicalUnit {
             offline: None,
             port_groups: Arc::new(TargetPortGroups::default()),
             copies: Arc::default(),
+            atomic_journal: None,
         }
+    }
+
+    /// Installs the journal that makes WRITE ATOMIC of up to its capacity all or nothing across a power loss
+    /// (SBC-4 4.29). The caller recovers it against this LU's store first ([`AtomicJournal::recover`]), so no
+    /// interrupted write is left half done when the LU starts answering.
+    pub fn with_atomic_journal(mut self, journal: Arc<AtomicJournal>) -> LogicalUnit {
+        self.atomic_journal = Some(journal);
+        self
     }
 
     /// Installs the target's target port groups (SPC-4 5.16), which the runtime knows from its portals. Without

@@ -26,9 +26,11 @@ pub mod limits {
     /// MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h byte 5), in blocks. ATS users compare one block; a small bound
     /// keeps the range a COMPARE AND WRITE locks short.
     pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
-    /// MAXIMUM ATOMIC TRANSFER LENGTH (VPD B0h bytes 44..48), in logical blocks: what lunlock can write all or
-    /// nothing across a power loss (SBC-4 4.29), not only against overlapping commands (the range lock gives that
-    /// for any length). One logical block, because that is all the backings guarantee:
+    /// MAXIMUM ATOMIC TRANSFER LENGTH (VPD B0h bytes 44..48), in logical blocks, of a LU without an atomic write
+    /// journal: what lunlock can write all or nothing across a power loss (SBC-4 4.29), not only against
+    /// overlapping commands (the range lock gives that for any length). With a journal
+    /// (`LogicalUnit::with_atomic_journal`, as the server installs on every writable LUN) it is what the journal
+    /// holds. Without one, one logical block, because that is all the backings guarantee:
     /// - a logical block is written whole by one pwrite, at a block-aligned offset, so it lands on whole device
     ///   sectors (block devices: a block is at least the logical sector, checked at open; files: the file
     ///   system keeps block-aligned file offsets sector-aligned), and a device writes its physical sector all or
@@ -45,8 +47,8 @@ pub mod limits {
     ///   nothing larger to promise there; a backing that reports a unit could advertise up to it, written with
     ///   pwritev2(RWF_ATOMIC) under O_DIRECT (not implemented: no such backing to test on).
     ///
-    /// So WRITE ATOMIC of one block is exactly as atomic as a WRITE of one block; what it adds is the promise, and
-    /// the refusal (INVALID FIELD IN CDB) of anything larger, which a plain WRITE would tear silently.
+    /// So WRITE ATOMIC of one block is exactly as atomic as a WRITE of one block, and goes straight to the image
+    /// even with a journal; several blocks need the journal (`lunlock_store::journal`).
     pub const MAX_ATOMIC_TRANSFER_BLOCKS: u32 = 1;
     /// ATOMIC ALIGNMENT (VPD B0h bytes 48..52): any LBA may start an atomic write of one block.
     pub const ATOMIC_ALIGNMENT_BLOCKS: u32 = 1;
@@ -240,9 +242,18 @@ impl LogicalUnit {
         self.write_blocks(lba, data_out, fua)
     }
 
-    /// The atomic write limits this unit reports and enforces (SBC-4 6.6.4).
+    /// The atomic write limits this unit reports and enforces (SBC-4 6.6.4): one block without a journal; with one, as many whole blocks as its record holds (up to MAXIMUM TRANSFER
+    /// LENGTH), since the journal makes any write that fits all or nothing.
     pub(crate) fn atomic_limits(&self) -> AtomicLimits {
-        AtomicLimits::GUARANTEED
+        match &self.atomic_journal {
+            None => AtomicLimits::GUARANTEED,
+            Some(journal) => AtomicLimits {
+                max_blocks: (journal.max_bytes() / self.block_size)
+                    .clamp(1, self.max_transfer_blocks())
+                    .min(u32::MAX as u64) as u32,
+                ..AtomicLimits::GUARANTEED
+            },
+        }
     }
 
     /// WRITE ATOMIC (16), SBC-4 5.48: the LBA range first (SBC-4 4.5), then the atomic limits; within them it is a
@@ -259,7 +270,17 @@ impl LogicalUnit {
     ) -> Outcome {
         self.check_range(lba, blocks)?;
         self.atomic_limits().check(lba, blocks)?;
-        self.write(lba, blocks, fua, data_out)
+        match &self.atomic_journal {
+            // One block is one sector-aligned pwrite, whole on every backing; FUA as for WRITE.
+            Some(journal) if blocks.0 > 1 => {
+                journal
+                    .write(&*self.store, data_out, self.offset(lba))
+                    .map_err(write_error)?;
+                // Durable already: the journal flushed the image before returning, which FUA asks for.
+                Ok(Completed::Good(Vec::new()))
+            }
+            _ => self.write(lba, blocks, fua, data_out),
+        }
     }
 
     /// VERIFY (10/12/16), SBC-4 5.33..5.35. BYTCHK 00b checks only that the blocks are readable; 01b compares with

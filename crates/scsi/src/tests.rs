@@ -2011,3 +2011,34 @@ fn report_supported_opcodes_lists_write_atomic_with_dpo_and_fua() {
     assert_eq!(data[4], op::WRITE_ATOMIC_16);
     assert_eq!(data[5] & 0x18, 0x18, "DPO and FUA in the usage data");
 }
+
+/// A unit with an atomic write journal for `blocks` blocks (a memory store), as the server installs one.
+fn journaled_unit(blocks: u64) -> (Fixture, Arc<lunlock_store::memory::MemoryStore>) {
+    use lunlock_store::journal::AtomicJournal;
+    let mut f = Fixture::new();
+    let journal_store = Arc::new(lunlock_store::memory::MemoryStore::new(
+        AtomicJournal::capacity_for(blocks * 512),
+    ));
+    let journal = AtomicJournal::new(journal_store.clone(), "journal").unwrap();
+    f.unit = LogicalUnit::new(config(), f.store.clone()).with_atomic_journal(Arc::new(journal));
+    f.clear_ua();
+    (f, journal_store)
+}
+
+#[test]
+fn a_journal_raises_the_atomic_limit_to_what_it_holds_and_writes_through_it() {
+    use lunlock_store::BlockStore;
+    let (f, journal_store) = journaled_unit(4);
+    let page = f.run(&[op::INQUIRY, 0x01, 0xB0, 0, 0xFF, 0], &[]).data_in;
+    assert_eq!(u32::from_be_bytes(page[44..48].try_into().unwrap()), 4);
+    good(&f.run(&write_atomic_cdb(5, 4, 0), &pattern(4, 3)));
+    assert_eq!(f.medium(5, 4), pattern(4, 3));
+    // The record went through the journal (its data is still there) and was retired (header zeroed).
+    let mut journal = vec![0u8; 4096 + 4 * 512];
+    journal_store.read_at(&mut journal, 0).unwrap();
+    assert!(journal[..4096].iter().all(|&b| b == 0), "retired");
+    assert_eq!(&journal[4096..], &pattern(4, 3)[..]);
+    let response = f.run(&write_atomic_cdb(5, 5, 0), &pattern(5, 9));
+    assert_eq!(sense_code(&response), (0x05, 0x24, 0x00));
+    assert_eq!(f.medium(5, 4), pattern(4, 3));
+}

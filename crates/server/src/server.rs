@@ -24,6 +24,7 @@ use lunlock_scsi::{
 };
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
+use lunlock_store::journal::AtomicJournal;
 use lunlock_store::BlockStore;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -320,9 +321,49 @@ fn open_lun(
         read_only: lun.read_only,
         thin_provisioned,
     };
-    let unit = unit_with_reservations(target, lun, config, Arc::clone(&store))
+    let mut unit = unit_with_reservations(target, lun, config, Arc::clone(&store))
         .with_target_port_groups(Arc::clone(port_groups));
+    if !lun.read_only {
+        let journal = recovered_atomic_journal(target, lun, &*store)
+            .map_err(|e| storage("atomic write journal", &e))?;
+        unit = unit.with_atomic_journal(Arc::new(journal));
+    }
     Ok((Arc::new(unit), store))
+}
+
+/// The blocks one WRITE ATOMIC (16) may write all or nothing: libiscsi's WriteAtomic16 tests and Linux's
+/// atomic-write users stay within 256 blocks, and the journal file then holds at most 1 MiB of 4096-byte blocks.
+const ATOMIC_JOURNAL_BLOCKS: u64 = 256;
+
+/// Opens (or creates) the LU's atomic write journal, `lun-N.atomic` beside its identity, and finishes a write a
+/// power loss interrupted (`lunlock_store::journal`) before the LU answers anything. A journal of another size (the
+/// block size changed) is recovered first, then made anew.
+fn recovered_atomic_journal(
+    target: &TargetDefinition,
+    lun: &LunConfig,
+    image: &dyn BlockStore,
+) -> std::io::Result<AtomicJournal> {
+    let path = target.identity_dir.join(format!("lun-{}.atomic", lun.id));
+    let capacity = AtomicJournal::capacity_for(ATOMIC_JOURNAL_BLOCKS * lun.block_size as u64);
+    let name = path.display().to_string();
+    if path.exists() {
+        let journal = AtomicJournal::new(Arc::new(FileStore::open(&path, false)?), name.clone())?;
+        if let Some(replayed) = journal.recover(image)? {
+            log::event(format_args!(
+                "target {} LUN {}: finished an interrupted WRITE ATOMIC from {name}: {} bytes at byte {}",
+                target.name, lun.id, replayed.len, replayed.offset
+            ));
+        }
+        if journal.max_bytes() + lunlock_store::journal::HEADER_BYTES == capacity {
+            return Ok(journal);
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let created = FileStore::create_sparse(&path, capacity)?;
+    created.flush()?;
+    // The journal's name must be durable too, or a record flushed into it could vanish with it.
+    lunlock_store::metadata::sync_directory(&target.identity_dir)?;
+    AtomicJournal::new(Arc::new(created), name)
 }
 
 /// A backing that cannot be opened as configured: with a config file, the file, line and key to change (the

@@ -194,3 +194,68 @@ fn images_detect_mixes() {
     assert_eq!(stamp_of(&swapped, 2), None, "blocks out of place");
     assert_eq!(stamp_of(&[0u8; 2 * BLOCK], 2), None);
 }
+
+#[tokio::test]
+async fn the_journal_lets_write_atomic_reach_256_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = support::start(dir.path()).await;
+    let session = login(&target, "iqn.2026-11.io.lunlock:atomic-journal").await;
+    assert_eq!(max_atomic_blocks(&session).await, 256);
+    let data = image(99, 256);
+    session
+        .execute_checked(
+            0,
+            &write_atomic_cdb(256, false),
+            DataDirection::Write(data.clone()),
+        )
+        .await
+        .unwrap();
+    let read = Command::read_16(LBA, 256, false).encode();
+    let outcome = session
+        .execute_checked(0, &read, DataDirection::Read(256 * BLOCK as u32))
+        .await
+        .unwrap();
+    assert_eq!(outcome.data_in, data);
+    target.shutdown().await;
+}
+
+/// A power loss after the journal record was flushed and before the image write (the image store refuses every
+/// write here, as a machine that lost power writes nothing more): the next start finishes the write.
+#[tokio::test]
+async fn a_restarted_target_finishes_a_write_atomic_its_journal_holds() {
+    use lunlock_store::file::FileStore;
+    use lunlock_store::journal::AtomicJournal;
+    let dir = tempfile::tempdir().unwrap();
+    support::start(dir.path()).await.shutdown().await;
+    let identity_dir = dir.path().join("iqn.2026-11.io.lunlock_default");
+    let journal_path = identity_dir.join("lun-0.atomic");
+    let image_path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "img"))
+        .expect("the LUN's image");
+    let journal = AtomicJournal::new(
+        Arc::new(FileStore::open(&journal_path, false).unwrap()),
+        journal_path.display().to_string(),
+    )
+    .unwrap();
+    let powerless_image = FileStore::open(&image_path, true).unwrap();
+    let data = image(1234, 8);
+    assert!(journal
+        .write(&powerless_image, &data, LBA * BLOCK as u64)
+        .is_err());
+    drop(journal);
+
+    let target = support::start(dir.path()).await;
+    let session = login(&target, "iqn.2026-11.io.lunlock:after-power-loss").await;
+    let read = Command::read_16(LBA, 8, false).encode();
+    let outcome = session
+        .execute_checked(0, &read, DataDirection::Read(8 * BLOCK as u32))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.data_in, data,
+        "the journaled write was finished at start"
+    );
+    target.shutdown().await;
+}

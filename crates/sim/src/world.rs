@@ -440,13 +440,12 @@ impl World {
             for w in unit.store.crash(|_| rng.gen_bool(0.5)) {
                 wrong.push(format!("durability: LUN {lun} {w}"));
             }
+            unit.journal
+                .crash_keeping(crate::store::SECTOR, |_| rng.gen_bool(0.5));
         }
         for w in wrong {
             self.checks.violation(self.now, w);
         }
-        let atomic_store = Arc::clone(&self.target.units[0].store);
-        self.checks
-            .atomic_writes_after_crash(self.now, &atomic_store);
         self.checks.pr_before_crash = pr_before;
         self.trace.record(self.now, format_args!("target crashed"));
     }
@@ -458,6 +457,10 @@ impl World {
         }
         let after: Vec<_> = self.target.units.iter().map(|u| u.lu.pr_state()).collect();
         self.checks.check_restored(self.now, &after);
+        // Judged after the restart, as an initiator would see it: the journal's recovery has run by then.
+        let atomic_store = Arc::clone(&self.target.units[0].store);
+        self.checks
+            .atomic_writes_after_crash(self.now, &atomic_store);
         self.trace
             .record(self.now, format_args!("target restarted"));
     }

@@ -11,6 +11,7 @@ pub mod block_device;
 pub mod file;
 pub mod group_commit;
 pub mod identity;
+pub mod journal;
 pub mod memory;
 pub mod metadata;
 

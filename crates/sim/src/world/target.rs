@@ -30,6 +30,8 @@ use lunlock_scsi::{
     pr::PrPersistence, Admission, Admitted, Isid, ItNexus, LoggedInNexuses, LogicalUnit,
     LogicalUnitConfig, ScsiCommand, ScsiResponse, TaskAttribute,
 };
+use lunlock_store::journal::AtomicJournal;
+use lunlock_store::memory::MemoryStore;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -78,6 +80,23 @@ pub struct Unit {
     pub lu: Arc<LogicalUnit>,
     pub store: Arc<TrackingStore>,
     pub saved: Arc<SavedState>,
+    /// The LU's atomic write journal (`lunlock_store::journal`): a crash store that a power loss tears like the
+    /// image, and that the restart recovers against it.
+    pub journal: Arc<MemoryStore>,
+}
+
+/// What the simulated journal holds: the WRITE ATOMIC client's whole range, so the LU reports that many blocks.
+const JOURNAL_BLOCKS: u64 = crate::checks::ATOMIC_RANGE_BLOCKS;
+
+/// The LU's journal over `store`, after finishing any write a power loss interrupted.
+fn recovered_journal(
+    store: &Arc<MemoryStore>,
+    image: &TrackingStore,
+) -> Result<Arc<AtomicJournal>, String> {
+    let journal =
+        AtomicJournal::new(store.clone(), "simulated journal").map_err(|e| e.to_string())?;
+    journal.recover(image).map_err(|e| e.to_string())?;
+    Ok(Arc::new(journal))
 }
 
 pub struct Target {
@@ -128,13 +147,21 @@ impl Target {
             .map(|lun| {
                 let store = Arc::new(TrackingStore::new(LUN_BYTES[lun]));
                 let saved = Arc::new(SavedState::default());
+                let journal = Arc::new(
+                    MemoryStore::new(AtomicJournal::capacity_for(JOURNAL_BLOCKS * BLOCK as u64))
+                        .with_crash_simulation(true),
+                );
                 let lu = LogicalUnit::new(lu_config(lun), store.clone())
                     .with_persistence(saved.clone(), None)
-                    .expect("an empty APTPL state restores");
+                    .expect("an empty APTPL state restores")
+                    .with_atomic_journal(
+                        recovered_journal(&journal, &store).expect("an empty journal opens"),
+                    );
                 Unit {
                     lu: Arc::new(lu),
                     store,
                     saved,
+                    journal,
                 }
             })
             .collect();
@@ -159,9 +186,13 @@ impl Target {
     pub fn restart(&mut self) -> Result<(), String> {
         for (lun, unit) in self.units.iter_mut().enumerate() {
             let restored = unit.saved.bytes();
+            let journal = recovered_journal(&unit.journal, &unit.store).map_err(|e| {
+                format!("LUN {lun}: the atomic write journal does not recover: {e}")
+            })?;
             let lu = LogicalUnit::new(lu_config(lun), unit.store.clone())
                 .with_persistence(unit.saved.clone(), restored.as_deref())
-                .map_err(|e| format!("LUN {lun}: the saved APTPL state does not restore: {e}"))?;
+                .map_err(|e| format!("LUN {lun}: the saved APTPL state does not restore: {e}"))?
+                .with_atomic_journal(journal);
             unit.lu = Arc::new(lu);
         }
         self.up = true;
