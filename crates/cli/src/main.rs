@@ -31,7 +31,7 @@ enum TopLevel {
     Fault {
         /// iscsi://host[:port]/target-iqn/lun
         url: String,
-        /// Rules to add: [lun=N:]OPCODE:ACTION[:PROBABILITY%], e.g. caw:drop-response:5%.
+        /// Rules to add: [port=N:][lun=N:]OPCODE:ACTION[:PROBABILITY%], e.g. caw:drop-response:5%.
         specs: Vec<String>,
         /// Remove every rule (before adding SPECs, if any).
         #[arg(long)]

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -317,8 +317,43 @@ struct Finished {
 struct TmfDone {
     itt: u32,
     response: u8,
+    function: u8,
+    lun: u64,
+    /// The session's own tasks it aborted or waited for.
+    tasks: usize,
+    received: Instant,
     /// TARGET COLD RESET: every session of the target closes after the response (RFC 7143 11.5.1).
     close_all: bool,
+}
+
+/// RFC 7143 11.5.1's name of a task management function, for the log.
+fn tmf_function_name(function: u8) -> String {
+    match function {
+        tmf::ABORT_TASK => "ABORT TASK".into(),
+        tmf::ABORT_TASK_SET => "ABORT TASK SET".into(),
+        tmf::CLEAR_ACA => "CLEAR ACA".into(),
+        tmf::CLEAR_TASK_SET => "CLEAR TASK SET".into(),
+        tmf::LOGICAL_UNIT_RESET => "LOGICAL UNIT RESET".into(),
+        tmf::TARGET_WARM_RESET => "TARGET WARM RESET".into(),
+        tmf::TARGET_COLD_RESET => "TARGET COLD RESET".into(),
+        tmf::TASK_REASSIGN => "TASK REASSIGN".into(),
+        other => format!("function {other}"),
+    }
+}
+
+/// RFC 7143 11.6.1's name of a task management response, for the log.
+fn tmf_response_name(response: u8) -> String {
+    match response {
+        tmf::FUNCTION_COMPLETE => "FUNCTION COMPLETE".into(),
+        tmf::TASK_DOES_NOT_EXIST => "TASK DOES NOT EXIST".into(),
+        tmf::LUN_DOES_NOT_EXIST => "LUN DOES NOT EXIST".into(),
+        tmf::TASK_STILL_ALLEGIANT => "TASK STILL ALLEGIANT".into(),
+        tmf::TASK_REASSIGNMENT_NOT_SUPPORTED => "TASK REASSIGNMENT NOT SUPPORTED".into(),
+        tmf::FUNCTION_NOT_SUPPORTED => "FUNCTION NOT SUPPORTED".into(),
+        tmf::AUTHORIZATION_FAILED => "AUTHORIZATION FAILED".into(),
+        tmf::FUNCTION_REJECTED => "FUNCTION REJECTED".into(),
+        other => format!("response {other}"),
+    }
 }
 
 /// A command the task set keeps dormant until older tasks complete (SAM-5 8.6).
@@ -410,8 +445,7 @@ impl FullFeature {
                     }
                 }
                 Some(done) = self.tmfs.next(), if !self.tmfs.is_empty() => {
-                    self.session.complete_task_management(done.itt, done.response);
-                    self.close_all_after_flush |= done.close_all;
+                    self.answer_task_management(&done);
                     if let Err(reason) = self.settle(wire).await {
                         return reason;
                     }
@@ -462,9 +496,7 @@ impl FullFeature {
             self.finish(finished);
         }
         while let Some(Some(done)) = self.tmfs.next().now_or_never() {
-            self.session
-                .complete_task_management(done.itt, done.response);
-            self.close_all_after_flush |= done.close_all;
+            self.answer_task_management(&done);
         }
         self.transmit(wire).await?;
         if self.reset_requested {
@@ -568,10 +600,17 @@ impl FullFeature {
         self.running.push(Box::pin(async move {
             let injected = decision.outcome.and_then(injected_response);
             if !decision.delay.is_zero() {
-                // Delays only this command: the others of the session keep running.
-                tokio::time::sleep(decision.delay).await;
+                // Delays only this command: the others of the session keep running. The delay comes before
+                // the task starts, so an abort ends it at once (SAM-5 7.2): ABORT TASK, LUN RESET or PREEMPT AND
+                // ABORT does not wait it out, as an initiator's error handler, timing out a slow command, expects.
+                let control = Arc::clone(&registration.control);
+                tokio::select! {
+                    _ = tokio::time::sleep(decision.delay) => {}
+                    _ = control.aborted() => {}
+                }
             }
             let executed = match injected {
+                _ if registration.control.is_aborted() => Executed::Aborted,
                 Some(response) => Executed::Done(response),
                 None => run_command(runtime, registration, request, decision.stall).await,
             };
@@ -666,6 +705,24 @@ impl FullFeature {
         target.dispatcher.execute(&request.as_command())
     }
 
+    /// Queues a TMF's response, and logs it: an initiator's error handler (a timeout, ABORT TASK, then LUN RESET)
+    /// is otherwise invisible on the target's side.
+    fn answer_task_management(&mut self, done: &TmfDone) {
+        self.session
+            .complete_task_management(done.itt, done.response);
+        self.close_all_after_flush |= done.close_all;
+        log::event(format_args!(
+            "{} isid {}: task management {} lun {} ({} own task(s) in flight): {} after {} ms",
+            self.nexus.initiator_name,
+            isid_text(&self.nexus.isid),
+            tmf_function_name(done.function),
+            done.lun,
+            done.tasks,
+            tmf_response_name(done.response),
+            done.received.elapsed().as_millis()
+        ));
+    }
+
     /// Task management (SAM-5 7, RFC 7143 11.5). The tasks it aborts are stopped or waited for before it is
     /// answered; the answer comes from `tmfs` when they are gone.
     fn task_management(&mut self, itt: u32, function: u8, lun: u64, in_flight: Vec<TaskId>) {
@@ -678,9 +735,14 @@ impl FullFeature {
         let dispatcher = Arc::clone(&target.dispatcher);
         let lun_exists = dispatcher.lun_exists(lun);
         let nexus = Arc::clone(&self.nexus);
+        let (tasks, received) = (in_flight.len(), Instant::now());
         let answer = move |response: u8, close_all: bool| TmfDone {
             itt,
             response,
+            function,
+            lun,
+            tasks,
+            received,
             close_all,
         };
         let future: BoxFuture<'static, TmfDone> = match function {
@@ -745,7 +807,9 @@ impl FullFeature {
 
     fn consult_faults(&self, lun: u64, cdb: &[u8], itt: u32) -> Decision {
         match (self.faults(), cdb.first()) {
-            (Some(faults), Some(&opcode)) => faults.consult(lun, opcode, itt),
+            (Some(faults), Some(&opcode)) => {
+                faults.consult(self.nexus.relative_target_port, lun, opcode, itt)
+            }
             _ => Decision::default(),
         }
     }

@@ -2,7 +2,7 @@
 //! responses, answer BUSY / TASK SET FULL or a false MISCOMPARE (SBC-4 5.3), or reset the connection, so the
 //! lock manager's miscompare resolver can be exercised against a real target.
 //!
-//! A rule is `[lun=N:]OPCODE:ACTION[:PROBABILITY%]`. Each target has one [`FaultTable`], shared by all its
+//! A rule is `[port=N:][lun=N:]OPCODE:ACTION[:PROBABILITY%]`. Each target has one [`FaultTable`], shared by all its
 //! connections. When the table is empty, consulting it costs one atomic load. Randomness comes from a seedable
 //! RNG so tests are deterministic.
 
@@ -114,6 +114,10 @@ impl fmt::Display for FaultAction {
 /// One fault rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultRule {
+    /// None: every target port. Some: only connections through the portal whose relative target port identifier
+    /// (SPC-4 7.8.6.5; also its target portal group tag, RFC 7143 13.9) this is, so one path of a multipath host
+    /// can fail while the others carry on.
+    pub port: Option<u16>,
     /// None: every LUN.
     pub lun: Option<u64>,
     pub opcode: OpcodeMatch,
@@ -146,13 +150,18 @@ impl std::str::FromStr for FaultRule {
 }
 
 impl FaultRule {
-    /// Parses `[lun=N:]OPCODE:ACTION[:PROBABILITY%]`.
+    /// Parses `[port=N:][lun=N:]OPCODE:ACTION[:PROBABILITY%]`.
     pub fn parse(spec: &str) -> Result<FaultRule, FaultSpecError> {
         let fail = |reason: String| FaultSpecError {
             spec: spec.to_string(),
             reason,
         };
         let mut parts: Vec<&str> = spec.trim().split(':').collect();
+        let mut port = None;
+        if let Some(first) = parts.first().and_then(|p| p.strip_prefix("port=")) {
+            port = Some(parse_port(first).map_err(fail)?);
+            parts.remove(0);
+        }
         let mut lun = None;
         if let Some(first) = parts.first().and_then(|p| p.strip_prefix("lun=")) {
             let id: u64 = first
@@ -169,11 +178,12 @@ impl FaultRule {
             [opcode, action, probability] => (*opcode, *action, Some(*probability)),
             _ => {
                 return Err(fail(
-                    "expected [lun=N:]OPCODE:ACTION[:PROBABILITY%]".to_string(),
+                    "expected [port=N:][lun=N:]OPCODE:ACTION[:PROBABILITY%]".to_string(),
                 ))
             }
         };
         Ok(FaultRule {
+            port,
             lun,
             opcode: parse_opcode(opcode).map_err(fail)?,
             action: parse_action(action).map_err(fail)?,
@@ -183,13 +193,18 @@ impl FaultRule {
         })
     }
 
-    fn matches(&self, lun: u64, opcode: u8) -> bool {
-        self.lun.is_none_or(|l| l == lun) && self.opcode.matches(opcode)
+    fn matches(&self, port: u16, lun: u64, opcode: u8) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && self.lun.is_none_or(|l| l == lun)
+            && self.opcode.matches(opcode)
     }
 }
 
 impl fmt::Display for FaultRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(port) = self.port {
+            write!(f, "port={port}:")?;
+        }
         if let Some(lun) = self.lun {
             write!(f, "lun={lun}:")?;
         }
@@ -199,6 +214,16 @@ impl fmt::Display for FaultRule {
             0 => write!(f, ":{whole}%"),
             _ => write!(f, ":{whole}.{fraction:02}%"),
         }
+    }
+}
+
+/// A relative target port identifier: 1..=65535 (SPC-4 7.8.6.5: 0 is reserved).
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!(
+            "port {text:?} is not a relative target port identifier from 1 to 65535"
+        )),
+        Ok(port) => Ok(port),
     }
 }
 
@@ -407,7 +432,7 @@ impl FaultTable {
     }
 
     /// Decides what happens to one command, counts it, and logs every injected fault on one line.
-    pub fn consult(&self, lun: u64, opcode: u8, itt: u32) -> Decision {
+    pub fn consult(&self, port: u16, lun: u64, opcode: u8, itt: u32) -> Decision {
         if !self.armed.load(Ordering::Acquire) {
             return Decision::default();
         }
@@ -415,7 +440,7 @@ impl FaultTable {
         let mut rules = timed(SharedLock::FaultTable, crate::server::lock(&self.rules));
         let mut rng = crate::server::lock(&self.rng);
         for state in rules.iter_mut() {
-            if !state.rule.matches(lun, opcode) {
+            if !state.rule.matches(port, lun, opcode) {
                 continue;
             }
             state.matched += 1;
@@ -521,6 +546,7 @@ mod tests {
         assert_eq!(
             rule("caw:drop-response:5%"),
             FaultRule {
+                port: None,
                 lun: None,
                 opcode: OpcodeMatch::CompareAndWrite,
                 action: FaultAction::DropResponse,
@@ -556,6 +582,8 @@ mod tests {
         for spec in [
             "caw:drop-response:5%",
             "lun=1:read:busy:100%",
+            "port=2:lun=1:write:reset-after=10:100%",
+            "port=1:all:delay=3:100%",
             "all:delay=1..2ms:12.25%",
         ] {
             assert_eq!(rule(&rule(spec).to_string()), rule(spec), "{spec}");
@@ -579,6 +607,9 @@ mod tests {
             ("lun=x:caw:busy", "not a number"),
             ("lun=20000:caw:busy", "16383"),
             ("caw:busy:5%:extra", "expected"),
+            ("port=0:caw:busy", "relative target port"),
+            ("port=70000:caw:busy", "relative target port"),
+            ("lun=1:port=2:caw:busy", "unknown opcode"),
         ];
         for (spec, wanted) in cases {
             let error = FaultRule::parse(spec).unwrap_err().to_string();
@@ -606,7 +637,14 @@ mod tests {
         assert_eq!(family(OpcodeMatch::Write), [0x0A, 0x2A, 0x8A, 0xAA]);
         assert_eq!(family(OpcodeMatch::CompareAndWrite), [0x89]);
         assert!(
-            rule("lun=1:all:busy").matches(1, 0x00) && !rule("lun=1:all:busy").matches(0, 0x00)
+            rule("lun=1:all:busy").matches(1, 1, 0x00)
+                && !rule("lun=1:all:busy").matches(1, 0, 0x00)
+        );
+        let one_path = rule("port=2:lun=0:read:delay=5");
+        assert!(one_path.matches(2, 0, 0x28) && !one_path.matches(1, 0, 0x28));
+        assert!(
+            rule("read:delay=5").matches(7, 0, 0x28),
+            "no port= matches every port"
         );
     }
 
@@ -614,7 +652,7 @@ mod tests {
     fn empty_table_injects_nothing() {
         let table = FaultTable::new(false, &[], Some(1));
         assert!(!table.enabled());
-        assert_eq!(table.consult(0, 0x89, 1), Decision::default());
+        assert_eq!(table.consult(1, 0, 0x89, 1), Decision::default());
     }
 
     #[test]
@@ -622,7 +660,7 @@ mod tests {
         let run = |seed| {
             let table = FaultTable::new(false, &[rule("caw:busy:25%")], Some(seed));
             let busy = (0..4000)
-                .filter(|&i| table.consult(0, 0x89, i).outcome == Some(Injected::Busy))
+                .filter(|&i| table.consult(1, 0, 0x89, i).outcome == Some(Injected::Busy))
                 .count();
             (busy, table.snapshot()[0].clone())
         };
@@ -633,7 +671,7 @@ mod tests {
         assert_eq!(run(7).0, busy, "the same seed gives the same faults");
         // Non-matching commands are not counted.
         let table = FaultTable::new(true, &[rule("caw:busy")], Some(1));
-        assert_eq!(table.consult(0, 0x28, 1), Decision::default());
+        assert_eq!(table.consult(1, 0, 0x28, 1), Decision::default());
         assert_eq!(table.snapshot()[0].matched, 0);
     }
 
@@ -645,20 +683,20 @@ mod tests {
             Some(3),
         );
         for itt in 0..100 {
-            let delay = table.consult(0, 0x89, itt).delay;
+            let delay = table.consult(1, 0, 0x89, itt).delay;
             assert!(
                 delay >= Duration::from_millis(15) && delay <= Duration::from_millis(25),
                 "{delay:?}"
             );
         }
-        assert_eq!(table.consult(0, 0x28, 0).delay.as_millis() / 10, 1);
+        assert_eq!(table.consult(1, 0, 0x28, 0).delay.as_millis() / 10, 1);
     }
 
     #[test]
     fn reset_after_fires_every_nth_match() {
         let table = FaultTable::new(false, &[rule("write:reset-after=3")], Some(1));
         let fired: Vec<bool> = (0..7)
-            .map(|i| table.consult(0, 0x2A, i).reset_after)
+            .map(|i| table.consult(1, 0, 0x2A, i).reset_after)
             .collect();
         assert_eq!(fired, [false, false, true, false, false, true, false]);
         assert_eq!(table.snapshot()[0].hits, 2);
@@ -669,7 +707,7 @@ mod tests {
         let table = FaultTable::new(true, &[], Some(1));
         assert!(control(&table, "add caw:busy lun=1:read:delay=5:50%\0").is_ok());
         assert_eq!(table.snapshot().len(), 2);
-        table.consult(0, 0x89, 9);
+        table.consult(1, 0, 0x89, 9);
         let listing = table.listing();
         assert!(
             listing.contains("1 caw:busy:100% matched=1 hits=1"),
@@ -685,6 +723,6 @@ mod tests {
         assert!(control(&table, "frobnicate").is_err());
         assert_eq!(control(&table, "clear").unwrap(), "cleared 2 fault rule(s)");
         assert_eq!(table.listing(), "no fault rules\n");
-        assert_eq!(table.consult(0, 0x89, 10), Decision::default());
+        assert_eq!(table.consult(1, 0, 0x89, 10), Decision::default());
     }
 }

@@ -16,8 +16,17 @@ const CHECK_CONDITION: u8 = 0x02;
 const ABORT_TASK: u8 = 1;
 
 async fn start(dir: &Path, faults: &[&str], enable: bool) -> RunningTarget {
+    start_with_portals(dir, faults, enable, 1).await
+}
+
+async fn start_with_portals(
+    dir: &Path,
+    faults: &[&str],
+    enable: bool,
+    portals: usize,
+) -> RunningTarget {
     let options = ServeOptions {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen: vec!["127.0.0.1:0".parse().unwrap(); portals],
         data_dir: dir.to_path_buf(),
         lun_size_bytes: 1 << 20,
         faults: faults
@@ -34,8 +43,12 @@ async fn start(dir: &Path, faults: &[&str], enable: bool) -> RunningTarget {
 
 /// Logs in and consumes the POWER ON unit attention with TEST UNIT READY (faults do not match opcode 0x00 here).
 async fn login(target: &RunningTarget) -> Session {
+    login_through(target, 0).await
+}
+
+async fn login_through(target: &RunningTarget, portal: usize) -> Session {
     let session = Session::login(
-        target.local_addrs()[0],
+        target.local_addrs()[portal],
         &LoginOptions::new(INITIATOR, TARGET),
     )
     .await
@@ -248,6 +261,36 @@ async fn abort_task_is_function_complete_for_a_dropped_response_only() {
     target.shutdown().await;
 }
 
+/// A delayed command has not started: ABORT TASK ends it without waiting out the delay, and it never executes.
+#[tokio::test]
+async fn abort_task_ends_a_delayed_command_without_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(dir.path(), &["write:delay=30000"], false).await;
+    let mut session = login(&target).await;
+    // Far below the 30 s delay: an abort that waited it out would time out.
+    session.set_timeout(Duration::from_secs(3));
+    let slow = session
+        .submit(0, &write10(5), DataDirection::Write(vec![0x5A; BLOCK]))
+        .await
+        .unwrap();
+    let observer = login(&target).await;
+    await_listing(&observer, "write:delay=30000:100% matched=1 hits=1").await;
+    assert_eq!(
+        session.abort_task(&slow).await.unwrap(),
+        TmfResponse::FunctionComplete
+    );
+    assert!(
+        slow.wait().await.is_err(),
+        "an aborted task gets no response (RFC 7143 11.5.1)"
+    );
+    assert_eq!(
+        read_block(&observer, 5).await,
+        vec![0u8; BLOCK],
+        "the aborted write never executed"
+    );
+    target.shutdown().await;
+}
+
 #[tokio::test]
 async fn delay_adds_at_least_the_latency() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,6 +324,34 @@ async fn reset_after_closes_the_connection_after_n_commands() {
         .execute(0, &read10(0), DataDirection::Read(BLOCK as u32))
         .await;
     assert!(third.is_err(), "the connection is closed: {third:?}");
+    target.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_port_rule_resets_one_portal_and_spares_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second --listen is relative target port 2 (its target portal group tag).
+    let target = start_with_portals(dir.path(), &["port=2:read:reset-after=1"], false, 2).await;
+    let first_path = login_through(&target, 0).await;
+    let mut second_path = login_through(&target, 1).await;
+    second_path.set_timeout(Duration::from_secs(3));
+    let on_port_2 = second_path
+        .execute(0, &read10(0), DataDirection::Read(BLOCK as u32))
+        .await;
+    assert!(
+        on_port_2.is_ok(),
+        "reset-after=1 answers, then closes: {on_port_2:?}"
+    );
+    let after = second_path
+        .execute(0, &read10(0), DataDirection::Read(BLOCK as u32))
+        .await;
+    assert!(after.is_err(), "port 2's connection is closed: {after:?}");
+    for _ in 0..3 {
+        assert_eq!(read_block(&first_path, 0).await, vec![0u8; BLOCK]);
+    }
+    assert!(listing(&first_path)
+        .await
+        .contains("port=2:read:reset-after=1:100% matched=1 hits=1"));
     target.shutdown().await;
 }
 
