@@ -5,8 +5,10 @@
 //! ends with a [`LoginResult`] holding the negotiated [`SessionParams`]. Session reinstatement and TSIH allocation
 //! belong to the runtime, which sees the result before the final response is sent and may rewrite its TSIH.
 //!
-//! Only AuthMethod=None is offered for now: CHAP would slot into the security stage.
+//! Authentication (RFC 7143 12.1.3): a target (or discovery) with a [`ChapPolicy`] demands CHAP in the security
+//! stage, one-way or mutual; without one, AuthMethod=None is answered.
 
+use crate::chap::{self, Algorithm, ChapPolicy};
 use crate::message::{LoginRequest, LoginResponse, LoginStage, TargetSequence};
 use crate::params::SessionParams;
 use crate::text::TextPairs;
@@ -39,6 +41,8 @@ pub struct PortalTarget {
     pub alias: Option<String>,
     /// None admits any initiator; Some lists the initiator names admitted.
     pub allowed_initiators: Option<Vec<String>>,
+    /// Some: every initiator of this target must authenticate with CHAP.
+    pub chap: Option<ChapPolicy>,
 }
 
 impl PortalTarget {
@@ -61,6 +65,8 @@ pub struct LoginSettings {
     pub max_outstanding_r2t: u32,
     /// Command window size granted to the session (MaxCmdSN - ExpCmdSN + 1).
     pub queue_depth: u32,
+    /// Some: discovery sessions must authenticate with CHAP.
+    pub discovery_chap: Option<ChapPolicy>,
 }
 
 impl Default for LoginSettings {
@@ -73,8 +79,37 @@ impl Default for LoginSettings {
             first_burst_length: 262_144,
             max_outstanding_r2t: 8,
             queue_depth: 128,
+            discovery_chap: None,
         }
     }
+}
+
+/// Where a CHAP exchange stands (RFC 7143 12.1.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ChapState {
+    /// AuthMethod=CHAP not agreed yet.
+    NotStarted,
+    /// AuthMethod=CHAP agreed: the initiator's CHAP_A comes next.
+    Agreed,
+    /// Our CHAP_A, CHAP_I and CHAP_C are sent: CHAP_N and CHAP_R come next.
+    Challenged {
+        algorithm: Algorithm,
+        identifier: u8,
+        challenge: Vec<u8>,
+    },
+    Authenticated,
+}
+
+/// The CHAP keys of one login request, gathered before they are acted on: CHAP_N, CHAP_R, CHAP_I and CHAP_C
+/// belong together whatever their order.
+#[derive(Default)]
+struct ChapKeys {
+    auth_method: Option<String>,
+    algorithms: Option<String>,
+    name: Option<String>,
+    response: Option<String>,
+    identifier: Option<String>,
+    challenge: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +170,9 @@ pub struct TargetLogin {
     params: SessionParams,
     /// Our declarations (MaxRecvDataSegmentLength, TargetPortalGroupTag) are sent once.
     declared: bool,
+    chap: ChapState,
+    /// The identifier and challenge we will send; drawn from the OS when first needed unless set beforehand.
+    challenge: Option<(u8, Vec<u8>)>,
 }
 
 impl TargetLogin {
@@ -160,7 +198,28 @@ impl TargetLogin {
             kind: None,
             params,
             declared: false,
+            chap: ChapState::NotStarted,
+            challenge: None,
         }
+    }
+
+    /// Fixes the CHAP identifier and challenge this login will send (deterministic tests and simulation).
+    pub fn with_challenge(mut self, identifier: u8, challenge: Vec<u8>) -> TargetLogin {
+        self.challenge = Some((identifier, challenge));
+        self
+    }
+
+    /// The CHAP policy this login answers to, once the session type (and for a normal session the target) is
+    /// known.
+    fn chap_policy(&self) -> Option<&ChapPolicy> {
+        match self.kind {
+            Some(SessionKind::Discovery) => self.settings.discovery_chap.as_ref(),
+            _ => self.target().and_then(|t| t.chap.as_ref()),
+        }
+    }
+
+    fn authentication_pending(&self) -> bool {
+        self.chap_policy().is_some() && self.chap != ChapState::Authenticated
     }
 
     /// Handles one Login Request.
@@ -203,6 +262,15 @@ impl TargetLogin {
         let text = std::mem::take(&mut self.pending_text);
         let offered = TextPairs::parse(&text).map_err(|_| status::INITIATOR_ERROR)?;
         let answer = self.negotiate(current, &offered)?;
+        // RFC 7143 12.1.3 / 11.13.5: no way past the security stage without the authentication the target demands.
+        let mut request = request;
+        if self.authentication_pending() {
+            if current != LoginStage::Security {
+                return Err(status::AUTHENTICATION_FAILURE);
+            }
+            // A target may answer T=0 to a request to leave the stage (RFC 7143 11.13.3): the exchange goes on.
+            request.transit = false;
+        }
 
         let next = if request.transit {
             LoginStage::from_code(request.next_stage)
@@ -324,9 +392,24 @@ impl TargetLogin {
     /// Negotiates the offered keys and returns our answers (RFC 7143 6.2, 13).
     fn negotiate(&mut self, stage: LoginStage, offered: &TextPairs) -> Result<TextPairs, (u8, u8)> {
         let mut answer = TextPairs::new();
+        let mut chap_keys = ChapKeys::default();
         for (key, value) in offered.iter() {
-            self.negotiate_key(stage, key, value, &mut answer)?;
+            let slot = match key {
+                "AuthMethod" => &mut chap_keys.auth_method,
+                "CHAP_A" => &mut chap_keys.algorithms,
+                "CHAP_N" => &mut chap_keys.name,
+                "CHAP_R" => &mut chap_keys.response,
+                "CHAP_I" => &mut chap_keys.identifier,
+                "CHAP_C" => &mut chap_keys.challenge,
+                _ => {
+                    self.negotiate_key(key, value, &mut answer)?;
+                    continue;
+                }
+            };
+            *slot = Some(value.to_string());
         }
+        // After every other key: the policy depends on SessionType and TargetName, in whatever order they came.
+        self.authenticate(stage, chap_keys, &mut answer)?;
         if self.kind.is_none() && self.initiator_name.is_some() {
             self.kind = Some(SessionKind::Normal);
         }
@@ -360,7 +443,6 @@ impl TargetLogin {
 
     fn negotiate_key(
         &mut self,
-        stage: LoginStage,
         key: &str,
         value: &str,
         answer: &mut TextPairs,
@@ -389,16 +471,6 @@ impl TargetLogin {
                 }
                 self.target_name = Some(value.to_string());
                 self.authorize()?;
-            }
-            "AuthMethod" => {
-                if stage != LoginStage::Security {
-                    answer.push(key, "Irrelevant");
-                } else if value.split(',').any(|v| v == "None") {
-                    answer.push(key, "None");
-                } else {
-                    // RFC 7143 12.1: only None is offered today.
-                    return Err(status::AUTHENTICATION_FAILURE);
-                }
             }
             "HeaderDigest" | "DataDigest" => {
                 let choice = value.split(',').find(|v| *v == "CRC32C" || *v == "None");
@@ -499,6 +571,104 @@ impl TargetLogin {
         Ok(())
     }
 
+    /// The security stage's keys (RFC 7143 12.1.3). Every failure is Authentication failure (0201h), whatever
+    /// the detail, so that a failed login tells a prober nothing about which part was wrong.
+    fn authenticate(
+        &mut self,
+        stage: LoginStage,
+        keys: ChapKeys,
+        answer: &mut TextPairs,
+    ) -> Result<(), (u8, u8)> {
+        const FAILED: (u8, u8) = status::AUTHENTICATION_FAILURE;
+        if let Some(offer) = &keys.auth_method {
+            let offers = |method: &str| offer.split(',').any(|v| v == method);
+            if stage != LoginStage::Security {
+                answer.push("AuthMethod", "Irrelevant");
+            } else if self.chap_policy().is_some() {
+                if !offers("CHAP") || self.chap != ChapState::NotStarted {
+                    return Err(FAILED);
+                }
+                answer.push("AuthMethod", "CHAP");
+                self.chap = ChapState::Agreed;
+            } else if offers("None") {
+                answer.push("AuthMethod", "None");
+            } else {
+                // The initiator insists on authentication we have no credentials for.
+                return Err(FAILED);
+            }
+        }
+        if let Some(algorithms) = &keys.algorithms {
+            if self.chap != ChapState::Agreed {
+                return Err(FAILED);
+            }
+            let algorithm = Algorithm::choose(algorithms).ok_or(FAILED)?;
+            let (identifier, challenge) =
+                self.challenge.take().unwrap_or_else(chap::fresh_challenge);
+            answer.push("CHAP_A", algorithm.number().to_string());
+            answer.push("CHAP_I", identifier.to_string());
+            answer.push("CHAP_C", chap::encode_binary(&challenge));
+            self.chap = ChapState::Challenged {
+                algorithm,
+                identifier,
+                challenge,
+            };
+        }
+        if keys.name.is_some() || keys.response.is_some() {
+            self.check_response(&keys, answer)?;
+        } else if keys.identifier.is_some() || keys.challenge.is_some() {
+            return Err(FAILED); // a mutual challenge comes with the initiator's own response (12.1.3)
+        }
+        Ok(())
+    }
+
+    /// CHAP_N and CHAP_R against our challenge; then, for mutual CHAP, our answer to CHAP_I and CHAP_C.
+    fn check_response(&mut self, keys: &ChapKeys, answer: &mut TextPairs) -> Result<(), (u8, u8)> {
+        const FAILED: (u8, u8) = status::AUTHENTICATION_FAILURE;
+        let ChapState::Challenged {
+            algorithm,
+            identifier,
+            challenge,
+        } = std::mem::replace(&mut self.chap, ChapState::NotStarted)
+        else {
+            return Err(FAILED);
+        };
+        let policy = self.chap_policy().ok_or(FAILED)?.clone();
+        let name = keys.name.as_deref().ok_or(FAILED)?;
+        let response = keys
+            .response
+            .as_deref()
+            .and_then(chap::decode_binary)
+            .ok_or(FAILED)?;
+        // The user and the secret are both checked before answering, so that an unknown user and a wrong
+        // secret look the same.
+        let right_user = name == policy.initiator.user;
+        let right_response =
+            algorithm.verify(identifier, &policy.initiator.secret, &challenge, &response);
+        if !(right_user && right_response) {
+            return Err(FAILED);
+        }
+        match (&keys.identifier, &keys.challenge) {
+            (None, None) => {}
+            (Some(their_identifier), Some(their_challenge)) => {
+                let target = policy.target.as_ref().ok_or(FAILED)?;
+                let their_identifier: u8 = their_identifier.parse().map_err(|_| FAILED)?;
+                let their_challenge = chap::decode_binary(their_challenge).ok_or(FAILED)?;
+                // Reflection (RFC 7143 12.1.3): a challenge equal to ours would let the initiator obtain, from
+                // us, the response to our own challenge.
+                if their_challenge == challenge || their_challenge.len() > chap::MAX_CHALLENGE_BYTES
+                {
+                    return Err(FAILED);
+                }
+                let ours = algorithm.response(their_identifier, &target.secret, &their_challenge);
+                answer.push("CHAP_N", target.user.clone());
+                answer.push("CHAP_R", chap::encode_binary(&ours));
+            }
+            _ => return Err(FAILED),
+        }
+        self.chap = ChapState::Authenticated;
+        Ok(())
+    }
+
     /// Access control: once initiator and target are known, the target's allow-list decides (RFC 7143 11.13.5,
     /// Authorization failure).
     fn authorize(&self) -> Result<(), (u8, u8)> {
@@ -549,6 +719,7 @@ mod tests {
                 name: "iqn.t:a".into(),
                 alias: Some("alpha".into()),
                 allowed_initiators: Some(vec!["iqn.i:ok".into()]),
+                chap: None,
             }],
             ..LoginSettings::default()
         }
@@ -574,6 +745,102 @@ mod tests {
 
     fn answers(response: &LoginResponse) -> TextPairs {
         TextPairs::parse(&response.data).unwrap()
+    }
+
+    fn chap_settings() -> LoginSettings {
+        let mut settings = settings();
+        settings.targets[0].chap = Some(ChapPolicy {
+            initiator: chap::Credentials {
+                user: "node1".into(),
+                secret: b"initiator-secret".to_vec(),
+            },
+            target: Some(chap::Credentials {
+                user: "target".into(),
+                secret: b"target-secret!".to_vec(),
+            }),
+        });
+        settings
+    }
+
+    /// One CHAP login up to the initiator's response; returns what the response step gave.
+    fn chap_login(secret: &[u8], mutual_challenge: Option<Vec<u8>>) -> LoginOutcome {
+        let challenge: Vec<u8> = (100..132).collect();
+        let mut login = TargetLogin::new(chap_settings()).with_challenge(9, challenge.clone());
+        let first = [
+            ("InitiatorName", "iqn.i:ok"),
+            ("TargetName", "iqn.t:a"),
+            ("SessionType", "Normal"),
+            ("AuthMethod", "CHAP,None"),
+        ];
+        let LoginOutcome::Continue(agreed) = login.handle_request(request(0, 1, true, &first))
+        else {
+            panic!("AuthMethod should continue");
+        };
+        assert_eq!(answers(&agreed).get("AuthMethod"), Some("CHAP"));
+        assert!(!agreed.transit, "no leaving the security stage before CHAP");
+        let LoginOutcome::Continue(challenged) =
+            login.handle_request(request(0, 1, false, &[("CHAP_A", "55,5")]))
+        else {
+            panic!("CHAP_A should continue");
+        };
+        let a = answers(&challenged);
+        assert_eq!(a.get("CHAP_A"), Some("5"), "55 is not MD5; 5 is");
+        assert_eq!(a.get("CHAP_I"), Some("9"));
+        assert_eq!(
+            a.get("CHAP_C"),
+            Some(chap::encode_binary(&challenge).as_str())
+        );
+        let response = chap::encode_binary(&Algorithm::Md5.response(9, secret, &challenge));
+        let mutual = mutual_challenge.map(|c| chap::encode_binary(&c));
+        let mut pairs = vec![("CHAP_N", "node1"), ("CHAP_R", response.as_str())];
+        if let Some(c) = &mutual {
+            pairs.extend([("CHAP_I", "3"), ("CHAP_C", c.as_str())]);
+        }
+        login.handle_request(request(0, 3, true, &pairs))
+    }
+
+    #[test]
+    fn chap_accepts_the_right_secret_and_proves_the_target() {
+        let their_challenge = vec![0x5a; 16];
+        let LoginOutcome::Complete { response, .. } =
+            chap_login(b"initiator-secret", Some(their_challenge.clone()))
+        else {
+            panic!("the right secret logs in");
+        };
+        let a = answers(&response);
+        assert_eq!(a.get("CHAP_N"), Some("target"));
+        // The target's response, as the initiator checks it (hashlib computes the same: RFC 1994 4.1).
+        let proof = Algorithm::Md5.response(3, b"target-secret!", &their_challenge);
+        assert_eq!(a.get("CHAP_R"), Some(chap::encode_binary(&proof).as_str()));
+        assert!(matches!(
+            chap_login(b"initiator-secret", None),
+            LoginOutcome::Complete { .. }
+        ));
+    }
+
+    #[test]
+    fn chap_refuses_a_wrong_secret_and_a_reflected_challenge() {
+        let failed = |outcome: LoginOutcome| match outcome {
+            LoginOutcome::Fail(r) => {
+                (r.status_class, r.status_detail) == status::AUTHENTICATION_FAILURE
+            }
+            _ => false,
+        };
+        assert!(failed(chap_login(b"wrong-secret-0", None)));
+        let ours: Vec<u8> = (100..132).collect();
+        assert!(
+            failed(chap_login(b"initiator-secret", Some(ours))),
+            "reflection"
+        );
+        // Skipping the security stage on a CHAP target fails too.
+        let mut login = TargetLogin::new(chap_settings());
+        let outcome = login.handle_request(request(
+            1,
+            3,
+            true,
+            &[("InitiatorName", "iqn.i:ok"), ("TargetName", "iqn.t:a")],
+        ));
+        assert!(failed(outcome));
     }
 
     #[test]

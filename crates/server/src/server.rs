@@ -53,6 +53,7 @@ impl ServedTarget {
             name: self.definition.name.clone(),
             alias: self.definition.alias.clone(),
             allowed_initiators: self.definition.allowed_initiators.clone(),
+            chap: None,
         }
     }
 }
