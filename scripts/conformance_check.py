@@ -7,12 +7,12 @@ EXPECTED lines: 'VERDICT KIND Suite.Test  # reason'. VERDICT is
   skip      the test may only be skipped;
   fail      the test may be skipped or fail (it belongs to an open issue);
   either    the test may pass or fail (its outcome depends on the machine's speed; the reason says how).
-KIND is the LUN kind the entry applies to (default, 512e, read-only, sanitize, sanitize-small): an entry for one kind excuses no other.
+KIND is the LUN kind the entry applies to (default, 512e, read-only, sanitize, sanitize-small, chap): an entry for one kind excuses no other.
 A test not listed must pass. A listed skip or fail that passes fails the check (the list only shrinks). Exit 0 when
 all matches."""
 import sys
 
-KINDS = ("default", "512e", "read-only", "sanitize", "sanitize-small")
+KINDS = ("default", "512e", "read-only", "sanitize", "sanitize-small", "chap")
 VERDICTS = ("skip", "fail", "either")
 
 path, kind = sys.argv[1], sys.argv[2]

@@ -71,6 +71,7 @@ pub(crate) async fn login_as(
     options.header_digest = client.header_digest;
     options.data_digest = client.data_digest;
     options.isid = isid;
+    options.chap = url.chap.clone();
     let session = Session::login(address, &options)
         .await
         .map_err(|e| format!("{address}: {e}"))?;
@@ -121,7 +122,9 @@ async fn checked(
 async fn discover(url: &str, client: &ClientOptions) -> Result<(), String> {
     let url = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
     let address = url.address().map_err(|e| e.to_string())?;
-    let targets = Session::discover(address, &client.initiator_name)
+    let mut options = LoginOptions::new(&client.initiator_name, "");
+    options.chap = url.chap.clone();
+    let targets = Session::discover_with(address, &options)
         .await
         .map_err(|e| format!("{address}: {e}"))?;
     if targets.is_empty() {

@@ -328,6 +328,7 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
         address: url.address().map_err(|e| e.to_string())?,
         target_name: target.to_string(),
         lun,
+        chap: url.chap.clone(),
     })
 }
 

@@ -116,6 +116,8 @@ pub struct Endpoint {
     pub address: std::net::SocketAddr,
     pub target_name: String,
     pub lun: u64,
+    /// CHAP credentials for the login, from the URL.
+    pub chap: Option<lunlock_initiator::ChapCredentials>,
 }
 
 /// Logs in as `initiator_name` with `isid` (the pair is the I_T nexus that registrations and reservations belong
@@ -127,6 +129,7 @@ pub async fn connect(
     isid: [u8; 6],
 ) -> Result<IscsiDisk, DiskError> {
     let mut options = lunlock_initiator::LoginOptions::new(initiator_name, &endpoint.target_name);
+    options.chap = endpoint.chap.clone();
     options.isid = isid;
     let session = Session::login(endpoint.address, &options)
         .await

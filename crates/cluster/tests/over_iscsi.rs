@@ -68,6 +68,7 @@ fn endpoint(target: &RunningTarget) -> Endpoint {
         address: target.local_addrs()[0],
         target_name: TARGET.into(),
         lun: 0,
+        chap: None,
     }
 }
 

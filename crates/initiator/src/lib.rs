@@ -16,6 +16,7 @@
 //! answered by its own Data-Out sequence, DataSN from 0, split at the target's MaxRecvDataSegmentLength
 //! (RFC 7143 11.7, 11.8), so several R2Ts may be outstanding at once.
 
+pub mod chap;
 pub mod commands;
 pub mod isid;
 mod login;
@@ -23,6 +24,7 @@ pub mod pr;
 pub mod status;
 pub mod url;
 
+pub use chap::ChapCredentials;
 pub use commands::{
     Capacity, Designator, StandardInquiry, TargetPortGroupDescriptor, TargetPortGroupsReport,
     TmfResponse,
@@ -31,6 +33,7 @@ pub use login::{
     MAX_LOGIN_EXCHANGES, OUR_FIRST_BURST_LENGTH, OUR_MAX_BURST_LENGTH, OUR_MAX_OUTSTANDING_R2T,
     OUR_MAX_RECV_DATA_SEGMENT_LENGTH,
 };
+pub use lunlock_iscsi::chap::Credentials;
 pub use status::ScsiFailure;
 pub use url::{IscsiUrl, UrlError};
 
@@ -74,6 +77,8 @@ pub enum InitiatorError {
     },
     /// A SCSI command ended with a status other than GOOD; see [`Session::execute_checked`].
     Scsi(ScsiFailure),
+    /// Our side of CHAP refused the target's answers (RFC 7143 12.1.3).
+    Chap(chap::ChapError),
 }
 
 impl fmt::Display for InitiatorError {
@@ -93,6 +98,7 @@ impl fmt::Display for InitiatorError {
                 write!(f, "target rejected the request (reason {reason:#04x})")
             }
             InitiatorError::Scsi(failure) => write!(f, "{failure}"),
+            InitiatorError::Chap(error) => write!(f, "CHAP: {error}"),
         }
     }
 }
@@ -132,6 +138,8 @@ pub struct LoginOptions {
     pub header_digest: bool,
     pub data_digest: bool,
     pub timeout: Duration,
+    /// CHAP credentials; None logs in with AuthMethod=None.
+    pub chap: Option<ChapCredentials>,
 }
 
 impl LoginOptions {
@@ -144,6 +152,7 @@ impl LoginOptions {
             header_digest: false,
             data_digest: false,
             timeout: Duration::from_secs(30),
+            chap: None,
         }
     }
 }
@@ -341,8 +350,15 @@ impl Session {
         address: SocketAddr,
         initiator_name: &str,
     ) -> Result<Vec<(String, Vec<String>)>, InitiatorError> {
-        let options = LoginOptions::new(initiator_name, "");
-        let session = Self::connect(address, &options, login::SessionKind::Discovery).await?;
+        Self::discover_with(address, &LoginOptions::new(initiator_name, "")).await
+    }
+
+    /// [`Session::discover`] with full login options (CHAP credentials, digests); the target name is unused.
+    pub async fn discover_with(
+        address: SocketAddr,
+        options: &LoginOptions,
+    ) -> Result<Vec<(String, Vec<String>)>, InitiatorError> {
+        let session = Self::connect(address, options, login::SessionKind::Discovery).await?;
         let mut request = TextPairs::new();
         request.push("SendTargets", "All");
         let answer = session.text(request).await?;

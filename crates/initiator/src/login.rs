@@ -9,6 +9,7 @@
 //! Invariants: ISID, TSIH, CID and ITT stay the same in every request of one login (RFC 7143 6.1.2); the number
 //! of exchanges is bounded by [`MAX_LOGIN_EXCHANGES`].
 
+use crate::chap::{self, ChapClient, Next};
 use crate::{read_pdu, InitiatorError, LoginOptions};
 use lunlock_iscsi::message::{LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{Digests, Opcode};
@@ -39,8 +40,9 @@ pub(crate) enum SessionKind {
     Discovery,
 }
 
-/// The keys of the security stage: who we are, whom we want, and no authentication (RFC 7143 12.1).
-fn security_keys(options: &LoginOptions, kind: SessionKind) -> TextPairs {
+/// The keys of the security stage: who we are, whom we want, and the authentication methods we accept
+/// (RFC 7143 12.1): `None`, or CHAP as [`ChapClient::auth_methods`] says.
+fn security_keys(options: &LoginOptions, kind: SessionKind, auth_methods: &str) -> TextPairs {
     let mut pairs = TextPairs::new();
     pairs.push("InitiatorName", options.initiator_name.as_str());
     match kind {
@@ -50,7 +52,7 @@ fn security_keys(options: &LoginOptions, kind: SessionKind) -> TextPairs {
         }
         SessionKind::Discovery => pairs.push("SessionType", "Discovery"),
     }
-    pairs.push("AuthMethod", "None");
+    pairs.push("AuthMethod", auth_methods);
     pairs
 }
 
@@ -258,9 +260,12 @@ where
 {
     let mut params = initial_params();
     let mut stage = SECURITY_STAGE;
-    let mut offers = security_keys(options, kind);
+    let mut chap = options.chap.as_ref().map(ChapClient::new);
+    let auth_methods = chap.as_ref().map_or("None", ChapClient::auth_methods);
+    let mut offers = security_keys(options, kind, auth_methods);
     let mut request = LoginRequest {
-        transit: true,
+        // With CHAP the security stage takes several exchanges, so we do not ask to leave it yet.
+        transit: chap.is_none(),
         continue_bit: false,
         current_stage: SECURITY_STAGE,
         next_stage: OPERATIONAL_STAGE,
@@ -310,10 +315,32 @@ where
         }
         let answers = TextPairs::parse(&std::mem::take(&mut text))
             .map_err(|e| InitiatorError::Protocol(e.to_string()))?;
+        let authenticating = stage == SECURITY_STAGE && chap.as_ref().is_some_and(|c| !c.done());
         let mut owed = TextPairs::new();
         for (key, value) in answers.iter() {
+            if authenticating && chap::is_security_key(key) {
+                continue;
+            }
             if let Some((key, answer)) = handle_key(&mut params, &offers, key, value)? {
                 owed.push(key, answer);
+            }
+        }
+        if let Some(client) = chap.as_mut().filter(|_| authenticating) {
+            if let Next::Send { keys, transit } =
+                client.advance(&answers).map_err(InitiatorError::Chap)?
+            {
+                if response.transit {
+                    return Err(InitiatorError::Protocol(
+                        "the target left the security stage before CHAP finished".into(),
+                    ));
+                }
+                offers = keys;
+                for (key, value) in owed.iter() {
+                    offers.push(key, value);
+                }
+                request.transit = transit;
+                request.data = offers.encode();
+                continue;
             }
         }
         // FirstBurstLength never exceeds MaxBurstLength (13.14).
@@ -440,7 +467,11 @@ mod tests {
         let pairs = operational_proposal(&LoginOptions::new("iqn.x:i", ""), SessionKind::Discovery);
         assert!(pairs.get("MaxBurstLength").is_none());
         assert_eq!(pairs.get("HeaderDigest"), Some("None"));
-        let security = security_keys(&LoginOptions::new("iqn.x:i", ""), SessionKind::Discovery);
+        let security = security_keys(
+            &LoginOptions::new("iqn.x:i", ""),
+            SessionKind::Discovery,
+            "None",
+        );
         assert_eq!(security.get("SessionType"), Some("Discovery"));
         assert!(security.get("TargetName").is_none());
         assert_eq!(security.get("AuthMethod"), Some("None"));

@@ -5,6 +5,8 @@
 
 use crate::engine::IoEngineKind;
 use crate::fault::FaultRule;
+use crate::secrets::read_secret_file;
+use lunlock_iscsi::chap::{ChapPolicy, Credentials};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -106,6 +108,8 @@ pub struct TargetDefinition {
     pub alias: Option<String>,
     /// None admits any initiator.
     pub allowed_initiators: Option<Vec<String>>,
+    /// CHAP every initiator of this target must pass (and the target's own credentials for mutual CHAP).
+    pub chap: Option<ChapPolicy>,
     pub luns: Vec<LunConfig>,
     /// Where LUN identities (NAA, serial) are kept.
     pub identity_dir: PathBuf,
@@ -121,6 +125,8 @@ pub struct TargetConfig {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub targets: Vec<TargetDefinition>,
+    /// CHAP demanded of discovery sessions (`[discovery]`).
+    pub discovery_chap: Option<ChapPolicy>,
     /// Connections served at once over all portals; more are refused at accept.
     pub max_connections: usize,
     /// `--io-engine`: None probes io_uring at start and falls back to threads.
@@ -253,6 +259,7 @@ impl TargetConfig {
                 name: options.target_name.clone(),
                 alias: None,
                 allowed_initiators: None,
+                chap: None,
                 luns: vec![LunConfig {
                     id: 0,
                     path: options.data_dir.join("lun-0.img"),
@@ -267,6 +274,7 @@ impl TargetConfig {
                 faults: options.faults.clone(),
                 fault_injection: options.enable_fault_injection,
             }],
+            discovery_chap: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             io_engine: None,
         })
@@ -279,11 +287,15 @@ impl TargetConfig {
             return Ok(());
         }
         let exposed = self.portals.iter().find(|p| !p.ip().is_loopback());
-        let open = self.targets.iter().find(|t| t.allowed_initiators.is_none());
+        // CHAP is a credential; an initiator name alone is only a claim, hence the allow-list or CHAP.
+        let open = self
+            .targets
+            .iter()
+            .find(|t| t.allowed_initiators.is_none() && t.chap.is_none());
         if let (Some(portal), Some(target)) = (exposed, open) {
             return Err(ServeError::Invalid(format!(
                 "refusing to serve {} on non-loopback address {portal} without an initiator allow-list; \
-                 set allowed_initiators in a config file or pass --allow-any-initiator",
+                 set allowed_initiators or chap_user in a config file, or pass --allow-any-initiator",
                 target.name
             )));
         }
@@ -340,6 +352,7 @@ struct FileConfig {
     data_dir: Option<Spanned<String>>,
     listen: Spanned<Vec<Spanned<String>>>,
     max_connections: Option<Spanned<usize>>,
+    discovery: Option<FileChap>,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<FileTarget>>,
 }
@@ -350,12 +363,26 @@ struct FileTarget {
     name: Spanned<String>,
     alias: Option<String>,
     allowed_initiators: Option<Vec<String>>,
+    chap_user: Option<Spanned<String>>,
+    chap_secret_file: Option<Spanned<String>>,
+    mutual_chap_user: Option<Spanned<String>>,
+    mutual_chap_secret_file: Option<Spanned<String>>,
     #[serde(default, rename = "lun")]
     luns: Vec<Spanned<FileLun>>,
     #[serde(default)]
     fault_injection: bool,
     #[serde(default, rename = "fault")]
     faults: Vec<FileFault>,
+}
+
+/// `[discovery]`: the same CHAP keys as a target's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChap {
+    chap_user: Option<Spanned<String>>,
+    chap_secret_file: Option<Spanned<String>>,
+    mutual_chap_user: Option<Spanned<String>>,
+    mutual_chap_secret_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -498,9 +525,22 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         }
         None => DEFAULT_MAX_CONNECTIONS,
     };
+    let discovery_chap = match &file.discovery {
+        Some(keys) => chap_policy(
+            &source,
+            base,
+            ChapKeys {
+                user: keys.chap_user.as_ref(),
+                secret_file: keys.chap_secret_file.as_ref(),
+                mutual_user: keys.mutual_chap_user.as_ref(),
+                mutual_secret_file: keys.mutual_chap_secret_file.as_ref(),
+            },
+        )?,
+        None => None,
+    };
     let mut targets: Vec<TargetDefinition> = Vec::new();
     for target in &file.targets {
-        let definition = parse_target(&source, &data_dir, target.get_ref())?;
+        let definition = parse_target(&source, base, &data_dir, target.get_ref())?;
         if targets.iter().any(|t| t.name == definition.name) {
             return Err(source.error(
                 target.get_ref().name.span().start,
@@ -513,13 +553,97 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         portals,
         data_dir,
         targets,
+        discovery_chap,
         max_connections,
         io_engine: None,
     })
 }
 
+/// The four CHAP keys of a `[[target]]` or of `[discovery]`.
+struct ChapKeys<'a> {
+    user: Option<&'a Spanned<String>>,
+    secret_file: Option<&'a Spanned<String>>,
+    mutual_user: Option<&'a Spanned<String>>,
+    mutual_secret_file: Option<&'a Spanned<String>>,
+}
+
+/// One side's credentials from a user key and a secret file key (relative to the config file's directory).
+fn credentials(
+    source: &SourceFile,
+    base: &Path,
+    (user_key, user): (&str, &Spanned<String>),
+    (file_key, file): (&str, Option<&Spanned<String>>),
+) -> Result<Credentials, ServeError> {
+    let file = file.ok_or_else(|| {
+        source.error(
+            user.span().start,
+            format!("key `{user_key}` needs `{file_key}` beside it"),
+        )
+    })?;
+    if user.get_ref().is_empty() || user.get_ref().len() > 255 {
+        return Err(source.error(
+            user.span().start,
+            format!("key `{user_key}`: must be 1 to 255 characters"),
+        ));
+    }
+    let secret = read_secret_file(&base.join(file.get_ref()))
+        .map_err(|e| source.error(file.span().start, format!("key `{file_key}`: {e}")))?;
+    Ok(Credentials {
+        user: user.get_ref().clone(),
+        secret,
+    })
+}
+
+/// The CHAP policy the keys describe: none without `chap_user`; mutual CHAP with `mutual_chap_user`. Secrets
+/// shorter than 12 bytes, or one secret for both directions, are refused here (RFC 7143 12.1.3).
+fn chap_policy(
+    source: &SourceFile,
+    base: &Path,
+    keys: ChapKeys,
+) -> Result<Option<ChapPolicy>, ServeError> {
+    let Some(user) = keys.user else {
+        let stray = [keys.secret_file, keys.mutual_user, keys.mutual_secret_file];
+        return match stray.into_iter().flatten().next() {
+            Some(key) => Err(source.error(
+                key.span().start,
+                "CHAP keys need `chap_user` and `chap_secret_file`",
+            )),
+            None => Ok(None),
+        };
+    };
+    let initiator = credentials(
+        source,
+        base,
+        ("chap_user", user),
+        ("chap_secret_file", keys.secret_file),
+    )?;
+    let target = match keys.mutual_user {
+        Some(mutual) => Some(credentials(
+            source,
+            base,
+            ("mutual_chap_user", mutual),
+            ("mutual_chap_secret_file", keys.mutual_secret_file),
+        )?),
+        None => match keys.mutual_secret_file {
+            Some(file) => {
+                return Err(source.error(
+                    file.span().start,
+                    "key `mutual_chap_secret_file` needs `mutual_chap_user` beside it",
+                ))
+            }
+            None => None,
+        },
+    };
+    let policy = ChapPolicy { initiator, target };
+    policy
+        .check()
+        .map_err(|e| source.error(user.span().start, format!("key `chap_user`: {e}")))?;
+    Ok(Some(policy))
+}
+
 fn parse_target(
     source: &SourceFile,
+    base: &Path,
     data_dir: &Path,
     target: &FileTarget,
 ) -> Result<TargetDefinition, ServeError> {
@@ -607,10 +731,21 @@ fn parse_target(
         });
     }
     let faults = parse_faults(source, target, &luns)?;
+    let chap = chap_policy(
+        source,
+        base,
+        ChapKeys {
+            user: target.chap_user.as_ref(),
+            secret_file: target.chap_secret_file.as_ref(),
+            mutual_user: target.mutual_chap_user.as_ref(),
+            mutual_secret_file: target.mutual_chap_secret_file.as_ref(),
+        },
+    )?;
     Ok(TargetDefinition {
         name,
         alias: target.alias.clone(),
         allowed_initiators: target.allowed_initiators.clone(),
+        chap,
         luns,
         identity_dir,
         faults,
@@ -771,6 +906,78 @@ read_only = true
             err.starts_with("/etc/lunlock.toml:8:") && err.contains("twice"),
             "{err}"
         );
+    }
+
+    /// A config file in a fresh directory with secret files `a` (mode 0600), `b` (0600), `short` (0600) and
+    /// `open` (0644); returns the result of parsing `chap` lines added to the target.
+    fn parse_with_secrets(chap: &str) -> Result<TargetConfig, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, secret, mode) in [
+            ("a", "initiator-secret-1\n", 0o600),
+            ("b", "target-secret-0001\n", 0o600),
+            ("short", "tiny\n", 0o600),
+            ("open", "initiator-secret-1\n", 0o644),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, secret).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let text = format!(
+            "listen = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.x:y\"\n{chap}[[target.lun]]\nid = 0\nsize = \"1M\"\n"
+        );
+        let path = dir.path().join("lunlock.toml");
+        let config = parse_file(&path, &text).map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })?;
+        config.check_exposure(false).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn chap_keys_load_secrets_and_count_as_credentials() {
+        let config = parse_with_secrets(
+            "chap_user = \"host\"\nchap_secret_file = \"a\"\nmutual_chap_user = \"array\"\nmutual_chap_secret_file = \"b\"\n",
+        )
+        .unwrap();
+        let chap = config.targets[0].chap.as_ref().unwrap();
+        assert_eq!(
+            (chap.initiator.user.as_str(), &chap.initiator.secret[..]),
+            ("host", &b"initiator-secret-1"[..])
+        );
+        assert_eq!(chap.target.as_ref().unwrap().secret, b"target-secret-0001");
+        // A non-loopback portal is allowed without an allow-list, because CHAP authenticates.
+        let open = parse_with_secrets("").unwrap_err();
+        assert!(open.contains("chap_user"), "{open}");
+    }
+
+    #[test]
+    fn chap_errors_name_the_line_and_key_and_never_the_secret() {
+        for (chap, line, expected) in [
+            ("chap_user = \"host\"\nchap_secret_file = \"open\"\n", 5, "mode 0644"),
+            ("chap_user = \"host\"\nchap_secret_file = \"short\"\n", 4, "at least 12"),
+            ("chap_user = \"host\"\n", 4, "needs `chap_secret_file`"),
+            ("chap_secret_file = \"a\"\n", 4, "need `chap_user`"),
+            ("chap_user = \"host\"\nchap_secret_file = \"missing\"\n", 5, "DIR/missing"),
+            (
+                "chap_user = \"host\"\nchap_secret_file = \"a\"\nmutual_chap_user = \"array\"\nmutual_chap_secret_file = \"a\"\n",
+                4,
+                "both directions",
+            ),
+            (
+                "chap_user = \"host\"\nchap_secret_file = \"a\"\nmutual_chap_secret_file = \"b\"\n",
+                6,
+                "needs `mutual_chap_user`",
+            ),
+        ] {
+            let err = parse_with_secrets(chap).unwrap_err();
+            assert!(
+                err.starts_with(&format!("DIR/lunlock.toml:{line}:")) && err.contains(expected),
+                "{chap:?}: {err}"
+            );
+            assert!(!err.contains("initiator-secret") && !err.contains("tiny"), "{err}");
+        }
     }
 
     #[test]

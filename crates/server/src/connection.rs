@@ -162,7 +162,7 @@ pub async fn serve(
     };
     let logged_in = tokio::select! {
         _ = shutdown.changed() => return,
-        result = tokio::time::timeout(LOGIN_TIMEOUT, login_phase(&mut wire, portal_group_tag, &shared)) => result,
+        result = tokio::time::timeout(LOGIN_TIMEOUT, login_phase(&mut wire, peer, portal_group_tag, &shared)) => result,
     };
     let (result, tsih) = match logged_in {
         Ok(Ok(done)) => done,
@@ -242,11 +242,13 @@ pub async fn serve(
 
 async fn login_phase(
     wire: &mut Wire,
+    peer: SocketAddr,
     portal_group_tag: u16,
     shared: &Shared,
 ) -> Result<(login::LoginResult, u16), Closed> {
     let settings = LoginSettings {
         targets: shared.targets.iter().map(|t| t.portal_target()).collect(),
+        discovery_chap: crate::server::read(&shared.discovery_chap).clone(),
         portal_group_tag,
         queue_depth: SESSION_QUEUE_DEPTH,
         ..LoginSettings::default()
@@ -266,6 +268,11 @@ async fn login_phase(
         match login.handle_request(LoginRequest::from_pdu(&pdu)) {
             LoginOutcome::Continue(response) => send_login_response(wire, &response).await?,
             LoginOutcome::Fail(response) => {
+                if (response.status_class, response.status_detail)
+                    == login::status::AUTHENTICATION_FAILURE
+                {
+                    slow_down_failure(shared, peer).await;
+                }
                 send_login_response(wire, &response).await?;
                 return Err(format!(
                     "status {:02x}/{:02x}",
@@ -295,6 +302,23 @@ async fn login_phase(
             }
         }
     }
+}
+
+/// Waits as long as the peer's recent authentication failures say (see `auth_throttle`), and logs the count.
+/// Only the failing login waits: other logins from the same address go on.
+async fn slow_down_failure(shared: &Shared, peer: SocketAddr) {
+    let now = Instant::now();
+    let (delay, recent) = {
+        let mut failures = lock(&shared.auth_failures);
+        let delay = failures.record(peer.ip(), now);
+        (delay, failures.recent(peer.ip(), now))
+    };
+    log::event(format_args!(
+        "{peer}: authentication failure ({recent} recent from {}); answering in {} ms",
+        peer.ip(),
+        delay.as_millis()
+    ));
+    tokio::time::sleep(delay).await;
 }
 
 async fn send_login_response(wire: &mut Wire, response: &LoginResponse) -> Result<(), Closed> {

@@ -1,6 +1,7 @@
 //! The lunlock target daemon: TCP portals, login and full-feature sessions over the sans-IO `iscsi` crate,
 //! SCSI execution through the `scsi` crate's dispatcher, storage from the `store` crate, and configuration.
 
+pub mod auth_throttle;
 pub mod config;
 mod connection;
 pub mod engine;
@@ -9,6 +10,7 @@ mod latch;
 pub mod lock_stats;
 mod log;
 mod pr_state;
+pub mod secrets;
 pub mod server;
 mod task;
 pub mod uring;

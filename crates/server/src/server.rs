@@ -6,6 +6,7 @@
 //! 7.8.6.7) and target port group N (SPC-4 5.16, 7.8.6.8), so several portals give an initiator several paths for
 //! multipath, which REPORT TARGET PORT GROUPS reports as one active/optimized group each.
 
+use crate::auth_throttle::AuthFailures;
 use crate::config::{
     LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig, TargetDefinition,
 };
@@ -17,6 +18,7 @@ use crate::log;
 use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
 use crate::uring::Uring;
+use lunlock_iscsi::chap::ChapPolicy;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{
     Dispatcher, Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind,
@@ -31,7 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -45,17 +47,46 @@ pub struct ServedTarget {
     pub stores: Vec<Arc<dyn BlockStore>>,
     /// Fault injection rules (docs/fault-injection.md), shared by every connection to this target.
     pub faults: FaultTable,
+    /// Who may log in, and how they authenticate: the definition's, until a SIGHUP reloads them.
+    pub access: RwLock<Access>,
+}
+
+/// A target's access rules, the part of its definition that a reload may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub allowed_initiators: Option<Vec<String>>,
+    pub chap: Option<ChapPolicy>,
+}
+
+impl Access {
+    pub fn of(definition: &TargetDefinition) -> Access {
+        Access {
+            allowed_initiators: definition.allowed_initiators.clone(),
+            chap: definition.chap.clone(),
+        }
+    }
 }
 
 impl ServedTarget {
     pub fn portal_target(&self) -> PortalTarget {
+        let access = read(&self.access);
         PortalTarget {
             name: self.definition.name.clone(),
             alias: self.definition.alias.clone(),
-            allowed_initiators: self.definition.allowed_initiators.clone(),
-            chap: None,
+            allowed_initiators: access.allowed_initiators.clone(),
+            chap: access.chap.clone(),
         }
     }
+}
+
+/// A read lock that survives a writer's panic: the rules are replaced whole, never left half-written.
+pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The key of an I_T nexus's session: initiator port and target port (RFC 7143 4.4.1, SAM-5 4.6.4).
@@ -116,6 +147,10 @@ pub struct Shared {
     pub portals: Mutex<Vec<(SocketAddr, u16)>>,
     pub sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
     next_tsih: AtomicU16,
+    /// CHAP demanded of discovery sessions; reloaded on SIGHUP.
+    pub discovery_chap: RwLock<Option<ChapPolicy>>,
+    /// Recent CHAP failures by source address, to slow down guessing.
+    pub auth_failures: Mutex<AuthFailures>,
 }
 
 impl Shared {
@@ -546,6 +581,7 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
             luns: runtimes,
             stores,
             faults: FaultTable::new(definition.fault_injection, &definition.faults, None),
+            access: RwLock::new(Access::of(definition)),
         });
     }
     Ok(served)
@@ -575,6 +611,8 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         ),
         sessions: Mutex::new(HashMap::new()),
         next_tsih: AtomicU16::new(1),
+        discovery_chap: RwLock::new(config.discovery_chap.clone()),
+        auth_failures: Mutex::new(AuthFailures::default()),
     });
     let (shutdown, shutdown_watch) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
