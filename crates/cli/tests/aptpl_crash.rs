@@ -8,6 +8,10 @@
 //!
 //! `LUNLOCK_CRASH_CYCLES` sets the number of cycles (default 50; scripts/soak-aptpl runs 1000).
 
+mod support;
+
+use support::free_port;
+
 use lunlock_initiator::{DataDirection, LoginOptions, Session};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,14 +20,6 @@ use std::time::{Duration, Instant};
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
 const NEXUSES: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve(data_dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_lunlock"))

@@ -1,16 +1,12 @@
 //! `lunlock serve --lock-stats FILE`: the hold-time histograms of the locks a LUN's sessions share, written as JSON
 //! at shutdown, move with traffic.
 
+mod support;
+
+use support::free_port;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_for_port(port: u16) {
     for _ in 0..100 {

@@ -135,6 +135,8 @@ pub struct LoginResult {
     pub exp_cmd_sn: u32,
     /// The StatSN of the next response after the final login response.
     pub next_stat_sn: u32,
+    /// The CHAP_N this initiator proved, when the login was authenticated.
+    pub chap_user: Option<String>,
 }
 
 #[derive(Debug)]
@@ -353,6 +355,10 @@ impl TargetLogin {
             params: self.params,
             exp_cmd_sn: self.cmd_sn,
             next_stat_sn: self.stat_sn,
+            chap_user: match self.chap {
+                ChapState::Authenticated => self.chap_policy().map(|p| p.initiator.user.clone()),
+                _ => None,
+            },
         }
     }
 

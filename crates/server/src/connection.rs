@@ -219,7 +219,12 @@ pub async fn serve(
     };
     let signals = match result.kind {
         SessionKind::Normal => match wire.stream.as_fd().try_clone_to_owned() {
-            Ok(socket) => Some(shared.register_session(&connection.nexus, tsih, socket)),
+            Ok(socket) => Some(shared.register_session(
+                &connection.nexus,
+                tsih,
+                result.chap_user.clone(),
+                socket,
+            )),
             Err(e) => {
                 log::event(format_args!("{peer}: cannot track the connection: {e}"));
                 return;

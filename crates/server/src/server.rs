@@ -97,6 +97,8 @@ pub struct SessionHandle {
     pub tsih: u16,
     /// Signals to the session's connection task.
     pub signals: Arc<SessionSignals>,
+    /// The CHAP user the session authenticated as, so that a reload keeps only sessions still allowed.
+    pub chap_user: Option<String>,
     /// A duplicate of the connection's socket, to ask whether its peer has closed it (see
     /// [`Shared::settle_closed_peers`]). Owned, so it stays valid however the connection task ends.
     socket: OwnedFd,
@@ -173,12 +175,14 @@ impl Shared {
         &self,
         key: &SessionKey,
         tsih: u16,
+        chap_user: Option<String>,
         socket: OwnedFd,
     ) -> Arc<SessionSignals> {
         let signals = Arc::new(SessionSignals::default());
         let handle = SessionHandle {
             tsih,
             signals: Arc::clone(&signals),
+            chap_user,
             socket,
         };
         let previous = lock(&self.sessions).insert(key.clone(), handle);
@@ -289,6 +293,11 @@ pub struct RunningTarget {
 impl RunningTarget {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addresses.clone()
+    }
+
+    /// Applies `config`'s access rules (allow-lists, CHAP) as a SIGHUP does; see [`Shared::reload_access`].
+    pub fn reload_access(&self, config: &TargetConfig) -> ReloadReport {
+        self.shared.reload_and_log(config)
     }
 
     /// Stops accepting, closes every connection, and flushes every store.
@@ -676,6 +685,122 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// What a reload of the access rules did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Targets whose allow-list or CHAP changed.
+    pub changed_targets: Vec<String>,
+    /// Sessions closed because their initiator is no longer allowed (name, ISID, target).
+    pub closed_sessions: Vec<String>,
+    /// What the reload cannot change while running (new or removed targets, LUNs, portals): a restart does.
+    pub needs_restart: Vec<String>,
+}
+
+impl Shared {
+    /// Replaces each target's allow-list and CHAP policy, and discovery's CHAP policy, with `config`'s, then
+    /// closes the sessions the new rules no longer admit. A session stays when its initiator is still allowed and,
+    /// if the target demands CHAP, it authenticated as the user the new rules name (a rotated secret keeps it:
+    /// it proved the old one). Discovery sessions are short and keep going.
+    pub fn reload_access(&self, config: &TargetConfig) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        for definition in &config.targets {
+            match self.target(&definition.name) {
+                Some(served) => {
+                    let access = Access::of(definition);
+                    if *read(&served.access) != access {
+                        report.changed_targets.push(definition.name.clone());
+                        *write(&served.access) = access;
+                    }
+                    if !same_luns(&served.definition.luns, &definition.luns) {
+                        report
+                            .needs_restart
+                            .push(format!("the LUNs of {}", definition.name));
+                    }
+                }
+                None => report
+                    .needs_restart
+                    .push(format!("new target {}", definition.name)),
+            }
+        }
+        for served in &self.targets {
+            if !config
+                .targets
+                .iter()
+                .any(|t| t.name == served.definition.name)
+            {
+                report.needs_restart.push(format!(
+                    "removed target {} (still served, with its last rules)",
+                    served.definition.name
+                ));
+            }
+        }
+        *write(&self.discovery_chap) = config.discovery_chap.clone();
+        for (nexus, handle) in lock(&self.sessions).iter() {
+            if !self.still_admitted(nexus, handle) {
+                report.closed_sessions.push(format!(
+                    "{} isid {} to {}",
+                    nexus.initiator_name,
+                    isid_text(&nexus.isid),
+                    nexus.target_name
+                ));
+                handle.signals.close.notify_one();
+            }
+        }
+        report
+    }
+
+    /// Runs [`Shared::reload_access`] and logs what it did.
+    pub fn reload_and_log(&self, config: &TargetConfig) -> ReloadReport {
+        let report = self.reload_access(config);
+        log::event(format_args!(
+            "reloaded access rules: {} target(s) changed{}",
+            report.changed_targets.len(),
+            if report.changed_targets.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", report.changed_targets.join(", "))
+            }
+        ));
+        for session in &report.closed_sessions {
+            log::event(format_args!("closing session {session}: no longer allowed"));
+        }
+        for what in &report.needs_restart {
+            log::event(format_args!("not reloaded, needs a restart: {what}"));
+        }
+        report
+    }
+
+    fn still_admitted(&self, nexus: &ItNexus, handle: &SessionHandle) -> bool {
+        let Some(target) = self.target(&nexus.target_name) else {
+            return false;
+        };
+        let access = read(&target.access);
+        let listed = access
+            .allowed_initiators
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == &nexus.initiator_name));
+        let authenticated = match &access.chap {
+            None => true,
+            Some(policy) => handle.chap_user.as_deref() == Some(policy.initiator.user.as_str()),
+        };
+        listed && authenticated
+    }
+}
+
+/// The LUNs are the same but for where the file said so (line numbers move when a file is edited).
+fn same_luns(a: &[LunConfig], b: &[LunConfig]) -> bool {
+    let strip = |luns: &[LunConfig]| -> Vec<LunConfig> {
+        luns.iter()
+            .cloned()
+            .map(|mut lun| {
+                lun.origin = None;
+                lun
+            })
+            .collect()
+    };
+    strip(a) == strip(b)
+}
+
 /// Reports an I_T nexus loss to the target's logical units (SAM-5 6.3.4).
 pub fn nexus_lost(shared: &Shared, nexus: &Arc<ItNexus>) {
     if let Some(target) = shared.target(&nexus.target_name) {
@@ -697,7 +822,9 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(ServeError::Io)?;
     runtime.block_on(async move {
         let running = start(config).await?;
-        wait_for_signal().await.map_err(ServeError::Io)?;
+        serve_until_terminated(&running, &options)
+            .await
+            .map_err(ServeError::Io)?;
         log::event(format_args!("shutting down"));
         running.shutdown().await;
         if let Some(path) = &options.lock_stats {
@@ -712,13 +839,32 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
     })
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Waits for SIGINT or SIGTERM. Each SIGHUP re-reads the configuration (the file and its secret files) and applies
+/// its access rules; a configuration that does not load is logged and the rules in force stay.
+async fn serve_until_terminated(
+    running: &RunningTarget,
+    options: &ServeOptions,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                // Reading the files may wait on the disk: not on a reactor thread.
+                let options = options.clone();
+                let loaded = tokio::task::spawn_blocking(move || TargetConfig::from_options(&options)).await;
+                match loaded {
+                    Ok(Ok(config)) => {
+                        running.shared.reload_and_log(&config);
+                    }
+                    Ok(Err(e)) => log::event(format_args!("SIGHUP: reload failed, the current rules stay: {e}")),
+                    Err(e) => log::event(format_args!("SIGHUP: reload failed, the current rules stay: {e}")),
+                }
+            }
+        }
     }
-    Ok(())
 }

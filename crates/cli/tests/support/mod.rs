@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests that run the real `lunlock` binary.
 
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
+
 use std::process::{Command, Output};
 
 /// The runtime an in-process target runs on while the test runs the binary.
@@ -38,4 +41,13 @@ pub fn failed(output: Output) -> String {
         String::from_utf8_lossy(&output.stdout)
     );
     String::from_utf8(output.stderr).unwrap()
+}
+
+/// A TCP port free on 127.0.0.1 at the time of asking, for a daemon the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
