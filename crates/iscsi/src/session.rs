@@ -124,22 +124,25 @@ enum DataError {
     TooMuchData,
     /// 4B/05 DATA OFFSET ERROR.
     DataOffset,
+    /// 47/05 PROTOCOL SERVICE CRC ERROR: a data digest error in the task's data (RFC 7143 7.8).
+    DataDigest,
 }
 
 impl DataError {
     /// Fixed-format sense data (SPC-4 4.5.3), sense key ABORTED COMMAND.
     fn fixed_sense(self) -> [u8; 18] {
-        let ascq = match self {
-            DataError::DataSequence => 0x00,
-            DataError::InvalidTargetTransferTag => 0x01,
-            DataError::TooMuchData => 0x02,
-            DataError::DataOffset => 0x05,
+        let (asc, ascq) = match self {
+            DataError::DataSequence => (0x4B, 0x00),
+            DataError::InvalidTargetTransferTag => (0x4B, 0x01),
+            DataError::TooMuchData => (0x4B, 0x02),
+            DataError::DataOffset => (0x4B, 0x05),
+            DataError::DataDigest => (0x47, 0x05),
         };
         let mut sense = [0u8; 18];
         sense[0] = 0x70;
         sense[2] = 0x0B;
         sense[7] = 10;
-        sense[12] = 0x4B;
+        sense[12] = asc;
         sense[13] = ascq;
         sense
     }
@@ -361,6 +364,45 @@ impl TargetSession {
     /// Rejects a PDU the runtime could not hand over intact (e.g. a data digest error, RFC 7143 7.8).
     pub fn reject_pdu(&mut self, reason: u8, pdu: &Pdu) {
         self.reject(reason, pdu);
+    }
+
+    /// A PDU whose header was sound but whose data digest was wrong (RFC 7143 7.8, at ErrorRecoveryLevel 0): it
+    /// is discarded and rejected with reason 02h, and the task its data belonged to ends with CHECK CONDITION,
+    /// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (47h/05h), since it cannot be retransmitted. For a SCSI
+    /// Command with immediate data, the command's CmdSN is counted as received, so the commands after it run.
+    pub fn data_digest_error(&mut self, header: &[u8; BHS_LEN]) {
+        let mut pdu = Pdu::new(Opcode::NopOut);
+        pdu.bhs = *header;
+        self.reject(reject::DATA_DIGEST_ERROR, &pdu);
+        let itt = pdu.itt();
+        match pdu.opcode() {
+            Some(Opcode::DataOut) => self.fail_write(itt, DataError::DataDigest),
+            Some(Opcode::ScsiCommand) => {
+                self.answer_with_data_error(itt, pdu.u32_at(20), DataError::DataDigest);
+                if !pdu.immediate() {
+                    let cmd_sn = SerialNumber(pdu.u32_at(24));
+                    if cmd_sn.in_window(self.exp_cmd_sn, self.max_cmd_sn()) {
+                        self.consume_cmd_sn(cmd_sn.0);
+                    }
+                }
+            }
+            // NOP-Out, Text, Logout: the Reject is the whole answer; the initiator may send it again.
+            _ => {}
+        }
+    }
+
+    /// CHECK CONDITION for a command that never ran because its data was lost, with all of `edtl` as residual.
+    fn answer_with_data_error(&mut self, itt: u32, edtl: u32, error: DataError) {
+        let response = ScsiResponse {
+            response: 0,
+            status: 0x02,
+            residual: Residual::Underflow(edtl),
+            itt,
+            sequence: TargetSequence::default(),
+            exp_data_sn: 0,
+            sense: error.fixed_sense().to_vec(),
+        };
+        self.queue(response.to_pdu(), Numbering::Status);
     }
 
     fn reject(&mut self, reason: u8, pdu: &Pdu) {
@@ -1390,6 +1432,79 @@ mod tests {
         assert!(executed(&mut session).is_empty());
         assert!(drain(&mut session).is_empty());
         assert_eq!(session.pending_tasks(), 0);
+    }
+
+    fn header_of(pdu: &Pdu) -> [u8; BHS_LEN] {
+        pdu.bhs
+    }
+
+    #[test]
+    fn a_data_digest_error_rejects_the_pdu_and_ends_its_task_with_protocol_service_crc_error() {
+        let p = SessionParams {
+            initial_r2t: true,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        // In a Data-Out: Reject 02h, then CHECK CONDITION 0B/47/05 for the write; its later data is discarded.
+        session
+            .handle_pdu(command(3, 0, true, 1024, vec![], true))
+            .unwrap();
+        let r2t = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        session.data_digest_error(&header_of(&data_out(3, r2t.ttt, 0, 0, 512, false)));
+        let answers = drain(&mut session);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(
+            Reject::from_pdu(&answers[0]).reason,
+            reject::DATA_DIGEST_ERROR
+        );
+        let response = ScsiResponse::from_pdu(&answers[1]);
+        assert_eq!(
+            (
+                response.itt,
+                response.status,
+                response.sense[2],
+                response.sense[12],
+                response.sense[13]
+            ),
+            (3, 2, 0x0B, 0x47, 0x05)
+        );
+        session
+            .handle_pdu(data_out(3, r2t.ttt, 1, 512, 512, true))
+            .unwrap();
+        assert!(executed(&mut session).is_empty());
+        assert_eq!(session.pending_tasks(), 0);
+
+        // In a SCSI Command's immediate data: the same answers, and its CmdSN counts, so the next command runs.
+        let immediate = command(4, 1, true, 512, vec![7; 512], true);
+        session.data_digest_error(&header_of(&immediate));
+        let answers = drain(&mut session);
+        assert_eq!(
+            Reject::from_pdu(&answers[0]).reason,
+            reject::DATA_DIGEST_ERROR
+        );
+        let response = ScsiResponse::from_pdu(&answers[1]);
+        assert_eq!(
+            (response.itt, response.sense[12], response.sense[13]),
+            (4, 0x47, 0x05)
+        );
+        session
+            .handle_pdu(command(5, 2, false, 512, vec![], true))
+            .unwrap();
+        assert_eq!(
+            executed(&mut session)
+                .iter()
+                .map(|e| e.1)
+                .collect::<Vec<_>>(),
+            [5]
+        );
+
+        // In a NOP-Out: only the Reject.
+        let mut nop = Pdu::new(Opcode::NopOut);
+        nop.bhs[0] |= 0x40;
+        session.data_digest_error(&header_of(&nop));
+        let answers = drain(&mut session);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].opcode(), Some(Opcode::Reject));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use lunlock_iscsi::login::{self, LoginOutcome, LoginSettings, SessionKind, TargetLogin};
-use lunlock_iscsi::message::{reject, tmf, LoginRequest, LoginResponse};
+use lunlock_iscsi::message::{tmf, LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{self, Digests, FrameError, Opcode, Pdu};
 use lunlock_iscsi::session::{CommandOutcome, SessionEvent, TargetSession, TaskId};
 use lunlock_iscsi::TextPairs;
@@ -30,6 +30,7 @@ use lunlock_scsi::{
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,6 +67,8 @@ struct Wire {
     output: Vec<u8>,
     digests: Digests,
     max_recv_data_segment_length: u32,
+    /// Header digest errors seen (0 or 1: the first closes the connection), for the daemon's counter.
+    header_digest_errors: u64,
 }
 
 enum Framed {
@@ -92,7 +95,13 @@ impl Wire {
                 self.consume(frame_length);
                 Ok(Some(Framed::DataDigestError(header)))
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => {
+                if matches!(error, FrameError::HeaderDigest { .. }) {
+                    // RFC 7143 7.8: a header digest error leaves the PDU's length unknowable; the connection ends.
+                    self.header_digest_errors += 1;
+                }
+                Err(error.to_string())
+            }
         }
     }
 
@@ -159,6 +168,7 @@ pub async fn serve(
         output: Vec::with_capacity(64 * 1024),
         digests: Digests::default(),
         max_recv_data_segment_length: LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH,
+        header_digest_errors: 0,
     };
     let logged_in = tokio::select! {
         _ = shutdown.changed() => return,
@@ -235,6 +245,12 @@ pub async fn serve(
     let reason = connection
         .run(&mut wire, signals.as_deref(), &mut shutdown)
         .await;
+    if wire.header_digest_errors > 0 {
+        shared
+            .digest_errors
+            .header
+            .fetch_add(wire.header_digest_errors, Ordering::Relaxed);
+    }
     log::event(format_args!("{peer}: connection closed: {reason}"));
     if let Some(signals) = signals {
         // The nexus loss is reported while the session is still registered, so a command waiting in
@@ -506,11 +522,21 @@ impl FullFeature {
             match framed {
                 Framed::Pdu(pdu) => self.session.handle_pdu(pdu).map_err(|e| e.to_string())?,
                 Framed::DataDigestError(header) => {
-                    // RFC 7143 7.8: a data digest error discards the PDU and rejects it; the connection survives.
-                    let mut rejected = Pdu::new(Opcode::NopOut);
-                    rejected.bhs = *header;
-                    self.session
-                        .reject_pdu(reject::DATA_DIGEST_ERROR, &rejected);
+                    // RFC 7143 7.8: a data digest error discards the PDU and rejects it, and ends the task whose
+                    // data it carried; the connection survives.
+                    let count = self
+                        .shared
+                        .digest_errors
+                        .data
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    log::event(format_args!(
+                        "{}: data digest error in a PDU with opcode {:#04x} ITT {:#x} ({count} since start)",
+                        self.nexus.initiator_name,
+                        header[0] & 0x3F,
+                        u32::from_be_bytes([header[16], header[17], header[18], header[19]]),
+                    ));
+                    self.session.data_digest_error(&header);
                 }
             }
             self.handle_events();

@@ -153,6 +153,17 @@ pub struct Shared {
     pub discovery_chap: RwLock<Option<ChapPolicy>>,
     /// Recent CHAP failures by source address, to slow down guessing.
     pub auth_failures: Mutex<AuthFailures>,
+    /// CRC32C digest errors since start (RFC 7143 7.8).
+    pub digest_errors: DigestErrors,
+}
+
+/// Digest errors since start, by kind.
+#[derive(Debug, Default)]
+pub struct DigestErrors {
+    /// Each closed its connection.
+    pub header: std::sync::atomic::AtomicU64,
+    /// Each was rejected, and its task ended with 47h/05h.
+    pub data: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -293,6 +304,14 @@ pub struct RunningTarget {
 impl RunningTarget {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addresses.clone()
+    }
+
+    /// Digest errors since start: (header, data).
+    pub fn digest_errors(&self) -> (u64, u64) {
+        (
+            self.shared.digest_errors.header.load(Ordering::Relaxed),
+            self.shared.digest_errors.data.load(Ordering::Relaxed),
+        )
     }
 
     /// Applies `config`'s access rules (allow-lists, CHAP) as a SIGHUP does; see [`Shared::reload_access`].
@@ -622,6 +641,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         next_tsih: AtomicU16::new(1),
         discovery_chap: RwLock::new(config.discovery_chap.clone()),
         auth_failures: Mutex::new(AuthFailures::default()),
+        digest_errors: DigestErrors::default(),
     });
     let (shutdown, shutdown_watch) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));

@@ -372,11 +372,56 @@ async fn malformed_pdus_cost_only_their_own_connection() {
     assert_eq!(Reject::from_pdu(&answer).reason, 0x02);
     digest.clear_unit_attentions().await;
 
-    // 5. A wrong header digest: the connection is dropped.
+    // 4b. A WRITE whose immediate data has a wrong digest: Reject 02h, then the command ends with CHECK CONDITION,
+    // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (47h/05h); its CmdSN counts, so the next command runs.
+    let write = ScsiCommand {
+        final_bit: true,
+        write: true,
+        itt: 91,
+        cmd_sn: digest.cmd_sn,
+        cdb: write10(5, 1),
+        expected_data_transfer_length: 512,
+        data: vec![0xEE; 512],
+        ..blank()
+    };
+    digest.cmd_sn += 1;
+    let mut bytes = write.to_pdu().to_bytes(digest.digests);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    digest.stream.write_all(&bytes).await.unwrap();
+    let reject = digest.receive().await.expect("a Reject");
+    assert_eq!(Reject::from_pdu(&reject).reason, 0x02);
+    let response = ScsiResponse::from_pdu(&digest.receive().await.expect("the SCSI Response"));
+    assert_eq!(
+        (
+            response.itt,
+            response.status,
+            response.sense[2] & 0x0F,
+            response.sense[12],
+            response.sense[13]
+        ),
+        (91, 2, 0x0B, 0x47, 0x05),
+        "{response:?}"
+    );
+    let (after, data) = digest.command(&read10(5, 1), 512, Vec::new()).await;
+    assert_eq!(after.status, 0);
+    assert_ne!(
+        data,
+        vec![0xEE; 512],
+        "the corrupted write must not have landed"
+    );
+    assert_eq!(target.digest_errors(), (0, 2));
+
+    // 5. A wrong header digest: the connection is dropped, and counted.
     let mut bytes = nop.to_pdu().to_bytes(digest.digests);
     bytes[20] ^= 0xFF;
     digest.stream.write_all(&bytes).await.unwrap();
     assert!(digest.receive().await.is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while target.digest_errors().0 == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(target.digest_errors(), (1, 2));
 
     // The healthy session never noticed.
     let data = vec![0x5A; 512];
