@@ -1406,8 +1406,8 @@ mod tests {
         assert_eq!((second[0].buffer_offset, second[0].r2t_sn), (4096, 1));
     }
 
-    #[test]
-    fn wrong_data_sn_fails_the_task_and_keeps_the_connection() {
+    /// A session with InitialR2T=Yes holding write ITT 3 of 1024 bytes, and the R2T it sent for it.
+    fn session_awaiting_write_data() -> (TargetSession, ReadyToTransfer) {
         let p = SessionParams {
             initial_r2t: true,
             ..params()
@@ -1417,6 +1417,12 @@ mod tests {
             .handle_pdu(command(3, 0, true, 1024, vec![], true))
             .unwrap();
         let r2t = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        (session, r2t)
+    }
+
+    #[test]
+    fn wrong_data_sn_fails_the_task_and_keeps_the_connection() {
+        let (mut session, r2t) = session_awaiting_write_data();
         session
             .handle_pdu(data_out(3, r2t.ttt, 27, 0, 512, false))
             .unwrap();
@@ -1440,16 +1446,8 @@ mod tests {
 
     #[test]
     fn a_data_digest_error_rejects_the_pdu_and_ends_its_task_with_protocol_service_crc_error() {
-        let p = SessionParams {
-            initial_r2t: true,
-            ..params()
-        };
-        let mut session = TargetSession::new(p, 0, 0, 16);
         // In a Data-Out: Reject 02h, then CHECK CONDITION 0B/47/05 for the write; its later data is discarded.
-        session
-            .handle_pdu(command(3, 0, true, 1024, vec![], true))
-            .unwrap();
-        let r2t = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        let (mut session, r2t) = session_awaiting_write_data();
         session.data_digest_error(&header_of(&data_out(3, r2t.ttt, 0, 0, 512, false)));
         let answers = drain(&mut session);
         assert_eq!(answers.len(), 2, "{answers:?}");
