@@ -29,6 +29,16 @@ pub mod status {
     pub const OUT_OF_RESOURCES: (u8, u8) = (0x03, 0x02);
 }
 
+/// InitiatorName, TargetName and SessionType name who logs in to what; the credentials and access rules are chosen
+/// by them. Once given they may be repeated but not changed (RFC 7143 6.2: a declarative key is not renegotiated),
+/// or a login could authenticate as one initiator or target and end as another: Initiator error.
+fn keep_identity(current: &Option<String>, value: &str) -> Result<(), (u8, u8)> {
+    match current {
+        Some(given) if given != value => Err(status::INITIATOR_ERROR),
+        _ => Ok(()),
+    }
+}
+
 /// The iSCSI protocol version this implementation speaks (RFC 7143 11.12.4).
 pub const VERSION: u8 = 0x00;
 /// Longest text we accumulate across C-bit continuations before failing the login.
@@ -43,9 +53,23 @@ pub struct PortalTarget {
     pub allowed_initiators: Option<Vec<String>>,
     /// Some: every initiator of this target must authenticate with CHAP.
     pub chap: Option<ChapPolicy>,
+    /// Initiators with CHAP credentials of their own (the target's ACL entries), which take the place of `chap`.
+    pub initiator_chap: Vec<(String, ChapPolicy)>,
 }
 
 impl PortalTarget {
+    /// The CHAP policy `initiator` must satisfy: its own ACL entry's, else the target's.
+    pub fn chap_for(&self, initiator: Option<&str>) -> Option<&ChapPolicy> {
+        initiator
+            .and_then(|name| {
+                self.initiator_chap
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, policy)| policy)
+            })
+            .or(self.chap.as_ref())
+    }
+
     pub fn admits(&self, initiator: &str) -> bool {
         self.allowed_initiators
             .as_ref()
@@ -216,7 +240,9 @@ impl TargetLogin {
     fn chap_policy(&self) -> Option<&ChapPolicy> {
         match self.kind {
             Some(SessionKind::Discovery) => self.settings.discovery_chap.as_ref(),
-            _ => self.target().and_then(|t| t.chap.as_ref()),
+            _ => self
+                .target()
+                .and_then(|t| t.chap_for(self.initiator_name.as_deref())),
         }
     }
 
@@ -459,22 +485,28 @@ impl TargetLogin {
                 if value.is_empty() {
                     return Err(status::MISSING_PARAMETER);
                 }
+                keep_identity(&self.initiator_name, value)?;
                 self.initiator_name = Some(value.to_string());
                 self.authorize()?;
             }
             "InitiatorAlias" => self.initiator_alias = Some(value.to_string()),
             "SessionType" => {
-                self.kind = Some(match value {
+                let kind = match value {
                     "Discovery" => SessionKind::Discovery,
                     "Normal" => SessionKind::Normal,
                     _ => return Err(status::SESSION_TYPE_NOT_SUPPORTED),
-                });
+                };
+                if self.kind.is_some_and(|k| k != kind) {
+                    return Err(status::INITIATOR_ERROR);
+                }
+                self.kind = Some(kind);
                 self.authorize()?;
             }
             "TargetName" => {
                 if !self.settings.targets.iter().any(|t| t.name == value) {
                     return Err(status::TARGET_NOT_FOUND);
                 }
+                keep_identity(&self.target_name, value)?;
                 self.target_name = Some(value.to_string());
                 self.authorize()?;
             }
@@ -722,6 +754,7 @@ mod tests {
     fn settings() -> LoginSettings {
         LoginSettings {
             targets: vec![PortalTarget {
+                initiator_chap: Vec::new(),
                 name: "iqn.t:a".into(),
                 alias: Some("alpha".into()),
                 allowed_initiators: Some(vec!["iqn.i:ok".into()]),
@@ -847,6 +880,44 @@ mod tests {
             &[("InitiatorName", "iqn.i:ok"), ("TargetName", "iqn.t:a")],
         ));
         assert!(failed(outcome));
+    }
+
+    #[test]
+    fn the_initiator_and_target_names_cannot_change_during_a_login() {
+        // After a security stage as iqn.i:ok, an operational stage naming another initiator, target or session
+        // type is an initiator error: credentials and access rules were chosen by the first names.
+        for changed in [
+            ("InitiatorName", "iqn.i:other"),
+            ("TargetName", "iqn.t:b"),
+            ("SessionType", "Discovery"),
+        ] {
+            let mut settings = settings();
+            let mut second = settings.targets[0].clone();
+            second.name = "iqn.t:b".into();
+            second.allowed_initiators = None;
+            settings.targets.push(second);
+            let mut login = TargetLogin::new(settings);
+            let first = [
+                ("InitiatorName", "iqn.i:ok"),
+                ("TargetName", "iqn.t:a"),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ];
+            assert!(matches!(
+                login.handle_request(request(0, 1, true, &first)),
+                LoginOutcome::Continue(_)
+            ));
+            let same_again = [("InitiatorName", "iqn.i:ok"), changed];
+            let outcome = login.handle_request(request(1, 3, true, &same_again));
+            let LoginOutcome::Fail(response) = outcome else {
+                panic!("{changed:?} was accepted");
+            };
+            assert_eq!(
+                (response.status_class, response.status_detail),
+                status::INITIATOR_ERROR,
+                "{changed:?}"
+            );
+        }
     }
 
     #[test]

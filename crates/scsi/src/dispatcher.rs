@@ -75,20 +75,26 @@ impl Dispatcher {
         if opcode == Some(op::REPORT_LUNS) {
             return self.report_luns(cmd);
         }
-        match self.luns.get(&cmd.lun) {
+        // A LUN the nexus's ACL masks is, to it, a LUN that does not exist (SPC-4 6.6.2).
+        match self.luns.get(&cmd.lun).filter(|_| cmd.access.sees(cmd.lun)) {
             Some(unit) if opcode == Some(op::EXTENDED_COPY) => self.extended_copy(unit, cmd),
             Some(unit) => unit.execute(cmd),
             None => self.missing_lun(cmd),
         }
     }
 
-    /// EXTENDED COPY through the copy manager of `unit`, which may copy between every LU of this target: the
-    /// LUs the nexus may access (SPC-4 5.16; CVE-2020-28374).
+    /// EXTENDED COPY through the copy manager of `unit`, which may copy between the LUs of this target that the
+    /// nexus may access (SPC-4 5.16; CVE-2020-28374): a descriptor naming a masked LU finds no such LU.
     fn extended_copy(&self, unit: &LogicalUnit, cmd: &ScsiCommand) -> ScsiResponse {
         match unit.admit(cmd) {
             Admission::Done(response) => response,
             Admission::Ready(admitted) => {
-                let units: Vec<&LogicalUnit> = self.luns.values().map(|unit| &**unit).collect();
+                let units: Vec<&LogicalUnit> = self
+                    .luns
+                    .iter()
+                    .filter(|(lun, _)| cmd.access.sees(**lun))
+                    .map(|(_, unit)| &**unit)
+                    .collect();
                 crate::xcopy::execute_blocking(unit, cmd, &admitted, &units)
             }
         }
@@ -120,7 +126,11 @@ impl Dispatcher {
             return fail(Sense::invalid_cdb_field(6, None));
         }
         let luns: Vec<u64> = match cmd.cdb[2] {
-            0x00 | 0x02 => self.lun_ids(),
+            0x00 | 0x02 => self
+                .lun_ids()
+                .into_iter()
+                .filter(|lun| cmd.access.sees(*lun))
+                .collect(),
             0x01 => Vec::new(), // well-known LUNs: lunlock has none
             _ => return fail(Sense::invalid_cdb_field(2, None)),
         };

@@ -94,6 +94,30 @@ pub enum TaskAttribute {
     Aca,
 }
 
+/// What one I_T nexus may do with the logical units of its target: LUN masking and read-only exports per
+/// initiator (the target's ACL). A masked LU is, to that nexus, a LUN that does not exist (SPC-4 6.33 REPORT LUNS
+/// lists only accessible LUs; other commands get LOGICAL UNIT NOT SUPPORTED, SPC-4 6.6.2 and SAM-5 5.9.5). A
+/// read-only export is write-protected for that nexus only (SBC-4 4.11: DATA PROTECT, WRITE PROTECTED).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NexusAccess {
+    /// The LUNs the nexus may see; None: every LUN of the target.
+    pub luns: Option<Vec<u64>>,
+    /// Every LUN the nexus sees is write-protected for it.
+    pub read_only: bool,
+}
+
+impl NexusAccess {
+    /// Every LUN, read and write: a target without ACL entries.
+    pub const FULL: NexusAccess = NexusAccess {
+        luns: None,
+        read_only: false,
+    };
+
+    pub fn sees(&self, lun: u64) -> bool {
+        self.luns.as_ref().is_none_or(|luns| luns.contains(&lun))
+    }
+}
+
 /// One SCSI command as delivered by the transport, with all its Data-Out gathered.
 #[derive(Debug)]
 pub struct ScsiCommand<'a> {
@@ -110,6 +134,8 @@ pub struct ScsiCommand<'a> {
     pub attribute: TaskAttribute,
     /// The nexuses logged in now, for the commands whose meaning depends on them (REGISTER AND MOVE).
     pub logged_in: &'a dyn LoggedInNexuses,
+    /// What this nexus may access (masking, read-only export).
+    pub access: &'a NexusAccess,
 }
 
 /// SAM-5 status codes.

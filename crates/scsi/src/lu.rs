@@ -265,6 +265,12 @@ impl LogicalUnit {
             || self.mode.software_write_protect.load(Ordering::Relaxed)
     }
 
+    /// Writes are refused to this command's nexus: the LU is write-protected, or the nexus's ACL exports it
+    /// read-only (SBC-4 4.11 applies per I_T nexus: MODE SENSE shows WP to that nexus only).
+    pub(crate) fn write_protected_for(&self, cmd: &ScsiCommand) -> bool {
+        self.write_protected() || cmd.access.read_only
+    }
+
     /// Sense bytes in the format the Control mode page's D_SENSE selects (SPC-4 4.5.1).
     pub fn encode_sense(&self, sense: &Sense) -> Vec<u8> {
         if self.mode.descriptor_sense.load(Ordering::Relaxed) {
@@ -410,7 +416,7 @@ impl LogicalUnit {
         {
             return Err(self.check_condition(Sense::invalid_cdb_field(13, None), data_out_wanted));
         }
-        let writes_protected_medium = command.writes_medium() && self.write_protected();
+        let writes_protected_medium = command.writes_medium() && self.write_protected_for(cmd);
         let Some((command, data_out)) =
             self.fit_data_out(command, cmd.data_out, data_out_wanted.unwrap_or(0))
         else {
@@ -527,7 +533,7 @@ impl LogicalUnit {
         admitted: &Admitted,
     ) -> Result<(), Refusal> {
         self.reservations.check(cmd.nexus, &admitted.command)?;
-        if admitted.command.writes_medium() && self.write_protected() {
+        if admitted.command.writes_medium() && self.write_protected_for(cmd) {
             return Err(Refusal::Check(Sense::new(Condition::WriteProtected)));
         }
         match self.sanitize_failure_refusal(&admitted.command) {
@@ -625,7 +631,7 @@ impl LogicalUnit {
     }
 
     fn run(&self, command: &Command, cmd: &ScsiCommand) -> Outcome {
-        if command.writes_medium() && self.write_protected() {
+        if command.writes_medium() && self.write_protected_for(cmd) {
             // SBC-4 4.11: write protection is DATA PROTECT / WRITE PROTECTED, checked before the range.
             return Err(Sense::new(Condition::WriteProtected));
         }
@@ -673,6 +679,7 @@ impl LogicalUnit {
                 page_code,
                 subpage_code,
                 allocation_length,
+                self.write_protected_for(cmd),
             ),
             Command::ModeSelect {
                 ten,

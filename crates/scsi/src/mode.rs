@@ -144,6 +144,7 @@ impl LogicalUnit {
         page_code: u8,
         subpage_code: u8,
         allocation_length: u32,
+        write_protected: bool,
     ) -> Outcome {
         if page_control == PageControl::Saved {
             return Err(Sense::new(Condition::SavingParametersNotSupported));
@@ -166,7 +167,7 @@ impl LogicalUnit {
         };
         // Device-specific parameter (SBC-4 6.5.1): WP, DPOFUA.
         let mut device_specific = 0x10;
-        if self.write_protected() && page_control == PageControl::Current {
+        if write_protected && page_control == PageControl::Current {
             device_specific |= 0x80;
         }
         let mut body = block_descriptor.clone();

@@ -5,8 +5,8 @@
 use crate::cdb::op;
 use crate::test_store::{Capabilities, TestStore};
 use crate::{
-    Admission, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ScsiCommand, ScsiResponse,
-    ScsiStatus, TaskAttribute,
+    Admission, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, NexusAccess, ScsiCommand,
+    ScsiResponse, ScsiStatus, TaskAttribute,
 };
 use lunlock_store::BlockStore;
 use std::sync::atomic::Ordering;
@@ -87,6 +87,7 @@ impl Unit {
             task_tag: 1,
             attribute: TaskAttribute::Simple,
             logged_in: &vec![Arc::clone(&self.nexus)],
+            access: &NexusAccess::FULL,
         })
     }
 
@@ -258,6 +259,7 @@ fn deferred_fua_flushes_once_after_the_write_and_only_for_good() {
             task_tag: 2,
             attribute: TaskAttribute::Simple,
             logged_in: &vec![Arc::clone(&unit.nexus)],
+            access: &NexusAccess::FULL,
         };
         let Admission::Ready(admitted) = unit.unit.admit(&cmd) else {
             panic!("{cdb:02x?} not admitted");

@@ -4,8 +4,8 @@
 use crate::cdb::op;
 use crate::test_store::TestStore;
 use crate::{
-    Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, ScsiCommand, ScsiResponse,
-    ScsiStatus, TaskAttribute,
+    Dispatcher, Isid, ItNexus, LogicalUnit, LogicalUnitConfig, NexusAccess, ScsiCommand,
+    ScsiResponse, ScsiStatus, TaskAttribute,
 };
 use std::sync::Arc;
 
@@ -84,6 +84,7 @@ impl Fixture {
             task_tag: 1,
             attribute: TaskAttribute::Simple,
             logged_in: &vec![Arc::clone(nexus)],
+            access: &NexusAccess::FULL,
         };
         self.unit.execute(&cmd)
     }
@@ -991,6 +992,7 @@ pub(crate) fn dispatch(
         task_tag: 7,
         attribute: TaskAttribute::Simple,
         logged_in: &vec![Arc::clone(nexus)],
+        access: &NexusAccess::FULL,
     })
 }
 
@@ -1217,6 +1219,7 @@ fn an_offline_unit_identifies_itself_and_refuses_everything_else() {
             task_tag: 1,
             attribute: TaskAttribute::Simple,
             logged_in: &vec![Arc::clone(&nexus)],
+            access: &NexusAccess::FULL,
         })
     };
     assert_eq!(
@@ -1951,6 +1954,7 @@ fn write_atomic_defers_its_fua_like_a_write() {
         task_tag: 1,
         attribute: TaskAttribute::Simple,
         logged_in: &vec![Arc::clone(&f.nexus)],
+        access: &NexusAccess::FULL,
     };
     let crate::Admission::Ready(admitted) = f.unit.admit(&cmd) else {
         panic!("a valid WRITE ATOMIC is admitted");

@@ -110,6 +110,8 @@ pub struct TargetDefinition {
     pub allowed_initiators: Option<Vec<String>>,
     /// CHAP every initiator of this target must pass (and the target's own credentials for mutual CHAP).
     pub chap: Option<ChapPolicy>,
+    /// Per-initiator rules (`[[target.acl]]`): LUN masking, read-only export, CHAP credentials of its own.
+    pub acl: Vec<AclEntry>,
     pub luns: Vec<LunConfig>,
     /// Where LUN identities (NAA, serial) are kept.
     pub identity_dir: PathBuf,
@@ -118,6 +120,21 @@ pub struct TargetDefinition {
     /// Accept LUNLOCK FAULT CONTROL (also implied by any configured rule).
     pub fault_injection: bool,
 }
+
+/// One `[[target.acl]]` entry: what one initiator may see and do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclEntry {
+    pub initiator: String,
+    /// The LUNs it sees; None: all of the target's.
+    pub luns: Option<Vec<u64>>,
+    /// Every LUN it sees is write-protected for it.
+    pub read_only: bool,
+    /// CHAP it must pass, in place of the target's.
+    pub chap: Option<ChapPolicy>,
+}
+
+/// Most `[[target.acl]]` entries per target.
+pub const MAX_ACL_ENTRIES: usize = 4096;
 
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +277,7 @@ impl TargetConfig {
                 alias: None,
                 allowed_initiators: None,
                 chap: None,
+                acl: Vec::new(),
                 luns: vec![LunConfig {
                     id: 0,
                     path: options.data_dir.join("lun-0.img"),
@@ -369,10 +387,26 @@ struct FileTarget {
     mutual_chap_secret_file: Option<Spanned<String>>,
     #[serde(default, rename = "lun")]
     luns: Vec<Spanned<FileLun>>,
+    #[serde(default, rename = "acl")]
+    acl: Vec<Spanned<FileAcl>>,
     #[serde(default)]
     fault_injection: bool,
     #[serde(default, rename = "fault")]
     faults: Vec<FileFault>,
+}
+
+/// `[[target.acl]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAcl {
+    initiator: Spanned<String>,
+    luns: Option<Spanned<Vec<u64>>>,
+    #[serde(default)]
+    read_only: bool,
+    chap_user: Option<Spanned<String>>,
+    chap_secret_file: Option<Spanned<String>>,
+    mutual_chap_user: Option<Spanned<String>>,
+    mutual_chap_secret_file: Option<Spanned<String>>,
 }
 
 /// `[discovery]`: the same CHAP keys as a target's.
@@ -741,16 +775,94 @@ fn parse_target(
             mutual_secret_file: target.mutual_chap_secret_file.as_ref(),
         },
     )?;
+    let acl = parse_acl(source, base, target, &luns)?;
     Ok(TargetDefinition {
         name,
         alias: target.alias.clone(),
-        allowed_initiators: target.allowed_initiators.clone(),
+        allowed_initiators: effective_allow_list(target, &acl),
         chap,
+        acl,
         luns,
         identity_dir,
         faults,
         fault_injection: target.fault_injection,
     })
+}
+
+/// The allow-list: `allowed_initiators` when given, else the ACL's initiators when there are entries, else none
+/// (any initiator). An ACL entry is an admission: an initiator missing from a given `allowed_initiators` is caught
+/// by [`parse_acl`].
+fn effective_allow_list(target: &FileTarget, acl: &[AclEntry]) -> Option<Vec<String>> {
+    match &target.allowed_initiators {
+        Some(names) => Some(names.clone()),
+        None if acl.is_empty() => None,
+        None => Some(acl.iter().map(|entry| entry.initiator.clone()).collect()),
+    }
+}
+
+/// `[[target.acl]]` entries: one per initiator, naming only LUNs the target has.
+fn parse_acl(
+    source: &SourceFile,
+    base: &Path,
+    target: &FileTarget,
+    luns: &[LunConfig],
+) -> Result<Vec<AclEntry>, ServeError> {
+    if target.acl.len() > MAX_ACL_ENTRIES {
+        return Err(source.error(
+            target.name.span().start,
+            format!("more than {MAX_ACL_ENTRIES} [[target.acl]] entries"),
+        ));
+    }
+    let mut entries: Vec<AclEntry> = Vec::new();
+    for entry in &target.acl {
+        let entry = entry.get_ref();
+        let at = entry.initiator.span().start;
+        let initiator = entry.initiator.get_ref().clone();
+        check_iqn(&initiator).map_err(|m| source.error(at, format!("key `initiator`: {m}")))?;
+        if entries.iter().any(|e| e.initiator == initiator) {
+            return Err(source.error(
+                at,
+                format!("key `initiator`: {initiator} has two [[target.acl]] entries"),
+            ));
+        }
+        if let Some(allowed) = &target.allowed_initiators {
+            if !allowed.contains(&initiator) {
+                return Err(source.error(
+                    at,
+                    format!("key `initiator`: {initiator} is not in allowed_initiators"),
+                ));
+            }
+        }
+        if let Some(listed) = &entry.luns {
+            if let Some(missing) = listed
+                .get_ref()
+                .iter()
+                .find(|id| !luns.iter().any(|l| l.id == **id))
+            {
+                return Err(source.error(
+                    listed.span().start,
+                    format!("key `luns`: the target has no LUN {missing}"),
+                ));
+            }
+        }
+        let chap = chap_policy(
+            source,
+            base,
+            ChapKeys {
+                user: entry.chap_user.as_ref(),
+                secret_file: entry.chap_secret_file.as_ref(),
+                mutual_user: entry.mutual_chap_user.as_ref(),
+                mutual_secret_file: entry.mutual_chap_secret_file.as_ref(),
+            },
+        )?;
+        entries.push(AclEntry {
+            initiator,
+            luns: entry.luns.as_ref().map(|l| l.get_ref().clone()),
+            read_only: entry.read_only,
+            chap,
+        });
+    }
+    Ok(entries)
 }
 
 /// `[[target.fault]]` entries: `spec` as on the command line, `lun` narrowing it to one configured LUN.
@@ -933,6 +1045,55 @@ read_only = true
         })?;
         config.check_exposure(false).map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    #[test]
+    fn acl_entries_parse_and_become_the_allow_list() {
+        let head = "listen = [\"127.0.0.1:1\"]\n[[target]]\nname = \"iqn.x:y\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n\
+                    [[target.lun]]\nid = 1\nsize = \"1M\"\n";
+        let config = parse(&format!(
+            "{head}[[target.acl]]\ninitiator = \"iqn.x:a\"\nluns = [1]\nread_only = true\n\
+             [[target.acl]]\ninitiator = \"iqn.x:b\"\n"
+        ))
+        .unwrap();
+        let target = &config.targets[0];
+        assert_eq!(
+            target.allowed_initiators,
+            Some(vec!["iqn.x:a".to_string(), "iqn.x:b".to_string()])
+        );
+        assert_eq!(
+            (target.acl[0].luns.clone(), target.acl[0].read_only),
+            (Some(vec![1]), true)
+        );
+        assert_eq!(
+            (target.acl[1].luns.clone(), target.acl[1].read_only),
+            (None, false)
+        );
+        for (entry, line, expected) in [
+            ("[[target.acl]]\ninitiator = \"iqn.x:a\"\nluns = [7]\n", 12, "no LUN 7"),
+            (
+                "[[target.acl]]\ninitiator = \"iqn.x:a\"\n[[target.acl]]\ninitiator = \"iqn.x:a\"\n",
+                13,
+                "two [[target.acl]]",
+            ),
+            ("[[target.acl]]\ninitiator = \"not an iqn\"\n", 11, "key `initiator`"),
+        ] {
+            let err = parse(&format!("{head}{entry}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("/etc/lunlock.toml:{line}:")) && err.contains(expected),
+                "{entry:?}: {err}"
+            );
+        }
+        let listed = head.replace(
+            "[[target.lun]]\nid = 0",
+            "allowed_initiators = [\"iqn.x:b\"]\n[[target.lun]]\nid = 0",
+        );
+        let err = parse(&format!(
+            "{listed}[[target.acl]]\ninitiator = \"iqn.x:a\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not in allowed_initiators"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::task_set::{self, TaskSet};
 use lunlock_scsi::{
-    Isid, ItNexus, ResetKind, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
+    Isid, ItNexus, NexusAccess, ResetKind, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -598,6 +598,7 @@ impl FullFeature {
                         task_tag: itt as u64,
                         attribute,
                         sessions: Arc::clone(&self.shared),
+                        access: self.access(),
                     };
                     let enabled = self
                         .task_sets
@@ -626,15 +627,23 @@ impl FullFeature {
         }
     }
 
+    /// What this session's initiator may access under the target's ACL, as the rules stand now.
+    fn access(&self) -> Arc<NexusAccess> {
+        match self.shared.target(&self.nexus.target_name) {
+            Some(target) => target.access_for(&self.nexus.initiator_name),
+            None => Arc::new(NexusAccess::FULL),
+        }
+    }
+
     /// Starts an enabled command: answered here when no LUN of a served target takes it (discovery sessions,
-    /// REPORT LUNS, LUNs that do not exist), otherwise a future on its LUN.
+    /// REPORT LUNS, LUNs that do not exist or that the ACL masks), otherwise a future on its LUN.
     fn start(&mut self, task: TaskId, lun: u64, request: CommandRequest) {
         let runtime = self
             .shared
             .target(&self.nexus.target_name)
             .filter(|_| self.kind == SessionKind::Normal)
             .and_then(|target| {
-                let routed = request.cdb.first() != Some(&REPORT_LUNS);
+                let routed = request.cdb.first() != Some(&REPORT_LUNS) && request.access.sees(lun);
                 routed.then(|| target.luns.get(&lun).cloned()).flatten()
             });
         let Some(runtime) = runtime else {
@@ -788,7 +797,8 @@ impl FullFeature {
             return;
         };
         let dispatcher = Arc::clone(&target.dispatcher);
-        let lun_exists = dispatcher.lun_exists(lun);
+        // A LUN the ACL masks does not exist for this nexus: its TMFs answer LUN DOES NOT EXIST.
+        let lun_exists = dispatcher.lun_exists(lun) && self.access().sees(lun);
         let nexus = Arc::clone(&self.nexus);
         let (tasks, received) = (in_flight.len(), Instant::now());
         let answer = move |response: u8, close_all: bool| TmfDone {

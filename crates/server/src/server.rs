@@ -8,7 +8,8 @@
 
 use crate::auth_throttle::AuthFailures;
 use crate::config::{
-    LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig, TargetDefinition,
+    AclEntry, LunConfig, LunOrigin, Position, ServeError, ServeOptions, TargetConfig,
+    TargetDefinition,
 };
 use crate::connection;
 use crate::engine::{IoEngine, IoEngineKind, DEFAULT_THREADS_PER_LUN};
@@ -21,8 +22,8 @@ use crate::uring::Uring;
 use lunlock_iscsi::chap::ChapPolicy;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{
-    Dispatcher, Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind,
-    TargetPortGroups,
+    Dispatcher, Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, NexusAccess,
+    ResetKind, TargetPortGroups,
 };
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
@@ -56,14 +57,55 @@ pub struct ServedTarget {
 pub struct Access {
     pub allowed_initiators: Option<Vec<String>>,
     pub chap: Option<ChapPolicy>,
+    /// Per-initiator rules from `[[target.acl]]`.
+    pub acl: Vec<AclEntry>,
+    /// What each ACL initiator may access, shared with its commands.
+    nexus_access: HashMap<String, Arc<NexusAccess>>,
+    /// Everything: initiators without an ACL entry.
+    full: Arc<NexusAccess>,
 }
 
 impl Access {
     pub fn of(definition: &TargetDefinition) -> Access {
+        let nexus_access = definition
+            .acl
+            .iter()
+            .map(|entry| {
+                let access = NexusAccess {
+                    luns: entry.luns.clone(),
+                    read_only: entry.read_only,
+                };
+                (entry.initiator.clone(), Arc::new(access))
+            })
+            .collect();
         Access {
             allowed_initiators: definition.allowed_initiators.clone(),
             chap: definition.chap.clone(),
+            acl: definition.acl.clone(),
+            nexus_access,
+            full: Arc::new(NexusAccess::FULL),
         }
+    }
+
+    /// What `initiator` may access: its ACL entry's masking and read-only export, or everything.
+    pub fn for_initiator(&self, initiator: &str) -> Arc<NexusAccess> {
+        Arc::clone(self.nexus_access.get(initiator).unwrap_or(&self.full))
+    }
+
+    /// The CHAP policy `initiator` must have passed: its ACL entry's, else the target's.
+    fn chap_for(&self, initiator: &str) -> Option<&ChapPolicy> {
+        self.acl
+            .iter()
+            .find(|entry| entry.initiator == initiator)
+            .and_then(|entry| entry.chap.as_ref())
+            .or(self.chap.as_ref())
+    }
+}
+
+impl ServedTarget {
+    /// What `initiator`'s commands may access now (the rules in force, reloaded by SIGHUP).
+    pub fn access_for(&self, initiator: &str) -> Arc<NexusAccess> {
+        read(&self.access).for_initiator(initiator)
     }
 }
 
@@ -75,6 +117,11 @@ impl ServedTarget {
             alias: self.definition.alias.clone(),
             allowed_initiators: access.allowed_initiators.clone(),
             chap: access.chap.clone(),
+            initiator_chap: access
+                .acl
+                .iter()
+                .filter_map(|entry| Some((entry.initiator.clone(), entry.chap.clone()?)))
+                .collect(),
         }
     }
 }
@@ -799,7 +846,7 @@ impl Shared {
             .allowed_initiators
             .as_ref()
             .is_none_or(|names| names.iter().any(|n| n == &nexus.initiator_name));
-        let authenticated = match &access.chap {
+        let authenticated = match access.chap_for(&nexus.initiator_name) {
             None => true,
             Some(policy) => handle.chap_user.as_deref() == Some(policy.initiator.user.as_str()),
         };

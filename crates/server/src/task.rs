@@ -21,8 +21,8 @@ use lunlock_scsi::hold_time::{timed, SharedLock, Timed};
 use lunlock_scsi::range_lock::RangeGuard;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
-    Admission, Admitted, BlockIo, ItNexus, LogicalUnit, SanitizeOperation, ScsiCommand,
-    ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
+    Admission, Admitted, BlockIo, ItNexus, LogicalUnit, NexusAccess, SanitizeOperation,
+    ScsiCommand, ScsiResponse, ScsiStatus, SideEffects, TaskAttribute,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,6 +164,8 @@ pub struct CommandRequest {
     /// asks when its TransportID names an initiator without ISID (SPC-4 5.13.8). Owned, since the command may run
     /// on an engine thread.
     pub sessions: Arc<Shared>,
+    /// What the nexus may access: the target's ACL entry for its initiator, when the command arrived.
+    pub access: Arc<NexusAccess>,
 }
 
 impl CommandRequest {
@@ -177,6 +179,7 @@ impl CommandRequest {
             task_tag: self.task_tag,
             attribute: self.attribute,
             logged_in: &*self.sessions,
+            access: &self.access,
         }
     }
 }
@@ -256,11 +259,19 @@ async fn execute(
         };
     }
     if matches!(admitted.command(), Command::ExtendedCopy { .. }) {
-        // The copy may span the target's LUNs and takes its own ranges, chunk by chunk (`crate::xcopy`).
+        // The copy may span the target's LUNs that this nexus's ACL lets it see, and takes its own ranges, chunk
+        // by chunk (`crate::xcopy`). A descriptor naming a masked LUN finds no such LU and is refused.
         let target_luns = request
             .sessions
             .target(&request.nexus.target_name)
-            .map(|target| target.luns.values().cloned().collect())
+            .map(|target| {
+                target
+                    .luns
+                    .iter()
+                    .filter(|(id, _)| request.access.sees(**id))
+                    .map(|(_, runtime)| Arc::clone(runtime))
+                    .collect()
+            })
             .unwrap_or_default();
         return crate::xcopy::run_extended_copy(lun, control, &command, &admitted, target_luns)
             .await;

@@ -3,6 +3,8 @@
 //! initiator; discovery sessions can demand CHAP too; challenges are never repeated; repeated failures from one
 //! address are slowed without locking out a neighbour that knows the secret.
 
+mod support;
+
 use lunlock_initiator::{
     ChapCredentials, Credentials, DataDirection, InitiatorError, LoginOptions, Session,
 };
@@ -10,7 +12,7 @@ use lunlock_iscsi::chap;
 use lunlock_iscsi::message::{LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{self, Digests};
 use lunlock_iscsi::TextPairs;
-use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::RunningTarget;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -52,13 +54,7 @@ async fn start(dir: &Path, discovery: bool) -> RunningTarget {
     );
     let path = dir.join("lunlock.toml");
     std::fs::write(&path, config).unwrap();
-    let options = ServeOptions {
-        config: Some(path),
-        ..ServeOptions::default()
-    };
-    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
-        .await
-        .unwrap()
+    support::start_from_file(path).await
 }
 
 fn credentials(secret: &[u8], target: Option<&[u8]>) -> ChapCredentials {

@@ -8,7 +8,7 @@ mod support;
 use lunlock_initiator::{DataDirection, ScsiOutcome, Session};
 use lunlock_scsi::cdb::Command;
 use lunlock_scsi::xcopy::parameters::{encode, ListIdUsage};
-use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
+use lunlock_server::RunningTarget;
 use std::path::Path;
 
 const TARGET_A: &str = "iqn.2026-11.io.lunlock:copy-a";
@@ -34,13 +34,7 @@ async fn start(dir: &Path) -> RunningTarget {
         ),
     )
     .unwrap();
-    let options = ServeOptions {
-        config: Some(config),
-        ..ServeOptions::default()
-    };
-    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
-        .await
-        .unwrap()
+    support::start_from_file(config).await
 }
 
 /// The NAA designator a LUN reports first in VPD page 83h (SPC-4 7.8.6.6).

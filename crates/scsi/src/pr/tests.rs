@@ -4,8 +4,8 @@ use super::*;
 use crate::cdb::op;
 use crate::test_store::TestStore;
 use crate::{
-    Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, ResetKind, ScsiCommand,
-    ScsiResponse, ScsiStatus, TaskAttribute,
+    Isid, ItNexus, LoggedInNexuses, LogicalUnit, LogicalUnitConfig, NexusAccess, ResetKind,
+    ScsiCommand, ScsiResponse, ScsiStatus, TaskAttribute,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,7 @@ impl Lu {
             task_tag: 1,
             attribute: TaskAttribute::Simple,
             logged_in,
+            access: &NexusAccess::FULL,
         };
         self.unit.execute(&cmd)
     }
@@ -730,6 +731,7 @@ fn all_tg_pt_registration_covers_every_target_port() {
         task_tag: 1,
         attribute: TaskAttribute::Simple,
         logged_in: &vec![Arc::clone(&other_port)],
+        access: &NexusAccess::FULL,
     };
     while lu.unit.unit_attentions().take(&other_port).is_some() {}
     good(&lu.unit.execute(&cmd));
@@ -1222,6 +1224,7 @@ fn a_different_isid_is_a_different_nexus() {
         task_tag: 1,
         attribute: TaskAttribute::Simple,
         logged_in: &vec![Arc::clone(&same_name)],
+        access: &NexusAccess::FULL,
     };
     conflict(&lu.unit.execute(&cmd));
     // The registration survives the nexus's loss and serves a re-login with the same ISID.

@@ -311,6 +311,11 @@ impl LogicalUnit {
             Ok(parameters) => parameters,
             Err(sense) => return answer(Err(Refusal::Check(sense))),
         };
+        if cmd.access.read_only {
+            // Every copy this manager runs writes a block device, and a read-only export may write none: refused
+            // before any block is read (SBC-4 4.11, DATA PROTECT, WRITE PROTECTED).
+            return answer(Err(Refusal::Check(Sense::new(Condition::WriteProtected))));
+        }
         let list_id = parameters
             .usage
             .keeps_status()

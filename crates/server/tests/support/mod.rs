@@ -26,6 +26,17 @@ pub async fn start_sized(dir: &Path, lun_size_bytes: u64) -> RunningTarget {
         .unwrap()
 }
 
+/// Starts a target from the TOML file at `config` (its relative paths are relative to the file's directory).
+pub async fn start_from_file(config: std::path::PathBuf) -> RunningTarget {
+    let options = ServeOptions {
+        config: Some(config),
+        ..ServeOptions::default()
+    };
+    lunlock_server::start(TargetConfig::from_options(&options).unwrap())
+        .await
+        .unwrap()
+}
+
 /// Logs in to `target_name` on the target's first portal as `initiator` (with a random ISID), and consumes the
 /// POWER ON unit attention with a TEST UNIT READY, so the test's own first command is not answered with it.
 pub async fn login(target: &RunningTarget, target_name: &str, initiator: &str) -> Session {

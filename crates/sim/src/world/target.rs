@@ -28,7 +28,7 @@ use lunlock_scsi::range_lock::{LockFuture, RangeGuard};
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::{
     pr::PrPersistence, Admission, Admitted, Isid, ItNexus, LoggedInNexuses, LogicalUnit,
-    LogicalUnitConfig, ScsiCommand, ScsiResponse, TaskAttribute,
+    LogicalUnitConfig, NexusAccess, ScsiCommand, ScsiResponse, TaskAttribute,
 };
 use lunlock_store::journal::AtomicJournal;
 use lunlock_store::memory::MemoryStore;
@@ -264,6 +264,7 @@ fn scsi_command<'a>(
 ) -> ScsiCommand<'a> {
     ScsiCommand {
         logged_in,
+        access: &NexusAccess::FULL,
         nexus,
         lun: request.lun as u64,
         cdb: &request.cdb,
