@@ -2,6 +2,7 @@
 //! full-feature session state machine, usable in the target and the initiator role. Nothing here touches a socket,
 //! a file or a clock: callers feed bytes and values in and send the PDUs that come out.
 
+pub mod budget;
 pub mod chap;
 pub mod login;
 pub mod message;

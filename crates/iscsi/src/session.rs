@@ -21,6 +21,7 @@
 //! Invariants: every task held is bounded in size (EDTL <= MAX_TASK_DATA_BYTES), the reorder buffer holds at most
 //! the command window, and no PDU from the initiator can make this code panic.
 
+use crate::budget::{Reservation, WriteBudget};
 use crate::message::{
     self, reject, tmf, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut,
     ReadyToTransfer, Reject, Residual, ScsiCommand, ScsiResponse, TargetSequence,
@@ -28,16 +29,16 @@ use crate::message::{
 };
 use crate::params::SessionParams;
 use crate::pdu::{Opcode, Pdu, SerialNumber, BHS_LEN};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 /// Largest expected data transfer length accepted for one write (bounds memory per task).
 pub const MAX_TASK_DATA_BYTES: u32 = 64 << 20;
 /// Tasks held awaiting Data-Out at once.
 pub const MAX_TASKS_AWAITING_DATA: usize = 1024;
-/// Bytes of write buffers one session may hold while their Data-Out arrives. Immediate commands are outside the
-/// CmdSN window, so without this bound an initiator could make the target allocate MAX_TASKS_AWAITING_DATA times
-/// MAX_TASK_DATA_BYTES.
+/// Bytes of write data one session may have reserved while their Data-Out arrives, unless the runtime sets
+/// another bound ([`TargetSession::with_write_budget`]). Immediate commands are outside the CmdSN window, so
+/// without this bound one session could claim MAX_TASKS_AWAITING_DATA times MAX_TASK_DATA_BYTES.
 pub const MAX_PENDING_WRITE_BYTES: u64 = 256 << 20;
 
 /// Executed tasks whose response was dropped that ABORT TASK still recognises; older ones are forgotten (and
@@ -156,6 +157,22 @@ struct Solicitation {
     length: u32,
     received: u32,
     next_data_sn: u32,
+    /// Data received for this solicitation while an earlier one is still incomplete (MaxOutstandingR2T > 1):
+    /// it joins the write's buffer when the data before it has arrived.
+    staged: Vec<u8>,
+}
+
+impl Solicitation {
+    fn new(ttt: u32, offset: u32, length: u32) -> Solicitation {
+        Solicitation {
+            ttt,
+            offset,
+            length,
+            received: 0,
+            next_data_sn: 0,
+            staged: Vec::new(),
+        }
+    }
 }
 
 /// A write command gathering its Data-Out.
@@ -163,12 +180,37 @@ struct Solicitation {
 struct PendingWrite {
     command: ScsiCommand,
     lun: u64,
+    /// The data received so far from offset 0 without a gap. It grows as Data-Out arrives, never past what was
+    /// solicited, so memory follows the data actually sent, not the length claimed.
     buffer: Vec<u8>,
+    /// Completed solicitations that start beyond `buffer`, by offset, waiting for the data before them.
+    parked: BTreeMap<u32, Vec<u8>>,
+    /// The whole expected data transfer length, held from the target-wide budget until the command completes.
+    reservation: Reservation,
     received: u32,
     /// Where the next R2T starts.
     next_r2t_offset: u32,
     open: Vec<Solicitation>,
     r2t_sn: u32,
+}
+
+impl PendingWrite {
+    /// Moves data that arrived out of order into the buffer once everything before it is there: parked
+    /// solicitations that start where the buffer ends, then the staged part of the open one that does.
+    fn join_arrived_data(&mut self) {
+        loop {
+            let end = self.buffer.len() as u32;
+            if let Some(part) = self.parked.remove(&end) {
+                self.buffer.extend_from_slice(&part);
+                continue;
+            }
+            if let Some(open) = self.open.iter_mut().find(|s| s.offset == end) {
+                let staged = std::mem::take(&mut open.staged);
+                self.buffer.extend_from_slice(&staged);
+            }
+            return;
+        }
+    }
 }
 
 /// What the session remembers of a task handed to the runtime, to build its response.
@@ -183,6 +225,8 @@ struct Executing {
     expected_transfer_length: u32,
     read: bool,
     r2ts_sent: u32,
+    /// The write's data budget, given back when the command completes (the runtime holds its data until then).
+    _data_reservation: Option<Reservation>,
 }
 
 /// How an ABORT TASK names a task: Referenced Task Tag and RefCmdSN (RFC 7143 11.5.4, 11.5.5).
@@ -236,6 +280,10 @@ pub struct TargetSession {
     /// The highest MaxCmdSN told to the initiator: the window never shrinks below it (RFC 7143 3.2.2.1).
     advertised_max_cmd_sn: SerialNumber,
     logged_out: bool,
+    /// Where writes reserve their data (shared by every session of the target).
+    budget: WriteBudget,
+    /// The most write data this session may have reserved at once while it arrives.
+    max_pending_write_bytes: u64,
 }
 
 /// How an ABORT TASK is answered.
@@ -298,11 +346,37 @@ impl TargetSession {
             transmit: VecDeque::new(),
             advertised_max_cmd_sn: SerialNumber(exp_cmd_sn).plus(queue_depth.max(1) - 1),
             logged_out: false,
+            budget: WriteBudget::unlimited(),
+            max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,
         }
+    }
+
+    /// Makes writes reserve their data from `budget` (shared with other sessions), and bounds what this session
+    /// may hold at once to `per_session_bytes`. A write that does not fit either is answered TASK SET FULL.
+    pub fn with_write_budget(
+        mut self,
+        budget: WriteBudget,
+        per_session_bytes: u64,
+    ) -> TargetSession {
+        self.budget = budget;
+        self.max_pending_write_bytes = per_session_bytes;
+        self
     }
 
     pub fn params(&self) -> &SessionParams {
         &self.params
+    }
+
+    /// Bytes of memory holding write data of tasks still gathering their Data-Out (capacity, not length).
+    pub fn write_bytes_allocated(&self) -> usize {
+        self.writes
+            .values()
+            .map(|w| {
+                w.buffer.capacity()
+                    + w.parked.values().map(Vec::capacity).sum::<usize>()
+                    + w.open.iter().map(|s| s.staged.capacity()).sum::<usize>()
+            })
+            .sum()
     }
 
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
@@ -530,7 +604,7 @@ impl TargetSession {
             return Ok(());
         }
         if !command.write || edtl == 0 {
-            self.execute(command, lun, Vec::new(), 0);
+            self.execute(command, lun, Vec::new(), 0, None);
             return Ok(());
         }
         if edtl > MAX_TASK_DATA_BYTES {
@@ -538,22 +612,25 @@ impl TargetSession {
                 "write of {edtl} bytes exceeds this target's per-task limit"
             ));
         }
-        let held: u64 = self.writes.values().map(|w| w.buffer.len() as u64).sum();
-        if self.writes.len() >= MAX_TASKS_AWAITING_DATA
-            || held + edtl as u64 > MAX_PENDING_WRITE_BYTES
-        {
-            // SAM-5 5.3: TASK SET FULL when the target lacks the resources to take the task now; the initiator
-            // retries later. Its Data-Out, if any follows, is discarded as data for an unknown task.
-            self.respond_without_executing(command.itt, TASK_SET_FULL);
-            return Ok(());
-        }
         if self.writes.contains_key(&command.itt) {
             self.reject(reject::TASK_IN_PROGRESS, &pdu);
             return Ok(());
         }
+        let held: u64 = self.writes.values().map(|w| w.reservation.bytes()).sum();
+        let reservation = if self.writes.len() >= MAX_TASKS_AWAITING_DATA
+            || held + edtl as u64 > self.max_pending_write_bytes
+        {
+            None
+        } else {
+            self.budget.try_reserve(edtl as u64)
+        };
+        let Some(reservation) = reservation else {
+            // SAM-5 5.3: TASK SET FULL when the target lacks the resources to take the task now; the initiator
+            // retries later. Its Data-Out, if any follows, is discarded as data for an unknown task.
+            self.respond_without_executing(command.itt, TASK_SET_FULL);
+            return Ok(());
+        };
         let first_burst = self.params.first_burst_length.min(edtl);
-        let mut buffer = vec![0u8; edtl as usize];
-        buffer[..immediate_len as usize].copy_from_slice(&command.data);
         let mut open = Vec::new();
         // Unsolicited Data-Out follows unless InitialR2T=Yes or F=1 (RFC 7143 11.3.1, 13.10).
         let unsolicited_end = if !self.params.initial_r2t && !command.final_bit {
@@ -562,22 +639,22 @@ impl TargetSession {
             immediate_len
         };
         if unsolicited_end > immediate_len {
-            open.push(Solicitation {
-                ttt: RESERVED_TAG,
-                offset: immediate_len,
-                length: unsolicited_end - immediate_len,
-                received: 0,
-                next_data_sn: 0,
-            });
+            open.push(Solicitation::new(
+                RESERVED_TAG,
+                immediate_len,
+                unsolicited_end - immediate_len,
+            ));
         }
         let itt = command.itt;
+        let mut command = command;
+        // The immediate data is the start of the buffer (RFC 7143 11.3.4: it begins at offset 0).
+        let buffer = std::mem::take(&mut command.data);
         let write = PendingWrite {
-            command: ScsiCommand {
-                data: Vec::new(),
-                ..command
-            },
+            command,
             lun,
             buffer,
+            parked: BTreeMap::new(),
+            reservation,
             received: immediate_len,
             next_r2t_offset: unsolicited_end,
             open,
@@ -616,13 +693,9 @@ impl TargetSession {
                 buffer_offset: write.next_r2t_offset,
                 desired_length: length,
             };
-            write.open.push(Solicitation {
-                ttt,
-                offset: write.next_r2t_offset,
-                length,
-                received: 0,
-                next_data_sn: 0,
-            });
+            write
+                .open
+                .push(Solicitation::new(ttt, write.next_r2t_offset, length));
             write.r2t_sn += 1;
             write.next_r2t_offset += length;
             self.transmit.push_back(Outgoing {
@@ -670,8 +743,21 @@ impl TargetSession {
             self.fail_write(itt, DataError::TooMuchData);
             return Ok(());
         }
-        let start = data_out.buffer_offset as usize;
-        write.buffer[start..start + length as usize].copy_from_slice(&data_out.data);
+        if solicitation.staged.is_empty() && expected_offset as usize == write.buffer.len() {
+            // In order: straight into the buffer, growing it by at most what this solicitation covers.
+            let still_due = (solicitation.length - solicitation.received) as usize;
+            if write.buffer.capacity() - write.buffer.len() < still_due {
+                write.buffer.reserve_exact(still_due);
+            }
+            write.buffer.extend_from_slice(&data_out.data);
+        } else {
+            if solicitation.staged.capacity() == 0 {
+                solicitation
+                    .staged
+                    .reserve_exact(solicitation.length as usize);
+            }
+            solicitation.staged.extend_from_slice(&data_out.data);
+        }
         solicitation.received += length;
         solicitation.next_data_sn += 1;
         write.received += length;
@@ -682,7 +768,11 @@ impl TargetSession {
             return Ok(());
         }
         if sequence_done {
-            write.open.remove(index);
+            let done = write.open.remove(index);
+            if !done.staged.is_empty() {
+                write.parked.insert(done.offset, done.staged);
+            }
+            write.join_arrived_data();
             self.solicit(itt);
         }
         self.finish_write_if_complete(itt);
@@ -735,10 +825,26 @@ impl TargetSession {
         let Some(write) = self.writes.remove(&itt) else {
             return;
         };
-        self.execute(write.command, write.lun, write.buffer, write.r2t_sn);
+        let mut buffer = write.buffer;
+        // Every byte arrived, so the parts are joined; the resize only guards the invariant.
+        buffer.resize(write.command.expected_data_transfer_length as usize, 0);
+        self.execute(
+            write.command,
+            write.lun,
+            buffer,
+            write.r2t_sn,
+            Some(write.reservation),
+        );
     }
 
-    fn execute(&mut self, command: ScsiCommand, lun: u64, data_out: Vec<u8>, r2ts_sent: u32) {
+    fn execute(
+        &mut self,
+        command: ScsiCommand,
+        lun: u64,
+        data_out: Vec<u8>,
+        r2ts_sent: u32,
+        data_reservation: Option<Reservation>,
+    ) {
         let task = TaskId(self.next_task);
         self.next_task += 1;
         self.executing.insert(
@@ -751,6 +857,7 @@ impl TargetSession {
                 expected_transfer_length: command.expected_data_transfer_length,
                 read: command.read,
                 r2ts_sent,
+                _data_reservation: data_reservation,
             },
         );
         self.events.push_back(SessionEvent::Execute {
@@ -1370,22 +1477,34 @@ mod tests {
         assert_eq!(done[0].2[7168], (7168 / 512) as u8);
     }
 
-    #[test]
-    fn r2ts_beyond_max_outstanding_wait_for_completed_sequences() {
+    /// A session with InitialR2T=Yes and no immediate data holding write ITT 3 of `edtl` bytes, and the R2Ts it
+    /// sent for it (at most `max_outstanding_r2t` of at most `max_burst_length` each).
+    fn write_awaiting_r2t_data(
+        max_outstanding_r2t: u32,
+        max_burst_length: u32,
+        edtl: u32,
+    ) -> (TargetSession, Vec<ReadyToTransfer>) {
         let p = SessionParams {
-            max_outstanding_r2t: 1,
+            max_outstanding_r2t,
             initial_r2t: true,
             immediate_data: false,
+            max_burst_length,
             ..params()
         };
         let mut session = TargetSession::new(p, 0, 0, 16);
         session
-            .handle_pdu(command(3, 0, true, 8192, vec![], true))
+            .handle_pdu(command(3, 0, true, edtl, vec![], true))
             .unwrap();
-        let first: Vec<_> = drain(&mut session)
+        let r2ts = drain(&mut session)
             .iter()
             .map(ReadyToTransfer::from_pdu)
             .collect();
+        (session, r2ts)
+    }
+
+    #[test]
+    fn r2ts_beyond_max_outstanding_wait_for_completed_sequences() {
+        let (mut session, first) = write_awaiting_r2t_data(1, params().max_burst_length, 8192);
         assert_eq!(first.len(), 1);
         for (i, offset) in [0u32, 1024, 2048, 3072].into_iter().enumerate() {
             session
@@ -1932,6 +2051,107 @@ mod tests {
         let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
         assert_eq!((response.itt, response.status), (99, 0x28));
         assert_eq!(session.pending_tasks(), fits as usize);
+    }
+
+    #[test]
+    fn data_arriving_out_of_order_across_r2ts_is_joined_in_place() {
+        let (mut session, r2ts) = write_awaiting_r2t_data(2, 1024, 3072);
+        assert_eq!(r2ts.len(), 2);
+        // The second burst first, then the first: its data waits, then joins.
+        for (r2t, data_sn) in [(&r2ts[1], 0), (&r2ts[1], 1), (&r2ts[0], 0), (&r2ts[0], 1)] {
+            let offset = r2t.buffer_offset + data_sn * 512;
+            session
+                .handle_pdu(data_out(3, r2t.ttt, data_sn, offset, 512, data_sn == 1))
+                .unwrap();
+        }
+        let third = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(third.buffer_offset, 2048);
+        for data_sn in 0..2 {
+            session
+                .handle_pdu(data_out(
+                    3,
+                    third.ttt,
+                    data_sn,
+                    2048 + data_sn * 512,
+                    512,
+                    data_sn == 1,
+                ))
+                .unwrap();
+        }
+        let (_, itt, data) = executed(&mut session).remove(0);
+        assert_eq!(itt, 3);
+        let expected: Vec<u8> = (0..3072usize).map(|i| (i / 512) as u8).collect();
+        assert_eq!(data, expected);
+    }
+
+    #[test]
+    fn write_memory_follows_the_data_that_arrived_not_the_length_claimed() {
+        let p = SessionParams {
+            initial_r2t: true,
+            immediate_data: false,
+            ..params()
+        };
+        let mut session = TargetSession::new(p, 0, 0, 16);
+        session
+            .handle_pdu(command(3, 0, true, MAX_TASK_DATA_BYTES, vec![], true))
+            .unwrap();
+        let r2t = ReadyToTransfer::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(session.write_bytes_allocated(), 0);
+        session
+            .handle_pdu(data_out(3, r2t.ttt, 0, 0, 512, false))
+            .unwrap();
+        let allocated = session.write_bytes_allocated();
+        // At most the one burst solicited, however long the write claims to be.
+        assert!(
+            (512..=p.max_burst_length as usize).contains(&allocated),
+            "{allocated} bytes allocated"
+        );
+    }
+
+    #[test]
+    fn a_shared_budget_refuses_writes_with_task_set_full_until_reservations_return() {
+        let p = SessionParams {
+            initial_r2t: true,
+            immediate_data: true,
+            ..params()
+        };
+        let budget = WriteBudget::new(4096);
+        let mut first = TargetSession::new(p, 0, 0, 16).with_write_budget(budget.clone(), u64::MAX);
+        let mut second =
+            TargetSession::new(p, 0, 0, 16).with_write_budget(budget.clone(), u64::MAX);
+        first
+            .handle_pdu(command(1, 0, true, 3072, vec![7; 1024], true))
+            .unwrap();
+        assert_eq!(budget.reserved(), 3072);
+        second
+            .handle_pdu(command(1, 0, true, 2048, vec![8; 1024], true))
+            .unwrap();
+        let refused = ScsiResponse::from_pdu(&drain(&mut second)[0]);
+        assert_eq!((refused.itt, refused.status), (1, TASK_SET_FULL));
+        assert_eq!(budget.refused(), 1);
+        // The first write's data arrives and it runs; the reservation is held until the command completes.
+        let r2t = ReadyToTransfer::from_pdu(&drain(&mut first)[0]);
+        for (data_sn, offset) in [(0, 1024), (1, 1536), (2, 2048), (3, 2560)] {
+            first
+                .handle_pdu(data_out(1, r2t.ttt, data_sn, offset, 512, offset == 2560))
+                .unwrap();
+        }
+        let (task, _, data) = executed(&mut first).remove(0);
+        assert_eq!(data.len(), 3072);
+        assert_eq!(budget.reserved(), 3072);
+        first.complete_command(task, CommandOutcome::default());
+        assert_eq!(budget.reserved(), 0);
+        second
+            .handle_pdu(command(2, 1, true, 2048, vec![8; 1024], true))
+            .unwrap();
+        assert_eq!(budget.reserved(), 2048);
+        assert_eq!(ReadyToTransfer::from_pdu(&drain(&mut second)[0]).itt, 2);
+        drop(second);
+        assert_eq!(
+            budget.reserved(),
+            0,
+            "a closed session gives its reservations back"
+        );
     }
 
     #[test]

@@ -210,6 +210,13 @@ impl LogicalUnit {
         }
     }
 
+    /// Limits the registrations this LU keeps (default [`crate::pr::MAX_REGISTRATIONS`]): one more REGISTER, or a
+    /// SPEC_I_PT list that would pass it, fails with INSUFFICIENT REGISTRATION RESOURCES (SPC-4 5.13.7).
+    pub fn with_registration_limit(mut self, limit: usize) -> LogicalUnit {
+        self.reservations.set_registration_limit(limit);
+        self
+    }
+
     /// Installs the journal that makes WRITE ATOMIC of up to its capacity all or nothing across a power loss
     /// (SBC-4 4.29). The caller recovers it against this LU's store first ([`AtomicJournal::recover`]), so no
     /// interrupted write is left half done when the LU starts answering.

@@ -5,6 +5,7 @@
 
 use crate::engine::IoEngineKind;
 use crate::fault::FaultRule;
+use crate::limits::{FileLimits, Limits};
 use crate::secrets::read_secret_file;
 use lunlock_iscsi::chap::{ChapPolicy, Credentials};
 use serde::Deserialize;
@@ -23,7 +24,7 @@ pub const MAX_TARGETS: usize = 256;
 pub const MAX_LUNS_PER_TARGET: usize = 256;
 pub const MAX_PORTALS: usize = 64;
 /// Connections served at once over all portals, unless `max_connections` or `--max-connections` says otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The largest `max_connections` accepted: each connection holds a task, buffers and a descriptor.
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
@@ -146,6 +147,11 @@ pub struct TargetConfig {
     pub discovery_chap: Option<ChapPolicy>,
     /// Connections served at once over all portals; more are refused at accept.
     pub max_connections: usize,
+    /// Whether `max_connections` was asked for (a file key or the flag), rather than the default: a default that
+    /// does not fit the descriptor limit is lowered with a warning, an explicit one is an error.
+    pub max_connections_explicit: bool,
+    /// `[limits]`: sessions, command window, negotiation maxima, write buffers, timeouts.
+    pub limits: Limits,
     /// `--io-engine`: None probes io_uring at start and falls back to threads.
     pub io_engine: Option<IoEngineKind>,
 }
@@ -247,6 +253,7 @@ impl TargetConfig {
             check_connection_limit(limit)
                 .map_err(|m| ServeError::Invalid(format!("--max-connections: {m}")))?;
             self.max_connections = limit;
+            self.max_connections_explicit = true;
         }
         Ok(self)
     }
@@ -294,6 +301,8 @@ impl TargetConfig {
             }],
             discovery_chap: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_explicit: false,
+            limits: Limits::default(),
             io_engine: None,
         })
     }
@@ -370,6 +379,7 @@ struct FileConfig {
     data_dir: Option<Spanned<String>>,
     listen: Spanned<Vec<Spanned<String>>>,
     max_connections: Option<Spanned<usize>>,
+    limits: Option<FileLimits>,
     discovery: Option<FileChap>,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<FileTarget>>,
@@ -559,6 +569,11 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         }
         None => DEFAULT_MAX_CONNECTIONS,
     };
+    let limits = file
+        .limits
+        .as_ref()
+        .map_or(Ok(Limits::default()), FileLimits::resolve)
+        .map_err(|e| source.error(e.offset, format!("[limits] {}", e.message)))?;
     let discovery_chap = match &file.discovery {
         Some(keys) => chap_policy(
             &source,
@@ -589,6 +604,8 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         targets,
         discovery_chap,
         max_connections,
+        max_connections_explicit: file.max_connections.is_some(),
+        limits,
         io_engine: None,
     })
 }
@@ -1270,7 +1287,54 @@ read_only = true
             .to_string();
         assert!(err.starts_with("--max-connections:"), "{err}");
         let default = TargetConfig::from_options(&ServeOptions::default()).unwrap();
-        assert_eq!(default.max_connections, 1024);
+        assert_eq!(default.max_connections, 4096);
+        assert!(!default.max_connections_explicit);
+        assert!(config.max_connections_explicit);
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_are_bounded_with_file_line_and_key() {
+        let body = "[[target]]\nname = \"iqn.2026-11.io.lunlock:t\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n";
+        let config = parse(&format!("listen = [\"127.0.0.1:1\"]\n{body}")).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        let config = parse(&format!(
+            "listen = [\"127.0.0.1:1\"]\n[limits]\nsessions_per_initiator = 2\ncommands_per_session = 32\n\
+             max_burst_length = 65536\nwrite_buffer_bytes = \"128MiB\"\nlogin_timeout_seconds = 3\n{body}"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.sessions_per_initiator, 2);
+        assert_eq!(config.limits.commands_per_session, 32);
+        assert_eq!(config.limits.max_burst_length, 65536);
+        assert_eq!(
+            config.limits.first_burst_length, 65536,
+            "clamped to the burst"
+        );
+        assert_eq!(config.limits.write_buffer_bytes, 128 << 20);
+        assert_eq!(config.limits.write_buffer_bytes_per_session, 128 << 20);
+        assert_eq!(
+            config.limits.login_timeout,
+            std::time::Duration::from_secs(3)
+        );
+        for (bad, key) in [
+            ("commands_per_session = 0", "commands_per_session"),
+            (
+                "max_recv_data_segment_length = 100",
+                "max_recv_data_segment_length",
+            ),
+            ("max_burst_length = 20000000", "max_burst_length"),
+            ("write_buffer_bytes = \"1MiB\"", "write_buffer_bytes"),
+            ("registrations_per_lun = 0", "registrations_per_lun"),
+            ("nop_in_misses = 0", "nop_in_misses"),
+            ("sessions = 3", "sessions"),
+        ] {
+            let err = parse(&format!(
+                "listen = [\"127.0.0.1:1\"]\n[limits]\n{bad}\n{body}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("/etc/lunlock.toml:3:"), "{bad}: {err}");
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -32,27 +32,15 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// REPORT LUNS's operation code (SPC-4 6.33): answered by the target's dispatcher, for any LUN.
 const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
-/// A login must finish within this time.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// An idle full-feature connection is pinged this often (NOP-In, RFC 7143 11.19)...
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and closed after this many pings go unanswered: 80 s. RFC 7143 sets no value. An initiator driven by one
-/// thread answers only when it next services its socket: libiscsi's synchronous API does not while its caller
-/// sleeps, and libiscsi's own Sanitize.Reset sleeps 60 s between TEST UNIT READYs. Closing such a connection
-/// sooner makes that initiator reconnect into a new nexus, whose unit attention starts the wait over, forever. A
-/// host that is gone is found sooner anyway: its kernel resets the connection, or TCP retransmission gives up.
-pub const KEEPALIVE_MISSES_ALLOWED: u32 = 16;
 /// MaxRecvDataSegmentLength in force during login (RFC 7143 13.12: the default until negotiated).
 pub const LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 8192;
-/// Command window granted to each session.
-pub const SESSION_QUEUE_DEPTH: u32 = 128;
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Why a connection ended (for the log).
@@ -170,11 +158,12 @@ pub async fn serve(
         max_recv_data_segment_length: LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH,
         header_digest_errors: 0,
     };
+    let login_timeout = shared.limits.login_timeout;
     let logged_in = tokio::select! {
         _ = shutdown.changed() => return,
-        result = tokio::time::timeout(LOGIN_TIMEOUT, login_phase(&mut wire, peer, portal_group_tag, &shared)) => result,
+        result = tokio::time::timeout(login_timeout, login_phase(&mut wire, peer, portal_group_tag, &shared)) => result,
     };
-    let (result, tsih) = match logged_in {
+    let (result, tsih, admission) = match logged_in {
         Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
             log::event(format_args!("{peer}: login failed: {reason}"));
@@ -185,12 +174,7 @@ pub async fn serve(
             return;
         }
     };
-    let nexus = Arc::new(ItNexus {
-        initiator_name: result.initiator_name.clone(),
-        isid: Isid(result.isid),
-        target_name: result.target_name.clone().unwrap_or_default(),
-        relative_target_port: portal_group_tag,
-    });
+    let nexus = Arc::new(nexus_of(&result, portal_group_tag));
     log::event(format_args!(
         "{peer}: {} session tsih {tsih} for {} isid {} to {}",
         if result.kind == SessionKind::Discovery {
@@ -213,7 +197,11 @@ pub async fn serve(
             result.params,
             result.exp_cmd_sn,
             result.next_stat_sn,
-            SESSION_QUEUE_DEPTH,
+            shared.limits.commands_per_session,
+        )
+        .with_write_budget(
+            shared.write_budget.clone(),
+            shared.limits.write_buffer_bytes_per_session,
         ),
         kind: result.kind,
         nexus,
@@ -227,21 +215,7 @@ pub async fn serve(
         dormant: HashMap::new(),
         controls: HashMap::new(),
     };
-    let signals = match result.kind {
-        SessionKind::Normal => match wire.stream.as_fd().try_clone_to_owned() {
-            Ok(socket) => Some(shared.register_session(
-                &connection.nexus,
-                tsih,
-                result.chap_user.clone(),
-                socket,
-            )),
-            Err(e) => {
-                log::event(format_args!("{peer}: cannot track the connection: {e}"));
-                return;
-            }
-        },
-        SessionKind::Discovery => None,
-    };
+    let signals = admission.map(Admission::complete);
     let reason = connection
         .run(&mut wire, signals.as_deref(), &mut shutdown)
         .await;
@@ -261,19 +235,86 @@ pub async fn serve(
     }
 }
 
+/// The I_T nexus a login result names (SAM-5 4.6.4).
+fn nexus_of(result: &login::LoginResult, portal_group_tag: u16) -> ItNexus {
+    ItNexus {
+        initiator_name: result.initiator_name.clone(),
+        isid: Isid(result.isid),
+        target_name: result.target_name.clone().unwrap_or_default(),
+        relative_target_port: portal_group_tag,
+    }
+}
+
+/// A normal session registered before its final login response is sent ([`Shared::admit_session`]). If the
+/// login does not complete after all (that response cannot be sent, or the login times out), dropping this
+/// unregisters it, so a failed login never holds a place under the session limits.
+struct Admission {
+    shared: Arc<Shared>,
+    key: ItNexus,
+    tsih: u16,
+    signals: Option<Arc<SessionSignals>>,
+}
+
+impl Admission {
+    fn complete(mut self) -> Arc<SessionSignals> {
+        self.signals.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.signals.take().is_some() {
+            self.shared.unregister_session(&self.key, self.tsih);
+        }
+    }
+}
+
+/// Registers a normal session under the session limits; the error says which limit, or why it cannot be
+/// tracked.
+fn admit(
+    shared: &Arc<Shared>,
+    wire: &Wire,
+    result: &login::LoginResult,
+    portal_group_tag: u16,
+    tsih: u16,
+) -> Result<Admission, Closed> {
+    let socket = wire
+        .stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot track the connection: {e}"))?;
+    let key = nexus_of(result, portal_group_tag);
+    let signals = shared.admit_session(&key, tsih, result.chap_user.clone(), socket)?;
+    Ok(Admission {
+        shared: Arc::clone(shared),
+        key,
+        tsih,
+        signals: Some(signals),
+    })
+}
+
+/// What this target offers in a login, from its targets and `[limits]`.
+fn login_settings(shared: &Shared, portal_group_tag: u16) -> LoginSettings {
+    let limits = &shared.limits;
+    LoginSettings {
+        targets: shared.targets.iter().map(|t| t.portal_target()).collect(),
+        discovery_chap: crate::server::read(&shared.discovery_chap).clone(),
+        portal_group_tag,
+        max_recv_data_segment_length: limits.max_recv_data_segment_length,
+        max_burst_length: limits.max_burst_length,
+        first_burst_length: limits.first_burst_length,
+        max_outstanding_r2t: limits.max_outstanding_r2t,
+        queue_depth: limits.commands_per_session,
+    }
+}
+
 async fn login_phase(
     wire: &mut Wire,
     peer: SocketAddr,
     portal_group_tag: u16,
-    shared: &Shared,
-) -> Result<(login::LoginResult, u16), Closed> {
-    let settings = LoginSettings {
-        targets: shared.targets.iter().map(|t| t.portal_target()).collect(),
-        discovery_chap: crate::server::read(&shared.discovery_chap).clone(),
-        portal_group_tag,
-        queue_depth: SESSION_QUEUE_DEPTH,
-        ..LoginSettings::default()
-    };
+    shared: &Arc<Shared>,
+) -> Result<(login::LoginResult, u16, Option<Admission>), Closed> {
+    let settings = login_settings(shared, portal_group_tag);
     let mut login = TargetLogin::new(settings);
     loop {
         let pdu = match wire.next().await? {
@@ -317,9 +358,26 @@ async fn login_phase(
                     );
                 }
                 let tsih = shared.allocate_tsih();
+                let admission = match result.kind {
+                    SessionKind::Normal => {
+                        match admit(shared, wire, &result, portal_group_tag, tsih) {
+                            Ok(admission) => Some(admission),
+                            Err(reason) => {
+                                // RFC 7143 11.13.5: 0302h Out of resources.
+                                (response.status_class, response.status_detail) =
+                                    login::status::OUT_OF_RESOURCES;
+                                response.transit = false;
+                                response.data.clear();
+                                send_login_response(wire, &response).await?;
+                                return Err(format!("refused: {reason}"));
+                            }
+                        }
+                    }
+                    SessionKind::Discovery => None,
+                };
                 response.tsih = tsih;
                 send_login_response(wire, &response).await?;
-                return Ok((*result, tsih));
+                return Ok((*result, tsih, admission));
             }
         }
     }
@@ -435,7 +493,8 @@ impl FullFeature {
         signals: Option<&SessionSignals>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Closed {
-        let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+        let mut keepalive = tokio::time::interval(self.shared.limits.nop_in_interval);
+        let misses_allowed = self.shared.limits.nop_in_misses;
         keepalive.tick().await;
         let mut active_since_tick = false;
         let mut missed_pings = 0;
@@ -473,7 +532,7 @@ impl FullFeature {
                     }
                     if self.session.ping_outstanding() {
                         missed_pings += 1;
-                        if missed_pings >= KEEPALIVE_MISSES_ALLOWED {
+                        if missed_pings >= misses_allowed {
                             return "initiator stopped answering NOP-In pings".into();
                         }
                     }

@@ -4,9 +4,11 @@
 pub mod auth_throttle;
 pub mod config;
 mod connection;
+mod descriptors;
 pub mod engine;
 pub mod fault;
 mod latch;
+pub mod limits;
 pub mod lock_stats;
 mod log;
 mod pr_state;

@@ -15,10 +15,12 @@ use crate::connection;
 use crate::engine::{IoEngine, IoEngineKind, DEFAULT_THREADS_PER_LUN};
 use crate::fault::FaultTable;
 use crate::latch::Latch;
+use crate::limits::Limits;
 use crate::log;
 use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
 use crate::uring::Uring;
+use lunlock_iscsi::budget::WriteBudget;
 use lunlock_iscsi::chap::ChapPolicy;
 use lunlock_iscsi::login::PortalTarget;
 use lunlock_scsi::{
@@ -202,6 +204,10 @@ pub struct Shared {
     pub auth_failures: Mutex<AuthFailures>,
     /// CRC32C digest errors since start (RFC 7143 7.8).
     pub digest_errors: DigestErrors,
+    /// `[limits]` in force.
+    pub limits: Limits,
+    /// Write data reserved by every session together (`limits.write_buffer_bytes`).
+    pub write_budget: WriteBudget,
 }
 
 /// Digest errors since start, by kind.
@@ -228,14 +234,34 @@ impl Shared {
     }
 
     /// Registers a new session for `key`, closing a previous session of the same nexus (session reinstatement,
-    /// RFC 7143 6.3.5). Returns the signals the connection task must watch.
-    pub fn register_session(
+    /// RFC 7143 6.3.5), unless that would pass `sessions_per_target` or `sessions_per_initiator` (the session a
+    /// reinstatement replaces does not count). Checked and registered under one lock, so concurrent logins cannot
+    /// pass a limit together. Returns the signals the connection task must watch, or which limit refused it.
+    pub fn admit_session(
         &self,
         key: &SessionKey,
         tsih: u16,
         chap_user: Option<String>,
         socket: OwnedFd,
-    ) -> Arc<SessionSignals> {
+    ) -> Result<Arc<SessionSignals>, String> {
+        let mut sessions = lock(&self.sessions);
+        let holding = |same: &dyn Fn(&SessionKey) -> bool| {
+            sessions
+                .keys()
+                .filter(|other| *other != key && same(other))
+                .count()
+        };
+        let of_target = holding(&|other| other.target_name == key.target_name);
+        let of_initiator = holding(&|other| other.initiator_name == key.initiator_name);
+        let too_many = |name: &str, holding: usize, setting: &str| {
+            Err(format!("{name} already has {holding} sessions ({setting})"))
+        };
+        if of_target >= self.limits.sessions_per_target {
+            return too_many(&key.target_name, of_target, "sessions_per_target");
+        }
+        if of_initiator >= self.limits.sessions_per_initiator {
+            return too_many(&key.initiator_name, of_initiator, "sessions_per_initiator");
+        }
         let signals = Arc::new(SessionSignals::default());
         let handle = SessionHandle {
             tsih,
@@ -243,7 +269,7 @@ impl Shared {
             chap_user,
             socket,
         };
-        let previous = lock(&self.sessions).insert(key.clone(), handle);
+        let previous = sessions.insert(key.clone(), handle);
         if let Some(previous) = previous {
             log::event(format_args!(
                 "session reinstatement: {} isid {} replaces tsih {}",
@@ -253,7 +279,7 @@ impl Shared {
             ));
             previous.signals.close.notify_one();
         }
-        signals
+        Ok(signals)
     }
 
     /// Asks the session of `nexus` (if it is logged in) to abort its tasks for `lun`.
@@ -384,6 +410,7 @@ fn open_lun(
     target: &TargetDefinition,
     lun: &LunConfig,
     port_groups: &Arc<TargetPortGroups>,
+    limits: &Limits,
 ) -> Result<(Arc<LogicalUnit>, Arc<dyn BlockStore>), ServeError> {
     let storage = |what: &str, e: &dyn std::fmt::Display| {
         ServeError::Storage(format!(
@@ -432,7 +459,7 @@ fn open_lun(
         read_only: lun.read_only,
         thin_provisioned,
     };
-    let mut unit = unit_with_reservations(target, lun, config, Arc::clone(&store))
+    let mut unit = unit_with_reservations(target, lun, config, Arc::clone(&store), limits)
         .with_target_port_groups(Arc::clone(port_groups));
     if !lun.read_only {
         let journal = recovered_atomic_journal(target, lun, &*store)
@@ -544,10 +571,14 @@ fn unit_with_reservations(
     lun: &LunConfig,
     config: LogicalUnitConfig,
     store: Arc<dyn BlockStore>,
+    limits: &Limits,
 ) -> LogicalUnit {
     let file = PrStateFile::new(&target.identity_dir, lun.id);
     let path = file.path();
-    let unit = || LogicalUnit::new(config.clone(), Arc::clone(&store));
+    let unit = || {
+        LogicalUnit::new(config.clone(), Arc::clone(&store))
+            .with_registration_limit(limits.registrations_per_lun)
+    };
     let failure = match file.load() {
         Ok(saved) => match unit().with_persistence(Arc::new(file), saved.as_deref()) {
             Ok(restored) => return restored,
@@ -642,7 +673,7 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
         let mut runtimes = BTreeMap::new();
         let mut stores = Vec::new();
         for lun in &definition.luns {
-            let (unit, store) = open_lun(definition, lun, &port_groups)?;
+            let (unit, store) = open_lun(definition, lun, &port_groups, &config.limits)?;
             let name = format!("{} LUN {}", definition.name, lun.id);
             let runtime = lun_runtime(&name, unit.clone(), &store, engine_kind)?;
             runtimes.insert(lun.id, runtime);
@@ -689,9 +720,15 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         discovery_chap: RwLock::new(config.discovery_chap.clone()),
         auth_failures: Mutex::new(AuthFailures::default()),
         digest_errors: DigestErrors::default(),
+        limits: config.limits.clone(),
+        write_budget: WriteBudget::new(config.limits.write_buffer_bytes),
     });
+    let max_connections = crate::descriptors::fit_connection_limit(
+        config.max_connections,
+        config.max_connections_explicit,
+    )?;
     let (shutdown, shutdown_watch) = watch::channel(false);
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let limit = Arc::new(Semaphore::new(max_connections));
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for (listener, address, tag) in listeners {
@@ -703,7 +740,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
             Arc::clone(&shared),
             shutdown_watch.clone(),
             Arc::clone(&limit),
-            config.max_connections,
+            max_connections,
         ));
     }
     Ok(RunningTarget {

@@ -19,7 +19,7 @@ pub mod unit;
 pub mod wire;
 
 pub use codec::{decode_pr_state, encode_pr_state, PrStateError};
-pub use state::{Holder, PrState, Registration, Reservation};
+pub use state::{Holder, PrState, Registration, Reservation, MAX_REGISTRATIONS};
 pub use unit::PrPersistence;
 pub use wire::{PrIn, PrOutCommand, TransportId};
 

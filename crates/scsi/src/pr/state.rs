@@ -176,10 +176,21 @@ impl PrState {
         command: &PrOutCommand,
         logged_in: &dyn LoggedInNexuses,
     ) -> Result<Effects, PrError> {
+        self.apply_within(nexus, command, logged_in, MAX_REGISTRATIONS)
+    }
+
+    /// [`PrState::apply`] with at most `max_registrations` registrations (the LU's configured limit).
+    pub fn apply_within(
+        &mut self,
+        nexus: &ItNexus,
+        command: &PrOutCommand,
+        logged_in: &dyn LoggedInNexuses,
+        max_registrations: usize,
+    ) -> Result<Effects, PrError> {
         let mut effects = Effects::default();
         match command.action {
             ServiceActionOut::Register | ServiceActionOut::RegisterAndIgnoreExistingKey => {
-                self.register(nexus, command, &mut effects)?
+                self.register(nexus, command, &mut effects, max_registrations)?
             }
             ServiceActionOut::Reserve => self.reserve(nexus, command)?,
             ServiceActionOut::Release => self.release(nexus, command, &mut effects)?,
@@ -188,7 +199,7 @@ impl PrState {
                 self.preempt(nexus, command, &mut effects)?
             }
             ServiceActionOut::RegisterAndMove => {
-                self.register_and_move(nexus, command, logged_in)?
+                self.register_and_move(nexus, command, logged_in, max_registrations)?
             }
         }
         Ok(effects)
@@ -212,6 +223,7 @@ impl PrState {
         nexus: &ItNexus,
         command: &PrOutCommand,
         effects: &mut Effects,
+        max_registrations: usize,
     ) -> Result<(), PrError> {
         let ignore = command.action == ServiceActionOut::RegisterAndIgnoreExistingKey;
         let sark = command.service_action_key;
@@ -248,7 +260,7 @@ impl PrState {
                     }
                     added.push(registration);
                 }
-                if self.registrations.len() + added.len() > MAX_REGISTRATIONS {
+                if self.registrations.len() + added.len() > max_registrations {
                     return Err(Sense::new(Condition::InsufficientRegistrationResources).into());
                 }
                 self.registrations.extend(added);
@@ -460,6 +472,7 @@ impl PrState {
         nexus: &ItNexus,
         command: &PrOutCommand,
         logged_in: &dyn LoggedInNexuses,
+        max_registrations: usize,
     ) -> Result<(), PrError> {
         let own = self.checked_registration(nexus, command.key)?;
         let Some(reservation) = self.reservation.clone() else {
@@ -505,7 +518,7 @@ impl PrState {
         let destination_id = target.id();
         match existing {
             Some(index) => self.registrations[index].key = sark,
-            None if self.registrations.len() >= MAX_REGISTRATIONS => {
+            None if self.registrations.len() >= max_registrations => {
                 return Err(Sense::new(Condition::InsufficientRegistrationResources).into());
             }
             None => self.registrations.push(target),

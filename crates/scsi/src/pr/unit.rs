@@ -61,9 +61,26 @@ pub(crate) struct Reservations {
     inner: Mutex<Inner>,
     active: AtomicBool,
     persistence: Option<Arc<dyn PrPersistence>>,
+    registration_limit: RegistrationLimit,
+}
+
+/// Registrations one logical unit keeps at most; beyond it REGISTER fails with INSUFFICIENT REGISTRATION
+/// RESOURCES (SPC-4 5.13.7).
+#[derive(Clone, Copy, Debug)]
+struct RegistrationLimit(usize);
+
+impl Default for RegistrationLimit {
+    fn default() -> Self {
+        RegistrationLimit(super::state::MAX_REGISTRATIONS)
+    }
 }
 
 impl Reservations {
+    /// Sets the most registrations this unit keeps (LU construction; nothing else runs yet).
+    pub(crate) fn set_registration_limit(&mut self, limit: usize) {
+        self.registration_limit = RegistrationLimit(limit);
+    }
+
     fn lock(&self) -> Timed<MutexGuard<'_, Inner>> {
         let guard = self
             .inner
@@ -173,7 +190,7 @@ impl Reservations {
         }
         let current = self.lock().pr.clone();
         let mut next = current.clone();
-        let effects = next.apply(nexus, &command, logged_in)?;
+        let effects = next.apply_within(nexus, &command, logged_in, self.registration_limit.0)?;
         // The state is saved (an fsync) without holding the mutex, so commands that only read the reservations
         // (PERSISTENT RESERVE IN, TEST UNIT READY, ...) never wait for the disk behind it. Nothing else can change
         // the PR state meanwhile: it changes only here, and every PERSISTENT RESERVE OUT holds the whole medium's

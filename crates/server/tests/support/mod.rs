@@ -3,6 +3,8 @@
 // Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use lunlock_initiator::{DataDirection, LoginOptions, Session};
 use lunlock_server::{RunningTarget, ServeOptions, TargetConfig};
 use std::path::Path;
