@@ -211,6 +211,9 @@ impl ScsiOutcome {
     }
 }
 
+/// The longest text answer gathered from parts (a SendTargets answer of every target and portal fits).
+const MAX_TEXT_ANSWER_BYTES: usize = 4 << 20;
+
 struct Pending {
     reply: oneshot::Sender<Result<ScsiOutcome, InitiatorError>>,
     lun: [u8; 8],
@@ -913,11 +916,38 @@ fn handle_incoming(
         Some(Opcode::TextResponse) => {
             let response = TextResponse::from_pdu(&pdu);
             state.update(&response.sequence, true);
-            if let Some(pending) = state.pending.remove(&response.itt) {
+            if response.continue_bit {
+                // Part of a long answer (RFC 7143 11.11.1): keep it, and ask for the next part with an empty
+                // Text Request carrying the target's TTT (11.10.4).
+                let Some(pending) = state.pending.get_mut(&response.itt) else {
+                    return Ok(());
+                };
+                if pending.data_in.len() + response.data.len() > MAX_TEXT_ANSWER_BYTES {
+                    return Err(format!(
+                        "a text answer longer than {MAX_TEXT_ANSWER_BYTES} bytes"
+                    ));
+                }
+                pending.data_in.extend_from_slice(&response.data);
+                let next = TextRequest {
+                    immediate: true,
+                    final_bit: true,
+                    continue_bit: false,
+                    lun: [0; 8],
+                    itt: response.itt,
+                    ttt: response.ttt,
+                    cmd_sn: state.cmd_sn,
+                    exp_stat_sn: state.exp_stat_sn,
+                    data: Vec::new(),
+                };
+                let _ = outgoing.send(next.to_pdu());
+                return Ok(());
+            }
+            if let Some(mut pending) = state.pending.remove(&response.itt) {
+                pending.data_in.extend_from_slice(&response.data);
                 let outcome = ScsiOutcome {
                     status: 0,
                     sense: Vec::new(),
-                    data_in: response.data,
+                    data_in: pending.data_in,
                     residual: Residual::None,
                 };
                 let _ = pending.reply.send(Ok(outcome));

@@ -260,6 +260,20 @@ impl TargetLogin {
         }
     }
 
+    /// The answer to a PDU other than a Login Request during login, with its ITT: Login reject 020Bh, "Invalid
+    /// during login" (RFC 7143 11.13.5). The login ends; the caller closes the connection after sending it.
+    pub fn refuse_non_login_pdu(&mut self, itt: u32) -> LoginResponse {
+        let mut response = self.response(
+            false,
+            self.stage as u8,
+            0,
+            status::INVALID_DURING_LOGIN,
+            Vec::new(),
+        );
+        response.itt = itt;
+        response
+    }
+
     fn step(&mut self, request: LoginRequest) -> Result<LoginOutcome, (u8, u8)> {
         let first_request = !self.started;
         self.check_sequence(&request)?;
@@ -425,7 +439,13 @@ impl TargetLogin {
     fn negotiate(&mut self, stage: LoginStage, offered: &TextPairs) -> Result<TextPairs, (u8, u8)> {
         let mut answer = TextPairs::new();
         let mut chap_keys = ChapKeys::default();
+        let mut seen = std::collections::HashSet::new();
         for (key, value) in offered.iter() {
+            if !seen.insert(key) {
+                // RFC 7143 6.2: declaring or negotiating a key twice is an error the target must detect and answer
+                // with Login reject, Initiator error (0200h).
+                return Err(status::INITIATOR_ERROR);
+            }
             let slot = match key {
                 "AuthMethod" => &mut chap_keys.auth_method,
                 "CHAP_A" => &mut chap_keys.algorithms,

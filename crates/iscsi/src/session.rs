@@ -284,6 +284,8 @@ pub struct TargetSession {
     budget: WriteBudget,
     /// The most write data this session may have reserved at once while it arrives.
     max_pending_write_bytes: u64,
+    /// A Text Response being sent in parts.
+    long_text: Option<LongText>,
 }
 
 /// How an ABORT TASK is answered.
@@ -348,6 +350,7 @@ impl TargetSession {
             logged_out: false,
             budget: WriteBudget::unlimited(),
             max_pending_write_bytes: MAX_PENDING_WRITE_BYTES,
+            long_text: None,
         }
     }
 
@@ -679,11 +682,7 @@ impl TargetSession {
             && write.open.iter().filter(|s| s.ttt != RESERVED_TAG).count() < max_outstanding
         {
             let length = (edtl - write.next_r2t_offset).min(max_burst);
-            let ttt = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
-            if self.next_ttt == RESERVED_TAG {
-                self.next_ttt = 1;
-            }
+            let ttt = next_ttt(&mut self.next_ttt);
             let r2t = ReadyToTransfer {
                 lun: write.command.lun,
                 itt,
@@ -1228,24 +1227,64 @@ impl TargetSession {
             self.reject(reject::PROTOCOL_ERROR, pdu);
             return;
         }
+        if request.ttt != RESERVED_TAG {
+            // RFC 7143 11.10.4: an empty Text Request with the TTT we gave asks for the next part of a long answer.
+            match self.long_text.take() {
+                Some(long) if long.itt == request.itt && long.ttt == request.ttt => {
+                    self.send_text_part(long.itt, long.rest);
+                }
+                other => {
+                    self.long_text = other;
+                    self.reject(reject::INVALID_PDU_FIELD, pdu);
+                }
+            }
+            return;
+        }
+        // TTT 0xffffffff starts a new exchange, and resets one in progress (11.10.4).
+        self.long_text = None;
         self.events.push_back(SessionEvent::Text {
             itt: request.itt,
             data: request.data,
         });
     }
 
-    /// Answers a Text request with the given key=value bytes.
+    /// Answers a Text request with the given key=value bytes: in one Text Response, or, when they exceed what
+    /// the initiator receives in one PDU (its MaxRecvDataSegmentLength, 13.12), in parts it asks for one by one
+    /// (RFC 7143 11.11.1: C=1 with a TTT of ours on every part but the last).
     pub fn answer_text(&mut self, itt: u32, data: Vec<u8>) {
+        self.send_text_part(itt, data);
+    }
+
+    fn allocate_ttt(&mut self) -> u32 {
+        next_ttt(&mut self.next_ttt)
+    }
+
+    fn send_text_part(&mut self, itt: u32, mut data: Vec<u8>) {
+        let fits = self.params.max_xmit_data_segment_length.max(512) as usize;
+        let rest = if data.len() > fits {
+            data.split_off(fits)
+        } else {
+            Vec::new()
+        };
+        let last = rest.is_empty();
+        let ttt = if last {
+            RESERVED_TAG
+        } else {
+            self.allocate_ttt()
+        };
         let response = TextResponse {
-            final_bit: true,
-            continue_bit: false,
+            final_bit: last,
+            continue_bit: !last,
             lun: [0; 8],
             itt,
-            ttt: RESERVED_TAG,
+            ttt,
             sequence: TargetSequence::default(),
             data,
         };
         self.queue(response.to_pdu(), Numbering::Status);
+        if !last {
+            self.long_text = Some(LongText { itt, ttt, rest });
+        }
     }
 
     fn handle_logout(&mut self, pdu: &Pdu) {
@@ -1270,6 +1309,24 @@ impl TargetSession {
             });
         }
     }
+}
+
+/// Takes the next Target Transfer Tag: never 0 nor the reserved 0xffffffff (RFC 7143 11.7.4).
+fn next_ttt(counter: &mut u32) -> u32 {
+    let ttt = *counter;
+    *counter = counter.wrapping_add(1).max(1);
+    if *counter == RESERVED_TAG {
+        *counter = 1;
+    }
+    ttt
+}
+
+/// The rest of a Text Response too long for one PDU, sent when the initiator asks for it.
+#[derive(Debug)]
+struct LongText {
+    itt: u32,
+    ttt: u32,
+    rest: Vec<u8>,
 }
 
 /// A SCSI Response, or a Data-In carrying status (S bit, RFC 7143 11.7.1): the PDU that ends a command.
@@ -2152,6 +2209,60 @@ mod tests {
             0,
             "a closed session gives its reservations back"
         );
+    }
+
+    #[test]
+    fn a_text_answer_longer_than_the_initiators_segment_goes_in_parts_it_asks_for() {
+        let mut session = TargetSession::new(params(), 0, 0, 16);
+        let request = |itt: u32, ttt: u32, cmd_sn: u32| {
+            TextRequest {
+                immediate: false,
+                final_bit: true,
+                continue_bit: false,
+                lun: [0; 8],
+                itt,
+                ttt,
+                cmd_sn,
+                exp_stat_sn: 0,
+                data: Vec::new(),
+            }
+            .to_pdu()
+        };
+        session.handle_pdu(request(5, RESERVED_TAG, 0)).unwrap();
+        assert!(matches!(
+            session.poll_event(),
+            Some(SessionEvent::Text { itt: 5, .. })
+        ));
+        let answer: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        session.answer_text(5, answer.clone());
+        let mut received = Vec::new();
+        let mut cmd_sn = 1;
+        loop {
+            let parts = drain(&mut session);
+            assert_eq!(parts.len(), 1, "one part per request");
+            let part = TextResponse::from_pdu(&parts[0]);
+            assert!(part.data.len() <= 1024, "{} bytes", part.data.len());
+            received.extend_from_slice(&part.data);
+            if part.final_bit {
+                assert!(!part.continue_bit);
+                assert_eq!(part.ttt, RESERVED_TAG);
+                break;
+            }
+            assert!(part.continue_bit);
+            assert_ne!(part.ttt, RESERVED_TAG);
+            // A continuation naming another TTT is refused, and the answer waits for the right one.
+            session
+                .handle_pdu(request(5, part.ttt.wrapping_add(7), cmd_sn))
+                .unwrap();
+            cmd_sn += 1;
+            assert_eq!(
+                Reject::from_pdu(&drain(&mut session)[0]).reason,
+                reject::INVALID_PDU_FIELD
+            );
+            session.handle_pdu(request(5, part.ttt, cmd_sn)).unwrap();
+            cmd_sn += 1;
+        }
+        assert_eq!(received, answer);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct LunConfig {
     pub physical_block_size: u32,
     /// Open the backing with O_DIRECT.
     pub direct_io: bool,
+    /// Testing only: keep unflushed writes in the daemon's memory, so that killing it loses what a power cut
+    /// would (`lunlock_store::power_loss`).
+    pub simulate_power_loss: bool,
     /// Where the LUN was configured, for errors found when its backing is opened; None for the embedded default.
     pub origin: Option<LunOrigin>,
 }
@@ -293,6 +296,7 @@ impl TargetConfig {
                     block_size: DEFAULT_BLOCK_SIZE,
                     physical_block_size: DEFAULT_BLOCK_SIZE,
                     direct_io: false,
+                    simulate_power_loss: false,
                     origin: None,
                 }],
                 identity_dir: options.data_dir.join(sanitized(&options.target_name)),
@@ -447,6 +451,8 @@ struct FileLun {
     block_size: Option<Spanned<u32>>,
     physical_block_size: Option<Spanned<u32>>,
     direct_io: Option<Spanned<bool>>,
+    #[serde(default)]
+    simulate_power_loss: bool,
 }
 
 /// Largest `physical_block_size` accepted: 64 KiB, the largest physical block of any disk this models.
@@ -771,6 +777,7 @@ fn parse_target(
             block_size,
             physical_block_size,
             direct_io: lun.direct_io.as_ref().is_some_and(|d| *d.get_ref()),
+            simulate_power_loss: lun.simulate_power_loss,
             origin: Some(LunOrigin {
                 file: source.path.to_path_buf(),
                 id: source.position(lun.id.span().start),

@@ -41,7 +41,8 @@ use tokio::sync::watch;
 const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
 /// MaxRecvDataSegmentLength in force during login (RFC 7143 13.12: the default until negotiated).
 pub const LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 8192;
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Free space kept in a connection's input buffer before each read.
+const MIN_READ_SPACE_BYTES: usize = 16 * 1024;
 
 /// Why a connection ended (for the log).
 type Closed = String;
@@ -108,7 +109,9 @@ impl Wire {
             self.input.drain(..self.start);
             self.start = 0;
         }
-        self.input.reserve(READ_CHUNK_BYTES);
+        // Room for at least one more chunk; the buffer grows (doubling) only as large PDUs need, so an idle or
+        // dropped connection costs a few KiB, not the largest PDU it could send.
+        self.input.reserve(MIN_READ_SPACE_BYTES);
         match self.stream.read_buf(&mut self.input).await {
             Ok(0) => Err("connection closed by the initiator".into()),
             Ok(_) => Ok(()),
@@ -151,9 +154,9 @@ pub async fn serve(
     let local = stream.local_addr().ok();
     let mut wire = Wire {
         stream,
-        input: Vec::with_capacity(READ_CHUNK_BYTES),
+        input: Vec::new(),
         start: 0,
-        output: Vec::with_capacity(64 * 1024),
+        output: Vec::new(),
         digests: Digests::default(),
         max_recv_data_segment_length: LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH,
         header_digest_errors: 0,
@@ -322,6 +325,7 @@ async fn login_phase(
             Framed::DataDigestError(_) => return Err("data digest error during login".into()),
         };
         if pdu.opcode() != Some(Opcode::LoginRequest) {
+            send_login_response(wire, &login.refuse_non_login_pdu(pdu.itt())).await?;
             return Err(format!(
                 "expected a Login Request, got opcode {:#04x}",
                 pdu.opcode_code()

@@ -30,6 +30,7 @@ use lunlock_scsi::{
 use lunlock_store::file::{BackingOptions, FileStore, OpenError, Setting};
 use lunlock_store::identity::LunIdentity;
 use lunlock_store::journal::AtomicJournal;
+use lunlock_store::power_loss::PowerLossStore;
 use lunlock_store::BlockStore;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -372,9 +373,17 @@ pub struct RunningTarget {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     shared: Arc<Shared>,
+    /// One permit per connection that may be served; the permits taken are the connections open.
+    connection_permits: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl RunningTarget {
+    /// Connections open now (discovery and connections still logging in included).
+    pub fn connection_count(&self) -> usize {
+        self.max_connections - self.connection_permits.available_permits()
+    }
+
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addresses.clone()
     }
@@ -385,6 +394,17 @@ impl RunningTarget {
             self.shared.digest_errors.header.load(Ordering::Relaxed),
             self.shared.digest_errors.data.load(Ordering::Relaxed),
         )
+    }
+
+    /// The write budget now: (bytes reserved, limit, writes refused with TASK SET FULL since start).
+    pub fn write_budget(&self) -> (u64, u64, u64) {
+        let budget = &self.shared.write_budget;
+        (budget.reserved(), budget.limit(), budget.refused())
+    }
+
+    /// Normal sessions logged in now.
+    pub fn session_count(&self) -> usize {
+        lock(&self.shared.sessions).len()
     }
 
     /// Applies `config`'s access rules (allow-lists, CHAP) as a SIGHUP does; see [`Shared::reload_access`].
@@ -444,6 +464,16 @@ fn open_lun(
     // SBC-4 4.7: logical block provisioning management only where the store can give blocks back.
     let thin_provisioned = store.supports_deallocate();
     let store: Arc<dyn BlockStore> = Arc::new(store);
+    let store = if lun.simulate_power_loss {
+        log::event(format_args!(
+            "target {} LUN {}: TESTING ONLY: simulate_power_loss keeps unflushed writes in memory; a crash \
+             loses them as a power cut would",
+            target.name, lun.id
+        ));
+        Arc::new(PowerLossStore::new(store, lun.block_size))
+    } else {
+        store
+    };
     let config = LogicalUnitConfig {
         block_size: lun.block_size,
         physical_block_size: lun.physical_block_size,
@@ -748,6 +778,8 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         shutdown,
         tasks,
         shared,
+        connection_permits: limit,
+        max_connections,
     })
 }
 

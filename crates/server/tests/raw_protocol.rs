@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-use support::raw::{blank, read10, write10, Raw, TARGET};
+use support::raw::{blank, read10, status_and_sense, write10, Raw, TARGET};
 
 async fn start(dir: &Path) -> RunningTarget {
     support::start_sized(dir, 64 << 20).await
@@ -218,13 +218,7 @@ async fn malformed_pdus_cost_only_their_own_connection() {
     assert_eq!(Reject::from_pdu(&reject).reason, 0x02);
     let response = ScsiResponse::from_pdu(&digest.receive().await.expect("the SCSI Response"));
     assert_eq!(
-        (
-            response.itt,
-            response.status,
-            response.sense[2] & 0x0F,
-            response.sense[12],
-            response.sense[13]
-        ),
+        status_and_sense(&response),
         (91, 2, 0x0B, 0x47, 0x05),
         "{response:?}"
     );

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod journal;
 pub mod memory;
 pub mod metadata;
+pub mod power_loss;
 
 use std::io;
 

@@ -60,14 +60,29 @@ impl Raw {
     }
 
     pub async fn login(&mut self, pairs: &[(&str, &str)], isid: [u8; 6]) -> LoginResponse {
+        self.login_stage(1, 3, true, pairs, isid)
+            .await
+            .expect("login response")
+    }
+
+    /// One Login Request from stage `current` (toward `next` when `transit`), and its response; None when the
+    /// target closed the connection instead.
+    pub async fn login_stage(
+        &mut self,
+        current: u8,
+        next: u8,
+        transit: bool,
+        pairs: &[(&str, &str)],
+        isid: [u8; 6],
+    ) -> Option<LoginResponse> {
         let mut text = TextPairs::new();
         for (key, value) in pairs {
             text.push(*key, *value);
         }
         let request = LoginRequest {
-            transit: true,
-            current_stage: 1,
-            next_stage: 3,
+            transit,
+            current_stage: current,
+            next_stage: if transit { next } else { 0 },
             isid,
             itt: 0,
             cmd_sn: self.cmd_sn,
@@ -75,11 +90,27 @@ impl Raw {
             ..Default::default()
         };
         self.send(&request.to_pdu()).await;
-        LoginResponse::from_pdu(&self.receive().await.expect("login response"))
+        Some(LoginResponse::from_pdu(&self.receive().await?))
     }
 
     pub async fn login_normal(
         &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        digests: bool,
+    ) -> LoginResponse {
+        let response = self
+            .try_login_normal(TARGET, initiator, isid, digests)
+            .await;
+        assert_eq!(response.status_class, 0, "login failed: {response:?}");
+        response
+    }
+
+    /// A normal session to `target` with InitialR2T=No and ImmediateData=Yes, in one Login Request; the response
+    /// whatever its status.
+    pub async fn try_login_normal(
+        &mut self,
+        target: &str,
         initiator: &str,
         isid: [u8; 6],
         digests: bool,
@@ -89,7 +120,7 @@ impl Raw {
             .login(
                 &[
                     ("InitiatorName", initiator),
-                    ("TargetName", TARGET),
+                    ("TargetName", target),
                     ("SessionType", "Normal"),
                     ("HeaderDigest", digest),
                     ("DataDigest", digest),
@@ -100,11 +131,12 @@ impl Raw {
                 isid,
             )
             .await;
-        assert_eq!(response.status_class, 0, "login failed: {response:?}");
-        self.digests = Digests {
-            header: digests,
-            data: digests,
-        };
+        if response.status_class == 0 {
+            self.digests = Digests {
+                header: digests,
+                data: digests,
+            };
+        }
         response
     }
 
@@ -200,4 +232,16 @@ pub fn blank() -> ScsiCommand {
         cdb: vec![0; 16],
         data: vec![],
     }
+}
+
+/// A SCSI Response as (ITT, status, sense key, ASC, ASCQ) from fixed-format sense, for one assert.
+pub fn status_and_sense(response: &ScsiResponse) -> (u32, u8, u8, u8, u8) {
+    let sense = |i: usize| response.sense.get(i).copied().unwrap_or(0);
+    (
+        response.itt,
+        response.status,
+        sense(2) & 0x0F,
+        sense(12),
+        sense(13),
+    )
 }
