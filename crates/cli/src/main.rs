@@ -5,6 +5,7 @@ mod caw;
 mod client;
 mod fault;
 mod lock;
+mod netfuzz;
 mod persist;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,9 @@ enum TopLevel {
     Caw(caw::CawArgs),
     /// Load generator: K sessions x QD commands of a workload (random/sequential I/O, COMPARE AND WRITE, heartbeats).
     Bench(Box<bench::BenchArgs>),
+    /// Network fuzzer: logs in and sends random, mostly well-sequenced PDUs, checking after each burst that
+    /// another session still reads (docs/fuzzing.md).
+    Fuzz(Box<netfuzz::FuzzArgs>),
     /// The ATS lock manager: lockspace format, heartbeats, locks, status, demo (docs/lockspace-format.md).
     Lock {
         #[command(subcommand)]
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
         TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
         TopLevel::Caw(args) => return caw::main(args),
         TopLevel::Bench(args) => return bench::main(*args),
+        TopLevel::Fuzz(args) => return netfuzz::main(*args),
         TopLevel::Standard(Command::Serve {
             listen,
             data_dir,

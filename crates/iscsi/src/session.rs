@@ -114,7 +114,7 @@ fn fatal<T>(reason: impl Into<String>) -> Result<T, SessionError> {
     Err(SessionError::Fatal(reason.into()))
 }
 
-/// What went wrong in a write's data phase, with the SPC-4 additional sense code it maps to (ABORTED COMMAND).
+/// What went wrong in a write's data phase, with the SPC-4 sense it maps to (ABORTED COMMAND but for one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DataError {
     /// 4B/00 DATA PHASE ERROR: DataSN out of sequence, or a sequence ended early.
@@ -127,21 +127,26 @@ enum DataError {
     DataOffset,
     /// 47/05 PROTOCOL SERVICE CRC ERROR: a data digest error in the task's data (RFC 7143 7.8).
     DataDigest,
+    /// ILLEGAL REQUEST, 24/00 INVALID FIELD IN CDB: an expected data transfer length beyond MAX_TASK_DATA_BYTES.
+    BeyondTaskLimit,
 }
 
 impl DataError {
     /// Fixed-format sense data (SPC-4 4.5.3), sense key ABORTED COMMAND.
     fn fixed_sense(self) -> [u8; 18] {
-        let (asc, ascq) = match self {
-            DataError::DataSequence => (0x4B, 0x00),
-            DataError::InvalidTargetTransferTag => (0x4B, 0x01),
-            DataError::TooMuchData => (0x4B, 0x02),
-            DataError::DataOffset => (0x4B, 0x05),
-            DataError::DataDigest => (0x47, 0x05),
+        const ABORTED_COMMAND: u8 = 0x0B;
+        const ILLEGAL_REQUEST: u8 = 0x05;
+        let (key, asc, ascq) = match self {
+            DataError::DataSequence => (ABORTED_COMMAND, 0x4B, 0x00),
+            DataError::InvalidTargetTransferTag => (ABORTED_COMMAND, 0x4B, 0x01),
+            DataError::TooMuchData => (ABORTED_COMMAND, 0x4B, 0x02),
+            DataError::DataOffset => (ABORTED_COMMAND, 0x4B, 0x05),
+            DataError::DataDigest => (ABORTED_COMMAND, 0x47, 0x05),
+            DataError::BeyondTaskLimit => (ILLEGAL_REQUEST, 0x24, 0x00),
         };
         let mut sense = [0u8; 18];
         sense[0] = 0x70;
-        sense[2] = 0x0B;
+        sense[2] = key;
         sense[7] = 10;
         sense[12] = asc;
         sense[13] = ascq;
@@ -611,9 +616,10 @@ impl TargetSession {
             return Ok(());
         }
         if edtl > MAX_TASK_DATA_BYTES {
-            return fatal(format!(
-                "write of {edtl} bytes exceeds this target's per-task limit"
-            ));
+            // Far beyond the MAXIMUM TRANSFER LENGTH the LU reports (SBC-4 6.6.4): the command is refused before any
+            // data is gathered; unsolicited data that follows is discarded as data for an unknown task.
+            self.answer_with_data_error(command.itt, edtl, DataError::BeyondTaskLimit);
+            return Ok(());
         }
         if self.writes.contains_key(&command.itt) {
             self.reject(reject::TASK_IN_PROGRESS, &pdu);
@@ -2263,6 +2269,29 @@ mod tests {
             cmd_sn += 1;
         }
         assert_eq!(received, answer);
+    }
+
+    #[test]
+    fn a_write_beyond_the_per_task_limit_is_refused_and_the_connection_kept() {
+        let mut session = TargetSession::new(params(), 0, 0, 16);
+        session
+            .handle_pdu(command(4, 0, true, MAX_TASK_DATA_BYTES + 512, vec![], true))
+            .unwrap();
+        let response = ScsiResponse::from_pdu(&drain(&mut session)[0]);
+        assert_eq!(
+            (
+                response.itt,
+                response.status,
+                response.sense[2],
+                response.sense[12]
+            ),
+            (4, 0x02, 0x05, 0x24)
+        );
+        assert_eq!(session.pending_tasks(), 0);
+        session
+            .handle_pdu(command(5, 1, false, 512, vec![], true))
+            .unwrap();
+        assert_eq!(executed(&mut session)[0].1, 5, "the next command runs");
     }
 
     #[test]
