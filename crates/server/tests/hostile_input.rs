@@ -33,6 +33,11 @@ const HEALTHY: &str = "iqn.2026-12.test:healthy";
 /// A target with an open target (LUN 0 of 128 MiB), a CHAP target and filler targets, a 256 MiB write budget
 /// (64 MiB per session) and a 2 s login timeout.
 async fn start(dir: &Path) -> RunningTarget {
+    start_with(dir, "").await
+}
+
+/// [`start`] with more `[limits]` keys.
+async fn start_with(dir: &Path, limits: &str) -> RunningTarget {
     let secret = dir.join("chap.secret");
     std::fs::write(&secret, "hostile-secret-12345\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -42,7 +47,7 @@ async fn start(dir: &Path) -> RunningTarget {
          login_timeout_seconds = {LOGIN_TIMEOUT_SECONDS}\n\
          sessions_per_initiator = 4\n\
          write_buffer_bytes = \"{WRITE_BUDGET_BYTES}\"\n\
-         write_buffer_bytes_per_session = \"{WRITE_BUDGET_PER_SESSION_BYTES}\"\n\
+         write_buffer_bytes_per_session = \"{WRITE_BUDGET_PER_SESSION_BYTES}\"\n{limits}\n\
          [[target]]\nname = \"{OPEN}\"\n[[target.lun]]\nid = 0\nsize = \"128M\"\n\
          [[target]]\nname = \"{CHAP_TARGET}\"\nchap_user = \"{CHAP_USER}\"\n\
          chap_secret_file = \"chap.secret\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n"
@@ -676,5 +681,36 @@ async fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
         2,
         "the healthy and the late session"
     );
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_pings_is_closed_and_its_reservation_freed() {
+    let _serial = one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = start_with(dir.path(), "nop_in_interval_seconds = 1\nnop_in_misses = 2").await;
+    let healthy = healthy_session(&target).await;
+    let mut silent = raw_session(&target, "iqn.2026-12.test:silent", [0x80, 0, 0, 0, 7, 1]).await;
+    assert!(claim_huge_write(&mut silent).await.is_some(), "an R2T");
+    assert_eq!(target.write_budget().0, WRITE_BUDGET_PER_SESSION_BYTES);
+    // The raw initiator never answers the target's NOP-In pings from here on.
+    let started = Instant::now();
+    while target.write_budget().0 > 0 && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = started.elapsed();
+    assert_eq!(target.write_budget().0, 0, "the reservation is still held");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+    assert_eq!(
+        target.session_count(),
+        1,
+        "only the healthy session is left"
+    );
+    // The project's initiator answers pings, so the healthy session, idle as long, is still there.
+    assert_served(&healthy, 11).await;
+    drop(silent);
     target.shutdown().await;
 }
