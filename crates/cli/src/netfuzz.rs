@@ -13,8 +13,9 @@
 //! it are written to a findings file (one PDU per line in hex, with its opcode) and the run fails.
 //!
 //! Commands that would legitimately keep the checking session from reading (RESERVE, PERSISTENT RESERVE OUT,
-//! START STOP UNIT, FORMAT UNIT, SANITIZE, and the target-wide resets) are not generated: they are tested
-//! elsewhere, and here they would only produce false findings. The PDUs generated depend on the seed alone; which
+//! START STOP UNIT, FORMAT UNIT, SANITIZE, SET TARGET PORT GROUPS, and the target-wide resets) are never sent,
+//! not even by a random or mutated CDB: they are tested elsewhere, and here they would only produce false
+//! findings. The PDUs generated depend on the seed alone; which
 //! R2Ts they answer depends on timing.
 
 use crate::ClientOptions;
@@ -490,6 +491,7 @@ impl Victim {
         if rng.gen_ratio(1, 50) {
             mutate(rng, &mut pdu);
         }
+        keep_others_readable(&mut pdu);
         let mut bytes = pdu.to_bytes(Digests::default());
         if rng.gen_ratio(1, 800) {
             // A wrong DataSegmentLength or AHS length in an otherwise valid header: the framing is lost, and the
@@ -715,6 +717,19 @@ impl Victim {
             exp_stat_sn,
         }
         .to_pdu()
+    }
+}
+
+/// Operation codes that would rightly keep the checking session from reading LBA 0: RESERVE (6)/(10), PERSISTENT
+/// RESERVE OUT (an Exclusive Access reservation), START STOP UNIT, FORMAT UNIT, SANITIZE, and MAINTENANCE OUT (SET
+/// TARGET PORT GROUPS can make the port unavailable). A random or mutated CDB that lands on one becomes TEST UNIT
+/// READY; without this, a 600 s run reported the victim's own SCSI-2 reservation as a finding.
+const KEEP_OTHERS_FROM_READING: &[u8] = &[0x16, 0x56, 0x5F, 0x1B, 0x04, 0x48, 0xA4];
+
+fn keep_others_readable(pdu: &mut Pdu) {
+    const SCSI_COMMAND: u8 = 0x01;
+    if pdu.bhs[0] & 0x3F == SCSI_COMMAND && KEEP_OTHERS_FROM_READING.contains(&pdu.bhs[32]) {
+        pdu.bhs[32] = 0x00;
     }
 }
 

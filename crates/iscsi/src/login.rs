@@ -182,6 +182,8 @@ pub struct TargetLogin {
     /// Stage we are in (the CSG the next request must carry).
     stage: LoginStage,
     started: bool,
+    /// The first complete request's identity keys were checked.
+    identity_checked: bool,
     itt: u32,
     isid: [u8; 6],
     tsih: u16,
@@ -211,6 +213,7 @@ impl TargetLogin {
             settings,
             stage: LoginStage::Security,
             started: false,
+            identity_checked: false,
             itt: 0,
             isid: [0; 6],
             tsih: 0,
@@ -350,16 +353,17 @@ impl TargetLogin {
 
     fn check_sequence(&mut self, request: &LoginRequest) -> Result<(), (u8, u8)> {
         if !self.started {
-            if request.version_min > VERSION {
-                return Err(status::UNSUPPORTED_VERSION);
-            }
             self.started = true;
+            // Taken first, so that even a refusal echoes the request's ITT and ISID (RFC 7143 11.13).
             self.itt = request.itt;
             self.isid = request.isid;
             self.tsih = request.tsih;
             self.cid = request.cid;
             self.cmd_sn = request.cmd_sn;
             self.stat_sn = request.exp_stat_sn;
+            if request.version_min > VERSION {
+                return Err(status::UNSUPPORTED_VERSION);
+            }
             return Ok(());
         }
         // RFC 7143 6.1.2: ISID, TSIH, CID and ITT stay the same during a login.
@@ -459,6 +463,16 @@ impl TargetLogin {
                 }
             };
             *slot = Some(value.to_string());
+        }
+        if !self.identity_checked {
+            self.identity_checked = true;
+            // RFC 7143 13.5, 13.4: InitiatorName, and TargetName for a normal session, MUST be in the first login
+            // request. The CHAP policy (the target's, or an ACL entry's) is chosen by them; a name first declared
+            // after the challenge was answered could choose a policy whose secret was never proven.
+            let normal = self.kind != Some(SessionKind::Discovery);
+            if self.initiator_name.is_none() || (normal && self.target_name.is_none()) {
+                return Err(status::MISSING_PARAMETER);
+            }
         }
         // After every other key: the policy depends on SessionType and TargetName, in whatever order they came.
         self.authenticate(stage, chap_keys, &mut answer)?;
@@ -1093,6 +1107,42 @@ mod tests {
         assert_eq!(
             (response.status_class, response.status_detail),
             status::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            (response.itt, response.isid),
+            (7, [0x80, 0, 0, 0, 0, 1]),
+            "the refusal echoes the request"
+        );
+    }
+
+    #[test]
+    fn the_names_that_choose_the_chap_policy_must_come_in_the_first_request() {
+        // Found by the login fuzz target: authenticating with the target-wide CHAP and declaring afterwards an
+        // initiator whose ACL entry has its own CHAP user would log in as that user unproven.
+        for first in [
+            &[("TargetName", "iqn.t:a"), ("AuthMethod", "CHAP")][..],
+            &[("InitiatorName", "iqn.i:ok"), ("AuthMethod", "CHAP")][..],
+        ] {
+            let mut login = TargetLogin::new(chap_settings());
+            let LoginOutcome::Fail(response) = login.handle_request(request(0, 1, false, first))
+            else {
+                panic!("{first:?} was accepted");
+            };
+            assert_eq!(
+                (response.status_class, response.status_detail),
+                status::MISSING_PARAMETER
+            );
+        }
+        let mut discovery = TargetLogin::new(settings());
+        let outcome = discovery.handle_request(request(
+            1,
+            3,
+            true,
+            &[("InitiatorName", "iqn.i:ok"), ("SessionType", "Discovery")],
+        ));
+        assert!(
+            matches!(outcome, LoginOutcome::Complete { .. }),
+            "discovery needs no TargetName"
         );
     }
 }

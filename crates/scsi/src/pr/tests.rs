@@ -739,6 +739,28 @@ fn all_tg_pt_registration_covers_every_target_port() {
     good(&lu.run(0, &[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]));
 }
 
+#[test]
+fn preempt_and_abort_of_an_all_tg_pt_registration_aborts_every_port_it_covers() {
+    // Found by the pr_out fuzz target: the aborts named a nexus made up from the registration (port 0), which no
+    // session has, so the preempted initiator's real nexuses kept their tasks (SPC-4 5.13.11.5).
+    let lu = Lu::new();
+    good(&lu.register(4, 0, 0xB));
+    good(&lu.prout(0, 0, 0, &params(0, 0xA, 0x04))); // ALL_TG_PT
+    let mut other_port = (*lu.nexuses[0]).clone();
+    other_port.relative_target_port = 2;
+    let mut other_target = (*lu.nexuses[0]).clone();
+    other_target.target_name = "iqn.2026-11.test:another-target".into();
+    let mut logged_in: Vec<ItNexus> = lu.nexuses.iter().map(|n| (**n).clone()).collect();
+    logged_in.push(other_port.clone());
+    logged_in.push(other_target);
+    let cdb = prout_cdb(5, 5, 24);
+    let preempt = lu.run_logged_in(4, &cdb, &params(0xB, 0xA, 0), &logged_in);
+    good(&preempt);
+    let mut aborted = preempt.effects.aborted_nexuses;
+    aborted.sort_by_key(|n| n.relative_target_port);
+    assert_eq!(aborted, vec![(*lu.nexuses[0]).clone(), other_port]);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // SCSI-2 RESERVE / RELEASE and their interplay with persistent reservations (SPC-3 5.6.3).
 

@@ -208,7 +208,7 @@ impl Reservations {
         inner.pr = next;
         self.refresh_active(&inner);
         drop(inner);
-        Ok(deliver(effects, unit_attentions))
+        Ok(deliver(effects, unit_attentions, logged_in))
     }
 
     /// RESERVE(6)/(10) (SPC-2 7.21): the conflicts were checked by [`Reservations::check`].
@@ -287,15 +287,34 @@ fn establish(unit_attentions: &UnitAttentions, registration: &Registration, cond
 
 /// Establishes a PERSISTENT RESERVE OUT's unit attentions and returns the nexuses whose tasks it aborts, each once,
 /// for the command's [`crate::SideEffects`].
-fn deliver(effects: Effects, unit_attentions: &UnitAttentions) -> Vec<ItNexus> {
+///
+/// A registration made with ALL_TG_PT, or from a TransportID without an ISID, covers several nexuses (SPC-4
+/// 5.13.7): PREEMPT AND ABORT aborts the tasks of every one of them that is logged in (5.13.11.5), not of a nexus
+/// made up from the registration's fields, which no session has (found by the pr_out fuzz target).
+fn deliver(
+    effects: Effects,
+    unit_attentions: &UnitAttentions,
+    logged_in: &dyn LoggedInNexuses,
+) -> Vec<ItNexus> {
     for notify in effects.unit_attentions {
         establish(unit_attentions, &notify.registration, notify.condition);
     }
     let mut aborted: Vec<ItNexus> = Vec::new();
-    for registration in effects.aborts {
-        let nexus = nexus_of(&registration);
+    let mut add = |nexus: ItNexus| {
         if !aborted.contains(&nexus) {
             aborted.push(nexus);
+        }
+    };
+    for registration in effects.aborts {
+        if registration.isid.is_some() && registration.relative_target_port.is_some() {
+            add(nexus_of(&registration));
+        } else {
+            logged_in.for_each_logged_in(&mut |nexus| {
+                // Nexuses of other targets reach other logical units, whatever their LUN numbers.
+                if registration.covers(nexus) && nexus.target_name == registration.target_name {
+                    add(nexus.clone());
+                }
+            });
         }
     }
     aborted
