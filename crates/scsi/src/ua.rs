@@ -28,6 +28,10 @@ use std::sync::Mutex;
 const SHARD_COUNT: usize = 16;
 /// Named limit on queued conditions per nexus; a nexus that never sends commands cannot grow memory unboundedly.
 const MAX_QUEUED_PER_NEXUS: usize = 8;
+/// Nexuses a shard remembers before it forgets those with nothing but a reset pending (16,384 per logical unit).
+/// Every ISID an initiator logs in with is a nexus, and each lost one keeps I_T NEXUS LOSS OCCURRED pending; a
+/// client cycling through ISIDs must not grow this table without bound (found by `lunlock fuzz`).
+const MAX_NEXUSES_PER_SHARD: usize = 1024;
 
 /// Precedence rank of a unit attention condition: lower is reported first (SAM-5 5.14).
 fn rank(condition: Condition) -> u8 {
@@ -48,6 +52,23 @@ struct Shard {
     nexuses: HashMap<ItNexus, Vec<Condition>>,
     /// For pending parameter-change conditions: the parameter state the nexus saw before the first change.
     baselines: HashMap<(ItNexus, Condition), u64>,
+}
+
+impl Shard {
+    /// Makes room for one more nexus when the shard is full: forgets the nexuses whose pending conditions are all
+    /// resets (29h), typically lost nexuses holding I_T NEXUS LOSS OCCURRED. A forgotten nexus is an unseen one,
+    /// which reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00) first: still a reset, which is what
+    /// tells an initiator that its state at the logical unit is gone (SAM-5 5.14, 6.3).
+    fn make_room(&mut self) {
+        if self.nexuses.len() < MAX_NEXUSES_PER_SHARD {
+            return;
+        }
+        self.nexuses
+            .retain(|_, queue| queue.is_empty() || queue.iter().any(|c| c.asc() != 0x29));
+        let nexuses = &self.nexuses;
+        self.baselines
+            .retain(|(nexus, _), _| nexuses.contains_key(nexus));
+    }
 }
 
 /// The unit attention state of one logical unit.
@@ -85,6 +106,9 @@ impl UnitAttentions {
     /// with CHECK CONDITION; SAM-5 5.14). Registers a new nexus with 29/00 first.
     pub fn take(&self, nexus: &ItNexus) -> Option<Condition> {
         let mut shard = self.shard(nexus);
+        if !shard.nexuses.contains_key(nexus) {
+            shard.make_room();
+        }
         let queue = shard
             .nexuses
             .entry(nexus.clone())
@@ -95,6 +119,20 @@ impl UnitAttentions {
         let condition = queue.remove(0);
         shard.baselines.remove(&(nexus.clone(), condition));
         Some(condition)
+    }
+
+    /// Nexuses remembered now (seen, or with a condition established).
+    pub fn remembered_nexuses(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .nexuses
+                    .len()
+            })
+            .sum()
     }
 
     /// The condition that would be reported, without removing it.
@@ -116,6 +154,7 @@ impl UnitAttentions {
             None => {
                 let mut queue = vec![Condition::PowerOnResetOrBusDeviceReset];
                 insert(&mut queue, condition);
+                shard.make_room();
                 shard.nexuses.insert(nexus.clone(), queue);
             }
         }
@@ -215,6 +254,35 @@ mod tests {
             target_name: "iqn.target".into(),
             relative_target_port: 1,
         }
+    }
+
+    #[test]
+    fn lost_nexuses_are_forgotten_before_the_table_grows_without_bound() {
+        let ua = UnitAttentions::new();
+        let live = nexus(1);
+        assert_eq!(
+            ua.take(&live),
+            Some(Condition::PowerOnResetOrBusDeviceReset)
+        );
+        ua.establish(&live, Condition::ReservationsPreempted);
+        // An initiator cycling through ISIDs: each nexus logs in, runs a command, and is lost.
+        for i in 0..100_000u32 {
+            let bytes = i.to_be_bytes();
+            let cycling = ItNexus {
+                isid: Isid([0x80, 0, bytes[0], bytes[1], bytes[2], bytes[3]]),
+                ..nexus(2)
+            };
+            ua.take(&cycling);
+            ua.establish(&cycling, Condition::ItNexusLossOccurred);
+        }
+        assert!(
+            ua.remembered_nexuses() <= SHARD_COUNT * MAX_NEXUSES_PER_SHARD,
+            "{} nexuses remembered",
+            ua.remembered_nexuses()
+        );
+        // A nexus with something other than a reset pending is never forgotten.
+        assert_eq!(ua.take(&live), Some(Condition::ReservationsPreempted));
+        assert_eq!(ua.take(&live), None);
     }
 
     #[test]
