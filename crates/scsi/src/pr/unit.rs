@@ -299,23 +299,16 @@ fn deliver(
     for notify in effects.unit_attentions {
         establish(unit_attentions, &notify.registration, notify.condition);
     }
+    // Only logged-in nexuses have tasks to abort; a registration made through SPEC_I_PT for a nexus that never
+    // logged in has none. Nexuses of other targets reach other logical units, whatever their LUN numbers.
     let mut aborted: Vec<ItNexus> = Vec::new();
-    let mut add = |nexus: ItNexus| {
-        if !aborted.contains(&nexus) {
-            aborted.push(nexus);
+    logged_in.for_each_logged_in(&mut |nexus| {
+        let preempted = effects.aborts.iter().any(|registration| {
+            registration.covers(nexus) && nexus.target_name == registration.target_name
+        });
+        if preempted && !aborted.contains(nexus) {
+            aborted.push(nexus.clone());
         }
-    };
-    for registration in effects.aborts {
-        if registration.isid.is_some() && registration.relative_target_port.is_some() {
-            add(nexus_of(&registration));
-        } else {
-            logged_in.for_each_logged_in(&mut |nexus| {
-                // Nexuses of other targets reach other logical units, whatever their LUN numbers.
-                if registration.covers(nexus) && nexus.target_name == registration.target_name {
-                    add(nexus.clone());
-                }
-            });
-        }
-    }
+    });
     aborted
 }
