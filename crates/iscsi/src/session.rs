@@ -1237,7 +1237,7 @@ impl TargetSession {
             // RFC 7143 11.10.4: an empty Text Request with the TTT we gave asks for the next part of a long answer.
             match self.long_text.take() {
                 Some(long) if long.itt == request.itt && long.ttt == request.ttt => {
-                    self.send_text_part(long.itt, long.rest);
+                    self.answer_text(long.itt, long.rest);
                 }
                 other => {
                     self.long_text = other;
@@ -1257,15 +1257,8 @@ impl TargetSession {
     /// Answers a Text request with the given key=value bytes: in one Text Response, or, when they exceed what
     /// the initiator receives in one PDU (its MaxRecvDataSegmentLength, 13.12), in parts it asks for one by one
     /// (RFC 7143 11.11.1: C=1 with a TTT of ours on every part but the last).
-    pub fn answer_text(&mut self, itt: u32, data: Vec<u8>) {
-        self.send_text_part(itt, data);
-    }
-
-    fn allocate_ttt(&mut self) -> u32 {
-        next_ttt(&mut self.next_ttt)
-    }
-
-    fn send_text_part(&mut self, itt: u32, mut data: Vec<u8>) {
+    /// Also sends each later part, when the initiator asks for it.
+    pub fn answer_text(&mut self, itt: u32, mut data: Vec<u8>) {
         let fits = self.params.max_xmit_data_segment_length.max(512) as usize;
         let rest = if data.len() > fits {
             data.split_off(fits)
@@ -1276,7 +1269,7 @@ impl TargetSession {
         let ttt = if last {
             RESERVED_TAG
         } else {
-            self.allocate_ttt()
+            next_ttt(&mut self.next_ttt)
         };
         let response = TextResponse {
             final_bit: last,

@@ -351,11 +351,8 @@ async fn login_phase(
             } => {
                 if result.requested_tsih != 0 {
                     // Adding a connection to an existing session needs MaxConnections > 1 (RFC 7143 13.2).
-                    (response.status_class, response.status_detail) =
-                        login::status::SESSION_DOES_NOT_EXIST;
-                    response.transit = false;
-                    response.data.clear();
-                    send_login_response(wire, &response).await?;
+                    let status = login::status::SESSION_DOES_NOT_EXIST;
+                    refuse_completed_login(wire, response, status).await?;
                     return Err(
                         "login with a non-zero TSIH (multiple connections are not supported)"
                             .into(),
@@ -368,11 +365,8 @@ async fn login_phase(
                             Ok(admission) => Some(admission),
                             Err(reason) => {
                                 // RFC 7143 11.13.5: 0302h Out of resources.
-                                (response.status_class, response.status_detail) =
-                                    login::status::OUT_OF_RESOURCES;
-                                response.transit = false;
-                                response.data.clear();
-                                send_login_response(wire, &response).await?;
+                                let status = login::status::OUT_OF_RESOURCES;
+                                refuse_completed_login(wire, response, status).await?;
                                 return Err(format!("refused: {reason}"));
                             }
                         }
@@ -385,6 +379,19 @@ async fn login_phase(
             }
         }
     }
+}
+
+/// Answers a login the negotiation completed but the target cannot admit after all: the final response becomes a
+/// Login reject with `status`, no transit and no keys (RFC 7143 11.13).
+async fn refuse_completed_login(
+    wire: &mut Wire,
+    mut response: LoginResponse,
+    status: (u8, u8),
+) -> Result<(), Closed> {
+    (response.status_class, response.status_detail) = status;
+    response.transit = false;
+    response.data.clear();
+    send_login_response(wire, &response).await
 }
 
 /// Waits as long as the peer's recent authentication failures say (see `auth_throttle`), and logs the count.
