@@ -39,8 +39,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            sessions_per_target: 1024,
-            sessions_per_initiator: 64,
+            // As many as the default connection limit. One initiator name may hold half: `lunlock bench` runs two
+            // loads of up to 1,024 sessions under one name, each session its own ISID; a real host holds one
+            // session per path and target.
+            sessions_per_target: 4096,
+            sessions_per_initiator: 2048,
             commands_per_session: 128,
             max_recv_data_segment_length: 262_144,
             max_burst_length: 1_048_576,
