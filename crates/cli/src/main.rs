@@ -132,6 +132,10 @@ enum Command {
         /// I/O engine for READ and WRITE: uring or threads (default: io_uring when it works here).
         #[arg(long, value_name = "ENGINE")]
         io_engine: Option<lunlock_server::engine::IoEngineKind>,
+        /// Scheduling of the threads that run COMPARE AND WRITE and PERSISTENT RESERVE OUT: realtime (SCHED_FIFO
+        /// 1, falling back to nice -10 without CAP_SYS_NICE) or normal.
+        #[arg(long, value_name = "PRIORITY", default_value = "realtime")]
+        arbitration_priority: lunlock_server::engine::ThreadPriority,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -219,6 +223,7 @@ fn main() -> ExitCode {
             max_connections,
             lock_stats,
             io_engine,
+            arbitration_priority,
         }) => {
             let defaults = lunlock_server::ServeOptions::default();
             let options = lunlock_server::ServeOptions {
@@ -237,6 +242,7 @@ fn main() -> ExitCode {
                 max_connections,
                 lock_stats,
                 io_engine,
+                arbitration_priority,
             };
             lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }

@@ -455,6 +455,12 @@ impl Command {
         self.row().writes_medium
     }
 
+    /// True for the commands that arbitrate between hosts (COMPARE AND WRITE, PERSISTENT RESERVE OUT): the runtime
+    /// runs them ahead of bulk I/O. From the command's row in [`crate::registry`].
+    pub fn arbitrates(&self) -> bool {
+        self.row().arbitrates
+    }
+
     /// The blocks the CDB's LOGICAL BLOCK ADDRESS and count name (SBC-4 4.5), for the commands that have them.
     pub fn addressed(&self) -> Option<Addressed> {
         match *self {

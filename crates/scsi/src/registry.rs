@@ -140,6 +140,11 @@ pub struct Row {
     /// Changes the medium: refused with DATA PROTECT on a write-protected LU; always holds an exclusive lock (per
     /// chunk, for EXTENDED COPY).
     pub writes_medium: bool,
+    /// Arbitrates between hosts: COMPARE AND WRITE (heartbeats and on-disk locks) and PERSISTENT RESERVE OUT
+    /// (registrations, reservations, fencing). The runtime runs it on the LUN's arbitration threads, scheduled
+    /// ahead of bulk I/O, since a heartbeat that waits for a CPU is what times out and starts the ATS miscompare
+    /// cascade.
+    pub arbitrates: bool,
 }
 
 impl Row {
@@ -179,6 +184,7 @@ impl Row {
             lock: LockKind::None,
             may_wait_for_disk: false,
             writes_medium: false,
+            arbitrates: false,
         }
     }
 
@@ -196,6 +202,12 @@ impl Row {
 
     const fn waits(mut self) -> Row {
         self.may_wait_for_disk = true;
+        self
+    }
+
+    /// Arbitrates between hosts (see [`Row::arbitrates`]).
+    const fn arbitrates(mut self) -> Row {
+        self.arbitrates = true;
         self
     }
 
@@ -307,28 +319,28 @@ pub mod rows {
     // exclusively and may fsync the APTPL state.
     pub static PROUT_REGISTER: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 0, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("REGISTER")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("REGISTER")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_RESERVE: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 1, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("RESERVE")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("RESERVE")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_RELEASE: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 2, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("RELEASE")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("RELEASE")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_CLEAR: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 3, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("CLEAR")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("CLEAR")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_PREEMPT: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 4, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("PREEMPT")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("PREEMPT")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_PREEMPT_AND_ABORT: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 5, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("PREEMPT AND ABORT")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("PREEMPT AND ABORT")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_REGISTER_AND_IGNORE_EXISTING_KEY: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 6, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("REGISTER AND IGNORE EXISTING KEY")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("REGISTER AND IGNORE EXISTING KEY")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     pub static PROUT_REGISTER_AND_MOVE: Row = Row::new("PERSISTENT RESERVE OUT",
         &[op::PERSISTENT_RESERVE_OUT, 7, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], decode::persistent_reserve_out)
-        .action(Some("REGISTER AND MOVE")).lock(EXCLUSIVE_MEDIUM).waits();
+        .action(Some("REGISTER AND MOVE")).lock(EXCLUSIVE_MEDIUM).waits().arbitrates();
     // SPC-2 7.21, 7.13: whole-LU reservations change what every command may do, like PERSISTENT RESERVE OUT.
     pub static RESERVE_6: Row = Row::new("RESERVE(6)", &[op::RESERVE_6, 0, 0, 0, 0, C], decode::reserve_release)
         .lock(EXCLUSIVE_MEDIUM);
@@ -364,7 +376,7 @@ pub mod rows {
     pub static COMPARE_AND_WRITE: Row = Row::new("COMPARE AND WRITE",
         &[op::COMPARE_AND_WRITE, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, C],
         decode::compare_and_write)
-        .writes(Blocks);
+        .writes(Blocks).arbitrates();
     pub static ORWRITE_16: Row = Row::new("ORWRITE(16)",
         &[op::ORWRITE_16, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C],
         decode::read_write)
@@ -694,6 +706,27 @@ mod tests {
                     row.name
                 );
             }
+        }
+    }
+
+    #[test]
+    fn compare_and_write_and_every_persistent_reserve_out_action_arbitrate() {
+        let arbitrating: Vec<String> = TABLE
+            .iter()
+            .filter(|row| row.arbitrates)
+            .map(|row| row.full_name())
+            .collect();
+        assert!(arbitrating.contains(&"COMPARE AND WRITE".to_string()));
+        let prout_rows = rows_of(op::PERSISTENT_RESERVE_OUT).count();
+        let prout_arbitrating = arbitrating
+            .iter()
+            .filter(|name| name.starts_with("PERSISTENT RESERVE OUT"))
+            .count();
+        assert_eq!(prout_arbitrating, prout_rows, "{arbitrating:?}");
+        assert_eq!(arbitrating.len(), prout_rows + 1, "{arbitrating:?}");
+        for row in TABLE.iter().filter(|row| row.arbitrates) {
+            // The arbitration threads are an I/O engine: a command that never waits runs inline instead.
+            assert!(row.may_wait_for_disk, "{}", row.full_name());
         }
     }
 

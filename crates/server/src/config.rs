@@ -3,7 +3,7 @@
 //!
 //! Every error names where it comes from: for a file, the path, line and key; for flags, the flag.
 
-use crate::engine::IoEngineKind;
+use crate::engine::{IoEngineKind, ThreadPriority};
 use crate::fault::FaultRule;
 use crate::limits::{FileLimits, Limits};
 use crate::secrets::read_secret_file;
@@ -48,6 +48,9 @@ pub struct ServeOptions {
     pub lock_stats: Option<PathBuf>,
     /// `--io-engine uring|threads`: force an I/O engine (default: io_uring when a probe succeeds).
     pub io_engine: Option<IoEngineKind>,
+    /// `--arbitration-priority realtime|normal`: how COMPARE AND WRITE and PERSISTENT RESERVE OUT threads are
+    /// scheduled (default realtime).
+    pub arbitration_priority: ThreadPriority,
 }
 
 impl Default for ServeOptions {
@@ -64,6 +67,7 @@ impl Default for ServeOptions {
             max_connections: None,
             lock_stats: None,
             io_engine: None,
+            arbitration_priority: ThreadPriority::Realtime,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct TargetConfig {
     pub limits: Limits,
     /// `--io-engine`: None probes io_uring at start and falls back to threads.
     pub io_engine: Option<IoEngineKind>,
+    /// `--arbitration-priority`.
+    pub arbitration_priority: ThreadPriority,
 }
 
 /// Why the target cannot start: one line for the user.
@@ -245,6 +251,7 @@ impl TargetConfig {
         };
         let mut config = config.with_connection_limit(options.max_connections)?;
         config.io_engine = options.io_engine;
+        config.arbitration_priority = options.arbitration_priority;
         config.check_exposure(options.allow_any_initiator)?;
         Ok(config)
     }
@@ -308,6 +315,7 @@ impl TargetConfig {
             max_connections_explicit: false,
             limits: Limits::default(),
             io_engine: None,
+            arbitration_priority: ThreadPriority::Realtime,
         })
     }
 
@@ -613,6 +621,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<TargetConfig, ServeError> {
         max_connections_explicit: file.max_connections.is_some(),
         limits,
         io_engine: None,
+        arbitration_priority: ThreadPriority::Realtime,
     })
 }
 

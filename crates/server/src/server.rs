@@ -12,7 +12,9 @@ use crate::config::{
     TargetDefinition,
 };
 use crate::connection;
-use crate::engine::{IoEngine, IoEngineKind, DEFAULT_THREADS_PER_LUN};
+use crate::engine::{
+    IoEngine, IoEngineKind, ThreadPriority, ARBITRATION_THREADS_PER_LUN, DEFAULT_THREADS_PER_LUN,
+};
 use crate::fault::FaultTable;
 use crate::latch::Latch;
 use crate::limits::Limits;
@@ -654,8 +656,16 @@ fn lun_runtime(
     unit: Arc<LogicalUnit>,
     store: &Arc<dyn BlockStore>,
     kind: IoEngineKind,
+    arbitration_priority: ThreadPriority,
 ) -> Result<Arc<LunRuntime>, ServeError> {
     let engine = IoEngine::with_threads(name, DEFAULT_THREADS_PER_LUN).map_err(ServeError::Io)?;
+    let arbitration = IoEngine::start(
+        name,
+        "arb",
+        ARBITRATION_THREADS_PER_LUN,
+        arbitration_priority,
+    )
+    .map_err(ServeError::Io)?;
     let uring = match (kind, store.raw_io()) {
         (IoEngineKind::Uring, Some(io)) => Some(Uring::start(name, io).map_err(ServeError::Io)?),
         _ => None,
@@ -669,7 +679,12 @@ fn lun_runtime(
         },
         engine.threads()
     ));
-    Ok(LunRuntime::new(unit, engine, uring))
+    log::event(format_args!(
+        "{name}: {} arbitration threads (COMPARE AND WRITE, PERSISTENT RESERVE OUT) at {}",
+        arbitration.threads(),
+        arbitration.scheduled()
+    ));
+    Ok(LunRuntime::new(unit, engine, arbitration, uring))
 }
 
 /// The portal group tag of the portal at `index` in the configuration (RFC 7143 4.4.1): 1-based. It is also the
@@ -705,7 +720,13 @@ fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError>
         for lun in &definition.luns {
             let (unit, store) = open_lun(definition, lun, &port_groups, &config.limits)?;
             let name = format!("{} LUN {}", definition.name, lun.id);
-            let runtime = lun_runtime(&name, unit.clone(), &store, engine_kind)?;
+            let runtime = lun_runtime(
+                &name,
+                unit.clone(),
+                &store,
+                engine_kind,
+                config.arbitration_priority,
+            )?;
             runtimes.insert(lun.id, runtime);
             luns.push((lun.id, unit));
             stores.push(store);

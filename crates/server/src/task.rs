@@ -33,6 +33,9 @@ use std::time::Duration;
 pub struct LunRuntime {
     pub unit: Arc<LogicalUnit>,
     pub engine: Arc<IoEngine>,
+    /// The arbitration threads: COMPARE AND WRITE and PERSISTENT RESERVE OUT run here, scheduled ahead of bulk
+    /// I/O (`lunlock_scsi::registry::Row::arbitrates`).
+    pub arbitration: Arc<IoEngine>,
     /// With the io_uring engine: READ and WRITE go through this ring; everything else through `engine`.
     pub uring: Option<Arc<Uring>>,
     tasks: Mutex<HashMap<u64, Arc<TaskControl>>>,
@@ -95,11 +98,13 @@ impl LunRuntime {
     pub fn new(
         unit: Arc<LogicalUnit>,
         engine: Arc<IoEngine>,
+        arbitration: Arc<IoEngine>,
         uring: Option<Arc<Uring>>,
     ) -> Arc<LunRuntime> {
         Arc::new(LunRuntime {
             unit,
             engine,
+            arbitration,
             uring,
             tasks: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
@@ -400,6 +405,11 @@ async fn run_on_engine(
     fua: bool,
 ) -> (ScsiResponse, Option<RangeGuard>) {
     let unit = Arc::clone(&lun.unit);
+    let engine = if admitted.command().arbitrates() {
+        &lun.arbitration
+    } else {
+        &lun.engine
+    };
     let job = move || {
         let response = unit.run_admitted(&request.as_command(), &admitted, guard.as_ref());
         if !fua {
@@ -408,7 +418,7 @@ async fn run_on_engine(
         drop(guard);
         (unit.make_durable(response), None)
     };
-    match lun.engine.run(job).await {
+    match engine.run(job).await {
         Ok(done) => done,
         Err(error) => {
             crate::log::event(format_args!("{error}"));
