@@ -189,6 +189,9 @@ fn parse_lba_range(text: &str) -> Result<(u64, u64), String> {
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
+    // The load generator allocates and frees a buffer per command as the target does: the same malloc settings
+    // keep large blocks (--bs 128K and up) from costing a mapping and page faults each.
+    lunlock_server::allocator::tune();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,7 @@
 //! The lunlock target daemon: TCP portals, login and full-feature sessions over the sans-IO `iscsi` crate,
 //! SCSI execution through the `scsi` crate's dispatcher, storage from the `store` crate, and configuration.
 
+pub mod allocator;
 pub mod auth_throttle;
 pub mod config;
 mod connection;

@@ -969,6 +969,7 @@ pub fn nexus_lost(shared: &Shared, nexus: &Arc<ItNexus>) {
 
 /// Runs the target until SIGINT or SIGTERM.
 pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
+    let malloc = crate::allocator::tune();
     let config = TargetConfig::from_options(&options)?;
     if options.lock_stats.is_some() {
         crate::lock_stats::enable();
@@ -978,6 +979,7 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Io)?;
     runtime.block_on(async move {
+        log::event(format_args!("{malloc}"));
         let running = start(config).await?;
         serve_until_terminated(&running, &options)
             .await
