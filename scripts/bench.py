@@ -371,6 +371,8 @@ WORKLOADS = [
      "tool": "bench", "args": ["--workload", "randwrite", "--qd", "1"]},
     {"id": "randread-4k-qd1", "title": "4K random read QD1, page-cached", "cache": "cached",
      "tool": "bench", "args": ["--workload", "randread", "--qd", "1"]},
+    {"id": "randread-512-qd1-16s", "title": "512-byte random read QD1, 16 sessions, page-cached", "cache": "cached",
+     "tool": "bench", "args": ["--workload", "randread", "--bs", "512", "--qd", "1", "--sessions", "16"]},
     {"id": "heartbeat-1024", "title": "heartbeat, 1,024 sessions x 1 CAW/s + 4K randread QD32", "cache": "cached",
      "tool": "bench", "lunlock_only": True,
      "args": ["--workload", "heartbeat", "--sessions", str(HEARTBEAT_SESSIONS), "--interval-ms", "1000",
@@ -489,8 +491,25 @@ def run_idle_sessions(ctx):
     return rows
 
 
+def fio_buffered_writes(ctx, round_index):
+    """The kernel's own ceiling for the random-write workload: one thread doing nothing but 4K pwrite()s to the
+    backing file, after the same warm-up as the write rounds (a sequential read, which leaves the file in large
+    folios). --invalidate=0 keeps that page cache: fio would drop it otherwise and write into small new folios.
+    Buffered writes to one file take its inode lock, so no target, whatever its threads, writes it faster."""
+    prepare_cache("cached", ctx.backing)
+    argv = ["fio", "--ioengine=psync", "--rw=randwrite", "--bs=4k", "--invalidate=0", f"--runtime={ctx.seconds}",
+            "--time_based", f"--filename={ctx.backing}", "--name=w", "--output-format=json"]
+    out = run_quiet(argv, "fio")
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    row = {"round": round_index, "iops": round(job["write"]["iops"], 1),
+           "sys_percent": round(job["sys_cpu"], 1),
+           "kernel_us_per_write": round(job["sys_cpu"] / 100 * 1e6 / job["write"]["iops"], 1)}
+    log(f"fio buffered randwrite round {round_index}: {row['iops']:.0f} IOPS, {row['sys_percent']}% sys")
+    return row
+
+
 def run_limits(ctx):
-    fio_rounds, iperf_rounds = [], []
+    fio_rounds, iperf_rounds, write_rounds = [], [], []
     for round_index in range(1, ctx.rounds + 1):
         prepare_cache("direct", ctx.backing)
         argv = ["fio", "--ioengine=io_uring", "--direct=1", "--rw=randread", "--bs=4k", "--iodepth=32",
@@ -501,6 +520,8 @@ def run_limits(ctx):
         fio_rounds.append({"round": round_index, "iops": round(job["iops"], 1),
                            "p50_us": job["clat_ns"]["percentile"]["50.000000"] / 1e3})
         log(f"fio round {round_index}: {job['iops']:.0f} IOPS")
+
+        write_rounds.append(fio_buffered_writes(ctx, round_index))
 
         port = free_port()
         server = ctx.procs.start(["iperf3", "-s", "-1", "-p", str(port)], "iperf3-server.log")
@@ -513,7 +534,7 @@ def run_limits(ctx):
         gbps = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
         iperf_rounds.append({"round": round_index, "gbit_per_s": round(gbps, 2)})
         log(f"iperf3 round {round_index}: {gbps:.1f} Gbit/s")
-    return {"fio": fio_rounds, "iperf3": iperf_rounds}
+    return {"fio": fio_rounds, "iperf3": iperf_rounds, "fio_buffered_write": write_rounds}
 
 
 def wait_for_port_iperf(port, server):
@@ -545,6 +566,34 @@ def of(results, workload, target, key):
     return [r[key] for r in results[workload]["rounds"] if r["target"] == target and r.get(key) is not None]
 
 
+def write_ceiling_lines(summary):
+    """How the random-write goal compares with what the kernel itself can do on this file."""
+    ceiling = summary["limits"]["fio_buffered_write_iops"]
+    tgt_iops = summary["randwrite-4k-qd32"]["tgt"]["iops"]
+    lunlock_iops = summary["randwrite-4k-qd32"]["lunlock"]["iops"]
+    return [
+        f"Random writes: buffered writes to one file take its inode lock one at a time, and after a sequential read "
+        f"the page cache holds the file in large folios, which ext4 walks block by block on every 4K write. One "
+        f"thread doing nothing else gets {fmt(ceiling)} writes/s. 1.5x tgt would be {fmt(1.5 * tgt_iops)}/s, "
+        f"{1.5 * tgt_iops / ceiling:.0%} of that ceiling, with the client on the same 2 cores; lunlock reached "
+        f"{fmt(lunlock_iops)}/s ({lunlock_iops / ceiling:.0%})."
+    ]
+
+
+def round_trip_ceiling_lines(summary):
+    """caw-contended needs two round trips per attempt (READ, then COMPARE AND WRITE): compare it with the cheapest
+    round trip 16 sessions get here."""
+    cheapest = summary["randread-512-qd1-16s"]["lunlock"]["iops"]
+    tgt_cheapest = summary["randread-512-qd1-16s"]["tgt"]["iops"]
+    attempts = summary["caw-contended-16"]["lunlock"]["completed_per_s"]
+    return [
+        f"COMPARE AND WRITE contended: each attempt is a READ and a COMPARE AND WRITE, two round trips. 16 QD1 "
+        f"sessions reading 512 bytes from the page cache, the cheapest command, get {fmt(cheapest)} round trips/s "
+        f"from lunlock (tgt {fmt(tgt_cheapest)}). 40K attempts/s would need {fmt(80_000)} round trips/s, "
+        f"{80_000 / cheapest:.0%} of that; lunlock made {fmt(2 * attempts)} ({2 * attempts / cheapest:.0%})."
+    ]
+
+
 def summarize(results, limits, idle):
     """Medians per workload and target, ratios, and the issue's goals judged on them."""
     summary = {}
@@ -561,7 +610,12 @@ def summarize(results, limits, idle):
                 entry["p50_ratio"] = entry["lunlock"]["p50_us"] / entry["tgt"]["p50_us"]
         summary[wid] = entry
     fio_iops = median([r["iops"] for r in limits["fio"]])
-    summary["limits"] = {"fio_iops": fio_iops, "iperf3_gbit_per_s": median([r["gbit_per_s"] for r in limits["iperf3"]])}
+    summary["limits"] = {
+        "fio_iops": fio_iops,
+        "iperf3_gbit_per_s": median([r["gbit_per_s"] for r in limits["iperf3"]]),
+        "fio_buffered_write_iops": median([r["iops"] for r in limits["fio_buffered_write"]]),
+        "fio_buffered_write_kernel_us": median([r["kernel_us_per_write"] for r in limits["fio_buffered_write"]]),
+    }
 
     def ratio(wid):
         return summary[wid]["iops_ratio"]
@@ -733,10 +787,18 @@ def markdown(doc):
         f"{' / '.join(fmt(r['iops']) for r in doc['limits']['fio'])} |",
         f"| iperf3 over loopback ({IPERF_SECONDS} s) | {summary['limits']['iperf3_gbit_per_s']:.1f} Gbit/s | "
         f"{' / '.join(str(r['gbit_per_s']) for r in doc['limits']['iperf3'])} |",
+        f"| fio psync 4K randwrite, one thread, on the backing file after the write rounds' warm-up | "
+        f"{fmt(summary['limits']['fio_buffered_write_iops'])} IOPS, "
+        f"{summary['limits']['fio_buffered_write_kernel_us']} us of kernel CPU per write | "
+        f"{' / '.join(fmt(r['iops']) for r in doc['limits']['fio_buffered_write'])} |",
         "",
         f"lunlock O_DIRECT 4K randread QD32 is "
         f"{summary['randread-4k-qd32-direct']['lunlock']['iops'] / summary['limits']['fio_iops']:.0%} of fio, "
         f"tgt {summary['randread-4k-qd32-direct']['tgt']['iops'] / summary['limits']['fio_iops']:.0%}.",
+        "",
+        *write_ceiling_lines(summary),
+        "",
+        *round_trip_ceiling_lines(summary),
         "",
         "## Resources per workload (medians over rounds)",
         "",
