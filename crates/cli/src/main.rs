@@ -5,6 +5,7 @@ mod caw;
 mod client;
 mod fault;
 mod lock;
+mod logging;
 mod netfuzz;
 mod persist;
 
@@ -132,6 +133,12 @@ enum Command {
         /// I/O engine for READ and WRITE: uring or threads (default: io_uring when it works here).
         #[arg(long, value_name = "ENGINE")]
         io_engine: Option<lunlock_server::engine::IoEngineKind>,
+        /// Log lines as text or as JSON objects, on stderr.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        log_format: logging::LogFormat,
+        /// The least severe events logged (RUST_LOG, when set, takes precedence: e.g. warn,lunlock_server=debug).
+        #[arg(long, value_name = "LEVEL", default_value = "info")]
+        log_level: logging::LogLevel,
         /// Scheduling of the threads that run COMPARE AND WRITE and PERSISTENT RESERVE OUT: realtime (SCHED_FIFO
         /// 1, falling back to nice -10 without CAP_SYS_NICE) or normal.
         #[arg(long, value_name = "PRIORITY", default_value = "realtime")]
@@ -224,7 +231,13 @@ fn main() -> ExitCode {
             lock_stats,
             io_engine,
             arbitration_priority,
+            log_format,
+            log_level,
         }) => {
+            if let Err(message) = logging::init(log_format, log_level) {
+                eprintln!("lunlock: {message}");
+                return ExitCode::FAILURE;
+            }
             let defaults = lunlock_server::ServeOptions::default();
             let options = lunlock_server::ServeOptions {
                 listen: if listen.is_empty() {

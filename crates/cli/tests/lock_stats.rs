@@ -3,36 +3,16 @@
 
 mod support;
 
-use support::free_port;
+use support::{free_port, serve_command, wait_for_port};
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-fn wait_for_port(port: u16) {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("lunlock serve did not listen on {port}");
-}
 
 #[test]
 fn lock_statistics_are_written_at_shutdown_and_count_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("locks.json");
     let port = free_port();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--lun-size",
-            "16M",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let mut serve = serve_command(port, dir.path())
         .arg("--lock-stats")
         .arg(&stats)
         .stderr(Stdio::null())

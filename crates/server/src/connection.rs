@@ -11,7 +11,6 @@
 //! closes this connection only; a data digest error rejects that PDU and keeps the connection.
 
 use crate::fault::{self, Decision, FaultTable, Injected, FAULT_CONTROL_OPCODE};
-use crate::log;
 use crate::server::{isid_text, lock, nexus_lost, SessionSignals, Shared};
 use crate::task::{run_command, wait_until_gone, CommandRequest, Executed, TaskControl};
 use futures_util::future::BoxFuture;
@@ -36,6 +35,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// REPORT LUNS's operation code (SPC-4 6.33): answered by the target's dispatcher, for any LUN.
 const REPORT_LUNS: u8 = lunlock_scsi::cdb::op::REPORT_LUNS;
@@ -142,8 +142,28 @@ impl Wire {
     }
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes, in a span that names the peer and, once it has logged in, the
+/// initiator, ISID and target: every event of the connection and of its commands says whose it is.
 pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    portal_group_tag: u16,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!(
+        "connection",
+        %peer,
+        initiator = tracing::field::Empty,
+        isid = tracing::field::Empty,
+        target = tracing::field::Empty,
+    );
+    serve_in_span(stream, peer, portal_group_tag, shared, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve_in_span(
     stream: TcpStream,
     peer: SocketAddr,
     portal_group_tag: u16,
@@ -169,17 +189,21 @@ pub async fn serve(
     let (result, tsih, admission) = match logged_in {
         Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
-            log::event(format_args!("{peer}: login failed: {reason}"));
+            tracing::warn!("login failed: {reason}");
             return;
         }
         Err(_) => {
-            log::event(format_args!("{peer}: login timed out"));
+            tracing::warn!("login timed out");
             return;
         }
     };
     let nexus = Arc::new(nexus_of(&result, portal_group_tag));
-    log::event(format_args!(
-        "{peer}: {} session tsih {tsih} for {} isid {} to {}",
+    let span = tracing::Span::current();
+    span.record("initiator", tracing::field::display(&nexus.initiator_name));
+    span.record("isid", tracing::field::display(isid_text(&nexus.isid)));
+    span.record("target", tracing::field::display(&nexus.target_name));
+    tracing::info!(
+        "{} session tsih {tsih} for {} isid {} to {}",
         if result.kind == SessionKind::Discovery {
             "discovery"
         } else {
@@ -192,7 +216,7 @@ pub async fn serve(
         } else {
             &nexus.target_name
         },
-    ));
+    );
     wire.digests = result.params.digests();
     wire.max_recv_data_segment_length = result.params.max_recv_data_segment_length;
     let mut connection = FullFeature {
@@ -228,7 +252,7 @@ pub async fn serve(
             .header
             .fetch_add(wire.header_digest_errors, Ordering::Relaxed);
     }
-    log::event(format_args!("{peer}: connection closed: {reason}"));
+    tracing::info!("connection closed: {reason}");
     if let Some(signals) = signals {
         // The nexus loss is reported while the session is still registered, so a command waiting in
         // `Shared::settle_closed_peers` sees either the session (and waits for this) or its loss already done.
@@ -403,11 +427,11 @@ async fn slow_down_failure(shared: &Shared, peer: SocketAddr) {
         let delay = failures.record(peer.ip(), now);
         (delay, failures.recent(peer.ip(), now))
     };
-    log::event(format_args!(
+    tracing::info!(
         "{peer}: authentication failure ({recent} recent from {}); answering in {} ms",
         peer.ip(),
         delay.as_millis()
-    ));
+    );
     tokio::time::sleep(delay).await;
 }
 
@@ -600,12 +624,12 @@ impl FullFeature {
                         .data
                         .fetch_add(1, Ordering::Relaxed)
                         + 1;
-                    log::event(format_args!(
+                    tracing::warn!(
                         "{}: data digest error in a PDU with opcode {:#04x} ITT {:#x} ({count} since start)",
                         self.nexus.initiator_name,
                         header[0] & 0x3F,
                         u32::from_be_bytes([header[16], header[17], header[18], header[19]]),
-                    ));
+                    );
                     self.session.data_digest_error(&header);
                 }
             }
@@ -731,31 +755,40 @@ impl FullFeature {
         let registration = runtime.register(&self.nexus);
         self.controls
             .insert(task, Arc::clone(&registration.control));
-        self.running.push(Box::pin(async move {
-            let injected = decision.outcome.and_then(injected_response);
-            if !decision.delay.is_zero() {
-                // Delays only this command: the others of the session keep running. The delay comes before
-                // the task starts, so an abort ends it at once (SAM-5 7.2): ABORT TASK, LUN RESET or PREEMPT AND
-                // ABORT does not wait it out, as an initiator's error handler, timing out a slow command, expects.
-                let control = Arc::clone(&registration.control);
-                tokio::select! {
-                    _ = tokio::time::sleep(decision.delay) => {}
-                    _ = control.aborted() => {}
+        let span = tracing::info_span!(
+            "command",
+            lun,
+            itt = %format_args!("{:#x}", request.task_tag),
+            op = lunlock_scsi::registry::name(&request.cdb).unwrap_or("unsupported"),
+        );
+        self.running.push(Box::pin(
+            async move {
+                let injected = decision.outcome.and_then(injected_response);
+                if !decision.delay.is_zero() {
+                    // Delays only this command: the others of the session keep running. The delay comes before
+                    // the task starts, so an abort ends it at once (SAM-5 7.2): ABORT TASK, LUN RESET or PREEMPT AND
+                    // ABORT does not wait it out, as an initiator's error handler, timing out a slow command, expects.
+                    let control = Arc::clone(&registration.control);
+                    tokio::select! {
+                        _ = tokio::time::sleep(decision.delay) => {}
+                        _ = control.aborted() => {}
+                    }
+                }
+                let executed = match injected {
+                    _ if registration.control.is_aborted() => Executed::Aborted,
+                    Some(response) => Executed::Done(response),
+                    None => run_command(runtime, registration, request, decision.stall).await,
+                };
+                Finished {
+                    task,
+                    lun,
+                    executed,
+                    drop_response: decision.outcome == Some(Injected::DropResponse),
+                    reset_after: decision.reset_after,
                 }
             }
-            let executed = match injected {
-                _ if registration.control.is_aborted() => Executed::Aborted,
-                Some(response) => Executed::Done(response),
-                None => run_command(runtime, registration, request, decision.stall).await,
-            };
-            Finished {
-                task,
-                lun,
-                executed,
-                drop_response: decision.outcome == Some(Injected::DropResponse),
-                reset_after: decision.reset_after,
-            }
-        }));
+            .instrument(span),
+        ));
     }
 
     /// Reports a finished command to the session and starts the dormant tasks it enabled.
@@ -845,7 +878,7 @@ impl FullFeature {
         self.session
             .complete_task_management(done.itt, done.response);
         self.close_all_after_flush |= done.close_all;
-        log::event(format_args!(
+        tracing::info!(
             "{} isid {}: task management {} lun {} ({} own task(s) in flight): {} after {} ms",
             self.nexus.initiator_name,
             isid_text(&self.nexus.isid),
@@ -854,7 +887,7 @@ impl FullFeature {
             done.tasks,
             tmf_response_name(done.response),
             done.received.elapsed().as_millis()
-        ));
+        );
     }
 
     /// Task management (SAM-5 7, RFC 7143 11.5). The tasks it aborts are stopped or waited for before it is
@@ -966,17 +999,14 @@ impl FullFeature {
         let text = String::from_utf8_lossy(data_out);
         match fault::control(faults, &text) {
             Ok(done) => {
-                log::event(format_args!(
-                    "fault control from {}: {done}",
-                    self.nexus.initiator_name
-                ));
+                tracing::info!("fault control from {}: {done}", self.nexus.initiator_name);
                 Some(CommandOutcome::default())
             }
             Err(reason) => {
-                log::event(format_args!(
+                tracing::warn!(
                     "fault control from {} refused: {reason}",
                     self.nexus.initiator_name
-                ));
+                );
                 Some(CommandOutcome {
                     status: ScsiStatus::CheckCondition as u8,
                     sense: Sense::new(Condition::InvalidFieldInParameterList).to_fixed(),

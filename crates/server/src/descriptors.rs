@@ -3,7 +3,6 @@
 //! duplicate kept to watch for the peer's close (`SessionHandle`).
 
 use crate::config::ServeError;
-use crate::log;
 
 /// Descriptors per connection: the socket and the session's duplicate of it.
 const DESCRIPTORS_PER_CONNECTION: u64 = 2;
@@ -57,10 +56,10 @@ pub fn fit_connection_limit(connections: usize, explicit: bool) -> Result<usize,
     }
     let now = get().map_err(ServeError::Io)?.rlim_cur;
     if now >= wanted {
-        log::event(format_args!(
+        tracing::info!(
             "raised the open-file limit from {} to {now} for {connections} connections",
             current.rlim_cur
-        ));
+        );
         return Ok(connections);
     }
     let fitting = (now.saturating_sub(RESERVED_DESCRIPTORS) / DESCRIPTORS_PER_CONNECTION) as usize;
@@ -71,10 +70,10 @@ pub fn fit_connection_limit(connections: usize, explicit: bool) -> Result<usize,
             current.rlim_max
         )));
     }
-    log::event(format_args!(
+    tracing::info!(
         "RLIMIT_NOFILE allows {now} open files: serving at most {fitting} connections, not the default \
          {connections}; raise the limit (ulimit -n, LimitNOFILE=) for more"
-    ));
+    );
     Ok(fitting)
 }
 

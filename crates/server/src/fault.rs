@@ -6,7 +6,6 @@
 //! connections. When the table is empty, consulting it costs one atomic load. Randomness comes from a seedable
 //! RNG so tests are deterministic.
 
-use crate::log;
 use lunlock_scsi::hold_time::{timed, SharedLock};
 use lunlock_scsi::registry::{self, op};
 use rand::rngs::StdRng;
@@ -475,10 +474,10 @@ impl FaultTable {
             };
             if applied {
                 state.hits += 1;
-                log::event(format_args!(
+                tracing::info!(
                     "fault injected: lun {lun} opcode {opcode:#04x} action {} itt {itt:#x}",
                     state.rule.action
-                ));
+                );
             }
         }
         decision

@@ -11,7 +11,6 @@ pub mod fault;
 mod latch;
 pub mod limits;
 pub mod lock_stats;
-mod log;
 mod pr_state;
 pub mod secrets;
 pub mod server;

@@ -18,7 +18,6 @@ use crate::engine::{
 use crate::fault::FaultTable;
 use crate::latch::Latch;
 use crate::limits::Limits;
-use crate::log;
 use crate::pr_state::PrStateFile;
 use crate::task::LunRuntime;
 use crate::uring::Uring;
@@ -274,12 +273,12 @@ impl Shared {
         };
         let previous = sessions.insert(key.clone(), handle);
         if let Some(previous) = previous {
-            log::event(format_args!(
+            tracing::info!(
                 "session reinstatement: {} isid {} replaces tsih {}",
                 key.initiator_name,
                 isid_text(&key.isid),
                 previous.tsih
-            ));
+            );
             previous.signals.close.notify_one();
         }
         Ok(signals)
@@ -328,9 +327,9 @@ impl Shared {
                 .await
                 .is_err()
             {
-                log::event(format_args!(
+                tracing::info!(
                     "a closed connection took over {SETTLE_CLOSE_LIMIT:?} to end; answering without it"
-                ));
+                );
             }
         }
     }
@@ -421,7 +420,7 @@ impl RunningTarget {
         for target in &self.shared.targets {
             for store in &target.stores {
                 if let Err(e) = store.flush() {
-                    log::event(format_args!("flush at shutdown failed: {e}"));
+                    tracing::warn!("flush at shutdown failed: {e}");
                 }
             }
         }
@@ -467,11 +466,11 @@ fn open_lun(
     let thin_provisioned = store.supports_deallocate();
     let store: Arc<dyn BlockStore> = Arc::new(store);
     let store = if lun.simulate_power_loss {
-        log::event(format_args!(
+        tracing::info!(
             "target {} LUN {}: TESTING ONLY: simulate_power_loss keeps unflushed writes in memory; a crash \
              loses them as a power cut would",
             target.name, lun.id
-        ));
+        );
         Arc::new(PowerLossStore::new(store, lun.block_size))
     } else {
         store
@@ -519,10 +518,10 @@ fn recovered_atomic_journal(
     if path.exists() {
         let journal = AtomicJournal::new(Arc::new(FileStore::open(&path, false)?), name.clone())?;
         if let Some(replayed) = journal.recover(image)? {
-            log::event(format_args!(
+            tracing::info!(
                 "target {} LUN {}: finished an interrupted WRITE ATOMIC from {name}: {} bytes at byte {}",
                 target.name, lun.id, replayed.len, replayed.offset
-            ));
+            );
         }
         if journal.max_bytes() + lunlock_store::journal::HEADER_BYTES == capacity {
             return Ok(journal);
@@ -576,7 +575,7 @@ fn log_backing(target: &TargetDefinition, lun: &LunConfig, store: &FileStore) {
         ),
         None => "file".to_string(),
     };
-    log::event(format_args!(
+    tracing::info!(
         "target {} LUN {}: {} ({kind}, {} bytes, {}, write cache {})",
         target.name,
         lun.id,
@@ -592,7 +591,7 @@ fn log_backing(target: &TargetDefinition, lun: &LunConfig, store: &FileStore) {
         } else {
             "write-through (WCE=0)"
         },
-    ));
+    );
 }
 
 /// Builds the LU with its APTPL state file installed and what the file holds restored (SPC-4 5.13.5). A state
@@ -625,7 +624,7 @@ fn unit_with_reservations(
         lun.id,
         path.display()
     );
-    log::event(format_args!("{reason}"));
+    tracing::error!("{reason}");
     unit().offline(reason)
 }
 
@@ -641,9 +640,7 @@ fn choose_engine(requested: Option<IoEngineKind>) -> Result<IoEngineKind, ServeE
             "--io-engine uring: io_uring is not available here: {error}"
         ))),
         (None, Err(error)) => {
-            log::event(format_args!(
-                "io_uring is not available ({error}); using the thread engine"
-            ));
+            tracing::warn!("io_uring is not available ({error}); using the thread engine");
             Ok(IoEngineKind::Threads)
         }
     }
@@ -670,7 +667,7 @@ fn lun_runtime(
         (IoEngineKind::Uring, Some(io)) => Some(Uring::start(name, io).map_err(ServeError::Io)?),
         _ => None,
     };
-    log::event(format_args!(
+    tracing::info!(
         "{name}: I/O engine {} ({} threads for the other commands)",
         if uring.is_some() {
             "io_uring"
@@ -678,12 +675,12 @@ fn lun_runtime(
             "threads"
         },
         engine.threads()
-    ));
-    log::event(format_args!(
+    );
+    tracing::info!(
         "{name}: {} arbitration threads (COMPARE AND WRITE, PERSISTENT RESERVE OUT) at {}",
         arbitration.threads(),
         arbitration.scheduled()
-    ));
+    );
     Ok(LunRuntime::new(unit, engine, arbitration, uring))
 }
 
@@ -784,7 +781,7 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
     let mut addresses = Vec::new();
     for (listener, address, tag) in listeners {
         addresses.push(address);
-        log::event(format_args!("listening on {address} (portal group {tag})"));
+        tracing::info!("listening on {address} (portal group {tag})");
         tasks.spawn(accept_loop(
             listener,
             tag,
@@ -820,13 +817,13 @@ async fn accept_loop(
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        log::event(format_args!("accept failed: {e}"));
+                        tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                    log::event(format_args!("refusing connection from {peer}: {max_connections} connections open"));
+                    tracing::warn!("refusing connection from {peer}: {max_connections} connections open");
                     continue;
                 };
                 let shared = Arc::clone(&shared);
@@ -909,7 +906,7 @@ impl Shared {
     /// Runs [`Shared::reload_access`] and logs what it did.
     pub fn reload_and_log(&self, config: &TargetConfig) -> ReloadReport {
         let report = self.reload_access(config);
-        log::event(format_args!(
+        tracing::info!(
             "reloaded access rules: {} target(s) changed{}",
             report.changed_targets.len(),
             if report.changed_targets.is_empty() {
@@ -917,12 +914,12 @@ impl Shared {
             } else {
                 format!(" ({})", report.changed_targets.join(", "))
             }
-        ));
+        );
         for session in &report.closed_sessions {
-            log::event(format_args!("closing session {session}: no longer allowed"));
+            tracing::warn!("closing session {session}: no longer allowed");
         }
         for what in &report.needs_restart {
-            log::event(format_args!("not reloaded, needs a restart: {what}"));
+            tracing::warn!("not reloaded, needs a restart: {what}");
         }
         report
     }
@@ -979,12 +976,12 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Io)?;
     runtime.block_on(async move {
-        log::event(format_args!("{malloc}"));
+        tracing::info!("{malloc}");
         let running = start(config).await?;
         serve_until_terminated(&running, &options)
             .await
             .map_err(ServeError::Io)?;
-        log::event(format_args!("shutting down"));
+        tracing::info!("shutting down");
         running.shutdown().await;
         if let Some(path) = &options.lock_stats {
             crate::lock_stats::write(path).map_err(|e| {
@@ -1020,8 +1017,8 @@ async fn serve_until_terminated(
                     Ok(Ok(config)) => {
                         running.shared.reload_and_log(&config);
                     }
-                    Ok(Err(e)) => log::event(format_args!("SIGHUP: reload failed, the current rules stay: {e}")),
-                    Err(e) => log::event(format_args!("SIGHUP: reload failed, the current rules stay: {e}")),
+                    Ok(Err(e)) => tracing::warn!("SIGHUP: reload failed, the current rules stay: {e}"),
+                    Err(e) => tracing::warn!("SIGHUP: reload failed, the current rules stay: {e}"),
                 }
             }
         }

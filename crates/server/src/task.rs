@@ -359,7 +359,7 @@ async fn make_durable_if(fua: bool, lun: &Arc<LunRuntime>, response: ScsiRespons
     match lun.engine.run(move || unit.make_durable(response)).await {
         Ok(response) => response,
         Err(error) => {
-            crate::log::event(format_args!("{error}"));
+            tracing::error!("{error}");
             internal_failure(&lun.unit)
         }
     }
@@ -388,7 +388,7 @@ async fn run_on_ring(
         return None;
     }
     if let Err(error) = &result {
-        crate::log::event(format_args!("{uring:?}: {io:?}: {error}"));
+        tracing::warn!("{uring:?}: {io:?}: {error}");
     }
     Some(lun.unit.finish_block_io(admitted, io, result))
 }
@@ -421,7 +421,7 @@ async fn run_on_engine(
     match engine.run(job).await {
         Ok(done) => done,
         Err(error) => {
-            crate::log::event(format_args!("{error}"));
+            tracing::error!("{error}");
             (internal_failure(&lun.unit), None)
         }
     }

@@ -307,9 +307,7 @@ impl Uring {
 /// the next enter, which the reaper also makes after each completion it reaps.
 fn enter(name: &str, ring: &IoUring) {
     if let Err(error) = ring.submit() {
-        crate::log::event(format_args!(
-            "{name}: io_uring_enter failed ({error}); retried with the next submission"
-        ));
+        tracing::warn!("{name}: io_uring_enter failed ({error}); retried with the next submission");
     }
 }
 

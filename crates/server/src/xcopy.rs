@@ -106,7 +106,7 @@ async fn on_engine(
     match lun.engine.run(job).await {
         Ok(result) => result,
         Err(error) => {
-            crate::log::event(format_args!("EXTENDED COPY: {error}"));
+            tracing::warn!("EXTENDED COPY: {error}");
             Err(chunk.engine_failure())
         }
     }

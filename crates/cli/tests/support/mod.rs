@@ -3,7 +3,9 @@
 // Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The runtime an in-process target runs on while the test runs the binary.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -50,4 +52,31 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (a daemon the test started), or panics after 5 s.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("lunlock serve did not listen on {port}");
+}
+
+/// `lunlock serve` with the embedded default target (a 16 MiB LUN) on 127.0.0.1:`port`, its data in `data_dir`.
+pub fn serve_command(port: u16, data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lunlock"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--lun-size",
+            "16M",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir);
+    command
 }
