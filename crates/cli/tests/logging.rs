@@ -33,11 +33,7 @@ fn daemon_log(extra: &[&str], rust_log: Option<&str>) -> String {
         "--initiator-name",
         INITIATOR,
     ]));
-    assert!(Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    support::signal(&serve, "TERM");
     let output = serve.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stderr).unwrap()

@@ -4,7 +4,7 @@
 
 use crate::cdb::Command;
 use crate::lu::{Admitted, LogicalUnit};
-use crate::sense::{Condition, Sense};
+use crate::store_failure::{store_failure, StoreOperation};
 use crate::{ScsiCommand, ScsiResponse, ScsiStatus, SideEffects};
 
 /// The I/O an admitted READ or WRITE needs, in bytes of the store.
@@ -66,8 +66,8 @@ impl LogicalUnit {
         }))
     }
 
-    /// The response to a planned I/O: the data read, or the error mapped through the sense table (UNRECOVERED
-    /// READ ERROR, WRITE ERROR).
+    /// The response to a planned I/O: the data read, or the error mapped to sense data and logged
+    /// (`crate::store_failure`).
     pub fn finish_block_io(
         &self,
         admitted: &Admitted,
@@ -83,11 +83,11 @@ impl LogicalUnit {
                 data_out_wanted: wanted,
                 effects: SideEffects::NONE,
             },
-            (BlockIo::Read { .. }, Err(_)) => {
-                self.check_condition(Sense::new(Condition::UnrecoveredReadError), wanted)
+            (BlockIo::Read { .. }, Err(error)) => {
+                self.check_condition(store_failure(StoreOperation::Read, &error), wanted)
             }
-            (BlockIo::Write { .. }, Err(_)) => {
-                self.check_condition(Sense::new(Condition::WriteError), wanted)
+            (BlockIo::Write { .. }, Err(error)) => {
+                self.check_condition(store_failure(StoreOperation::Write, &error), wanted)
             }
         }
     }

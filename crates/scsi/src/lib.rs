@@ -25,6 +25,7 @@ pub mod registry;
 mod sanitize;
 pub mod sbc;
 pub mod sense;
+pub mod store_failure;
 pub mod task_set;
 #[cfg(test)]
 mod test_store;

@@ -12,6 +12,7 @@
 use crate::cdb::{BlockCount, ByteCheck, Lba};
 use crate::lu::{truncate, Completed, LogicalUnit, Outcome};
 use crate::sense::{Condition, Sense};
+use crate::store_failure::{store_failure, StoreOperation};
 use std::io;
 
 /// Limits the data path enforces and VPD page B0h advertises (SBC-4 6.6.4). One place, so they cannot disagree.
@@ -116,12 +117,20 @@ impl AtomicLimits {
     }
 }
 
-fn read_error(_error: io::Error) -> Sense {
-    Sense::new(Condition::UnrecoveredReadError)
+fn read_error(error: io::Error) -> Sense {
+    store_failure(StoreOperation::Read, &error)
 }
 
-fn write_error(_error: io::Error) -> Sense {
-    Sense::new(Condition::WriteError)
+fn write_error(error: io::Error) -> Sense {
+    store_failure(StoreOperation::Write, &error)
+}
+
+fn flush_error(error: io::Error) -> Sense {
+    store_failure(StoreOperation::Flush, &error)
+}
+
+fn deallocate_error(error: io::Error) -> Sense {
+    store_failure(StoreOperation::Deallocate, &error)
 }
 
 impl LogicalUnit {
@@ -189,7 +198,7 @@ impl LogicalUnit {
     }
 
     pub(crate) fn flush(&self) -> Result<(), Sense> {
-        self.store.flush().map_err(write_error)
+        self.store.flush().map_err(flush_error)
     }
 
     /// The bytes of `len` blocks at `lba`, as the medium holds them.
@@ -220,7 +229,7 @@ impl LogicalUnit {
         }
         // FUA on READ (SBC-4 5.16): data must come from the medium, so write back anything cached first.
         if fua {
-            self.store.flush().map_err(read_error)?;
+            self.store.flush().map_err(flush_error)?;
         }
         let data = self.read_blocks(lba, (blocks.0 * self.block_size) as usize)?;
         Ok(Completed::Good(data))
@@ -415,7 +424,9 @@ impl LogicalUnit {
         if unmap && self.unmapped_reads_zero() {
             // LBPRZ=1: deallocated blocks read as zeros, which is what SBC-4 4.7.3.5 lets an unmapping WRITE SAME
             // leave behind regardless of the Data-Out (libiscsi WriteSame*.Unmap* check exactly this).
-            self.store.deallocate(offset, length).map_err(write_error)?;
+            self.store
+                .deallocate(offset, length)
+                .map_err(deallocate_error)?;
             return Ok(Completed::Good(Vec::new()));
         }
         let pattern: &[u8] = if ndob { &[] } else { data_out };
@@ -483,7 +494,7 @@ impl LogicalUnit {
             if blocks.0 > 0 {
                 self.store
                     .deallocate(self.offset(lba), blocks.0 * self.block_size)
-                    .map_err(write_error)?;
+                    .map_err(deallocate_error)?;
             }
         }
         Ok(Completed::Good(Vec::new()))

@@ -57,6 +57,7 @@ conditions! {
     InvalidMessageError => (IllegalRequest, 0x49, 0x00, "INVALID MESSAGE ERROR");
     WriteProtected => (DataProtect, 0x27, 0x00, "WRITE PROTECTED");
     SoftwareWriteProtected => (DataProtect, 0x27, 0x02, "LOGICAL UNIT SOFTWARE WRITE PROTECTED");
+    SpaceAllocationFailedWriteProtect => (DataProtect, 0x27, 0x07, "SPACE ALLOCATION FAILED WRITE PROTECT");
     Miscompare => (Miscompare, 0x1D, 0x00, "MISCOMPARE DURING VERIFY OPERATION");
     UnrecoveredReadError => (MediumError, 0x11, 0x00, "UNRECOVERED READ ERROR");
     WriteError => (MediumError, 0x0C, 0x00, "WRITE ERROR");

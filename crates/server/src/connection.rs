@@ -759,7 +759,7 @@ impl FullFeature {
             "command",
             lun,
             itt = %format_args!("{:#x}", request.task_tag),
-            op = lunlock_scsi::registry::name(&request.cdb).unwrap_or("unsupported"),
+            op = %lunlock_scsi::registry::name(&request.cdb).unwrap_or("unsupported"),
         );
         self.running.push(Box::pin(
             async move {

@@ -387,8 +387,9 @@ async fn run_on_ring(
     if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
         return None;
     }
-    if let Err(error) = &result {
-        tracing::warn!("{uring:?}: {io:?}: {error}");
+    if result.is_err() {
+        // finish_block_io logs the failure with its cause and the sense it becomes; this adds where it happened.
+        tracing::debug!("{uring:?}: {io:?} failed");
     }
     Some(lun.unit.finish_block_io(admitted, io, result))
 }

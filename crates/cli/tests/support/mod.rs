@@ -80,3 +80,12 @@ pub fn serve_command(port: u16, data_dir: &Path) -> Command {
         .arg(data_dir);
     command
 }
+
+/// Sends signal `name` ("TERM", "INT", ...) to a daemon the test started.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} {} failed", child.id());
+}
