@@ -30,7 +30,6 @@ use crate::message::{
 use crate::params::SessionParams;
 use crate::pdu::{Opcode, Pdu, SerialNumber, BHS_LEN};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 
 /// Largest expected data transfer length accepted for one write (bounds memory per task).
 pub const MAX_TASK_DATA_BYTES: u32 = 64 << 20;
@@ -95,23 +94,12 @@ pub struct CommandOutcome {
 }
 
 /// A condition that ends the connection (RFC 7143 7: with ErrorRecoveryLevel 0, connection failure).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    Fatal(String),
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::Fatal(reason) => write!(f, "{reason}"),
-        }
-    }
-}
-
-impl std::error::Error for SessionError {}
-
-fn fatal<T>(reason: impl Into<String>) -> Result<T, SessionError> {
-    Err(SessionError::Fatal(reason.into()))
+    /// A Data-Out names a target transfer tag this target never issued, so it belongs to no task, now or before
+    /// (RFC 7143 11.7.4).
+    #[error("Data-Out with a TTT never issued ({ttt:#x})")]
+    UnissuedTargetTransferTag { ttt: u32 },
 }
 
 /// What went wrong in a write's data phase, with the SPC-4 sense it maps to (ABORTED COMMAND but for one).
@@ -719,10 +707,7 @@ impl TargetSession {
             if data_out.ttt != RESERVED_TAG
                 && SerialNumber(data_out.ttt).gt(SerialNumber(self.next_ttt))
             {
-                return fatal(format!(
-                    "Data-Out with a TTT never issued ({:#x})",
-                    data_out.ttt
-                ));
+                return Err(SessionError::UnissuedTargetTransferTag { ttt: data_out.ttt });
             }
             return Ok(());
         };

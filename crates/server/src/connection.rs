@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use lunlock_iscsi::login::{self, LoginOutcome, LoginSettings, SessionKind, TargetLogin};
 use lunlock_iscsi::message::{tmf, LoginRequest, LoginResponse};
 use lunlock_iscsi::pdu::{self, Digests, FrameError, Opcode, Pdu};
-use lunlock_iscsi::session::{CommandOutcome, SessionEvent, TargetSession, TaskId};
+use lunlock_iscsi::session::{CommandOutcome, SessionError, SessionEvent, TargetSession, TaskId};
 use lunlock_iscsi::TextPairs;
 use lunlock_scsi::sense::{Condition, Sense};
 use lunlock_scsi::task_set::{self, TaskSet};
@@ -45,7 +45,43 @@ pub const LOGIN_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 8192;
 const MIN_READ_SPACE_BYTES: usize = 16 * 1024;
 
 /// Why a connection ended (for the log).
-type Closed = String;
+/// Why a connection ended; logged when it closes.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("connection closed by the initiator")]
+    ByInitiator,
+    #[error("read error: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("write error: {0}")]
+    Write(#[source] std::io::Error),
+    /// A PDU that cannot be framed (a header digest error, a bad length): RFC 7143 7.8.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("data digest error during login")]
+    DataDigestDuringLogin,
+    #[error("expected a Login Request, got opcode {0:#04x}")]
+    NotALoginRequest(u8),
+    #[error("status {class:02x}/{detail:02x}")]
+    LoginRefused { class: u8, detail: u8 },
+    #[error("login with a non-zero TSIH (multiple connections are not supported)")]
+    AddConnection,
+    #[error("refused: {0}")]
+    NotAdmitted(#[from] crate::server::AdmissionError),
+    #[error("target shutting down")]
+    ShuttingDown,
+    #[error("session reinstated or reset")]
+    ReinstatedOrReset,
+    #[error("initiator stopped answering NOP-In pings")]
+    PingsUnanswered,
+    #[error("target cold reset")]
+    TargetColdReset,
+    #[error("logged out")]
+    LoggedOut,
+    #[error("fault injection: reset-after")]
+    FaultReset,
+}
 
 /// Buffered framing over the socket.
 struct Wire {
@@ -89,7 +125,7 @@ impl Wire {
                     // RFC 7143 7.8: a header digest error leaves the PDU's length unknowable; the connection ends.
                     self.header_digest_errors += 1;
                 }
-                Err(error.to_string())
+                Err(Closed::Frame(error))
             }
         }
     }
@@ -113,9 +149,9 @@ impl Wire {
         // dropped connection costs a few KiB, not the largest PDU it could send.
         self.input.reserve(MIN_READ_SPACE_BYTES);
         match self.stream.read_buf(&mut self.input).await {
-            Ok(0) => Err("connection closed by the initiator".into()),
+            Ok(0) => Err(Closed::ByInitiator),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("read error: {e}")),
+            Err(e) => Err(Closed::Read(e)),
         }
     }
 
@@ -138,7 +174,7 @@ impl Wire {
         }
         let result = self.stream.write_all(&self.output).await;
         self.output.clear();
-        result.map_err(|e| format!("write error: {e}"))
+        result.map_err(Closed::Write)
     }
 }
 
@@ -309,7 +345,7 @@ fn admit(
         .stream
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|e| format!("cannot track the connection: {e}"))?;
+        .map_err(crate::server::AdmissionError::Untrackable)?;
     let key = nexus_of(result, portal_group_tag);
     let signals = shared.admit_session(&key, tsih, result.chap_user.clone(), socket)?;
     Ok(Admission {
@@ -346,14 +382,11 @@ async fn login_phase(
     loop {
         let pdu = match wire.next().await? {
             Framed::Pdu(pdu) => pdu,
-            Framed::DataDigestError(_) => return Err("data digest error during login".into()),
+            Framed::DataDigestError(_) => return Err(Closed::DataDigestDuringLogin),
         };
         if pdu.opcode() != Some(Opcode::LoginRequest) {
             send_login_response(wire, &login.refuse_non_login_pdu(pdu.itt())).await?;
-            return Err(format!(
-                "expected a Login Request, got opcode {:#04x}",
-                pdu.opcode_code()
-            ));
+            return Err(Closed::NotALoginRequest(pdu.opcode_code()));
         }
         match login.handle_request(LoginRequest::from_pdu(&pdu)) {
             LoginOutcome::Continue(response) => send_login_response(wire, &response).await?,
@@ -364,10 +397,10 @@ async fn login_phase(
                     slow_down_failure(shared, peer).await;
                 }
                 send_login_response(wire, &response).await?;
-                return Err(format!(
-                    "status {:02x}/{:02x}",
-                    response.status_class, response.status_detail
-                ));
+                return Err(Closed::LoginRefused {
+                    class: response.status_class,
+                    detail: response.status_detail,
+                });
             }
             LoginOutcome::Complete {
                 mut response,
@@ -377,10 +410,7 @@ async fn login_phase(
                     // Adding a connection to an existing session needs MaxConnections > 1 (RFC 7143 13.2).
                     let status = login::status::SESSION_DOES_NOT_EXIST;
                     refuse_completed_login(wire, response, status).await?;
-                    return Err(
-                        "login with a non-zero TSIH (multiple connections are not supported)"
-                            .into(),
-                    );
+                    return Err(Closed::AddConnection);
                 }
                 let tsih = shared.allocate_tsih();
                 let admission = match result.kind {
@@ -391,7 +421,7 @@ async fn login_phase(
                                 // RFC 7143 11.13.5: 0302h Out of resources.
                                 let status = login::status::OUT_OF_RESOURCES;
                                 refuse_completed_login(wire, response, status).await?;
-                                return Err(format!("refused: {reason}"));
+                                return Err(reason);
                             }
                         }
                     }
@@ -547,8 +577,8 @@ impl FullFeature {
                 }
             };
             tokio::select! {
-                _ = shutdown.changed() => return "target shutting down".into(),
-                _ = closed_by_other => return "session reinstated or reset".into(),
+                _ = shutdown.changed() => return Closed::ShuttingDown,
+                _ = closed_by_other => return Closed::ReinstatedOrReset,
                 _ = abort_requested => {
                     let luns = signals.map(|s| std::mem::take(&mut *lock(&s.abort_luns))).unwrap_or_default();
                     for lun in luns {
@@ -568,7 +598,7 @@ impl FullFeature {
                     if self.session.ping_outstanding() {
                         missed_pings += 1;
                         if missed_pings >= misses_allowed {
-                            return "initiator stopped answering NOP-In pings".into();
+                            return Closed::PingsUnanswered;
                         }
                     }
                     self.session.ping();
@@ -590,7 +620,7 @@ impl FullFeature {
                     }
                     if self.close_all_after_flush {
                         self.shared.close_target_sessions(&self.nexus.target_name);
-                        return "target cold reset".into();
+                        return Closed::TargetColdReset;
                     }
                 }
                 filled = wire.fill() => {
@@ -602,7 +632,7 @@ impl FullFeature {
                         return reason;
                     }
                     if self.session.is_logged_out() {
-                        return "logged out".into();
+                        return Closed::LoggedOut;
                     }
                 }
             }
@@ -614,7 +644,7 @@ impl FullFeature {
     async fn process_buffered(&mut self, wire: &mut Wire) -> Result<(), Closed> {
         while let Some(framed) = wire.try_decode()? {
             match framed {
-                Framed::Pdu(pdu) => self.session.handle_pdu(pdu).map_err(|e| e.to_string())?,
+                Framed::Pdu(pdu) => self.session.handle_pdu(pdu)?,
                 Framed::DataDigestError(header) => {
                     // RFC 7143 7.8: a data digest error discards the PDU and rejects it, and ends the task whose
                     // data it carried; the connection survives.
@@ -649,7 +679,7 @@ impl FullFeature {
         }
         self.transmit(wire).await?;
         if self.reset_requested {
-            return Err("fault injection: reset-after".into());
+            return Err(Closed::FaultReset);
         }
         Ok(())
     }

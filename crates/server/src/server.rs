@@ -221,6 +221,21 @@ pub struct DigestErrors {
     pub data: std::sync::atomic::AtomicU64,
 }
 
+/// Why a logged-in session is not admitted (answered 0302h Out of resources, RFC 7143 11.13.5).
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// A `[limits]` session count is reached.
+    #[error("{name} already has {holding} sessions ({setting})")]
+    TooManySessions {
+        name: String,
+        holding: usize,
+        setting: &'static str,
+    },
+    /// The connection's socket cannot be duplicated for the session registry (which closes it on a reset).
+    #[error("cannot track the connection: {0}")]
+    Untrackable(#[source] std::io::Error),
+}
+
 impl Shared {
     pub fn target(&self, name: &str) -> Option<&ServedTarget> {
         self.targets.iter().find(|t| t.definition.name == name)
@@ -245,7 +260,7 @@ impl Shared {
         tsih: u16,
         chap_user: Option<String>,
         socket: OwnedFd,
-    ) -> Result<Arc<SessionSignals>, String> {
+    ) -> Result<Arc<SessionSignals>, AdmissionError> {
         let mut sessions = lock(&self.sessions);
         let holding = |same: &dyn Fn(&SessionKey) -> bool| {
             sessions
@@ -255,8 +270,12 @@ impl Shared {
         };
         let of_target = holding(&|other| other.target_name == key.target_name);
         let of_initiator = holding(&|other| other.initiator_name == key.initiator_name);
-        let too_many = |name: &str, holding: usize, setting: &str| {
-            Err(format!("{name} already has {holding} sessions ({setting})"))
+        let too_many = |name: &str, holding: usize, setting: &'static str| {
+            Err(AdmissionError::TooManySessions {
+                name: name.to_string(),
+                holding,
+                setting,
+            })
         };
         if of_target >= self.limits.sessions_per_target {
             return too_many(&key.target_name, of_target, "sessions_per_target");
