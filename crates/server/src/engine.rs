@@ -48,9 +48,9 @@ pub enum ThreadPriority {
     /// The default time-sharing class, as the reactor and the client's threads have.
     Normal,
     /// SCHED_FIFO at the lowest real-time priority (1), as sanlock runs its lease renewals: a woken thread gets a
-    /// CPU at once instead of waiting behind busy time-sharing threads for a time slice. Measured by scripts/bench
-    /// (docs/performance.md): with a 100K IOPS read load saturating both CPUs, the heartbeat CAW's wait for its
-    /// engine thread went from p99 1.6 ms to 56 us. The jobs are short (a compare, a write of at most a few
+    /// CPU at once instead of waiting behind busy time-sharing threads for a time slice. Measured with a probe
+    /// under scripts/bench's heartbeat load (docs/performance.md): with a 100K IOPS read load saturating both
+    /// CPUs, the heartbeat CAW's wait for its engine thread went from p99 1.6 ms to 56 us. The jobs are short (a compare, a write of at most a few
     /// blocks, a flush that sleeps), so they cannot starve the machine; the kernel's real-time throttling bounds
     /// them anyway.
     Realtime,
@@ -116,6 +116,7 @@ fn schedule_this_thread(priority: ThreadPriority) -> Scheduled {
     }
     Scheduled::Default(refused)
 }
+
 /// Stack of each engine thread: jobs are store calls with heap buffers, so they need little.
 const THREAD_STACK_BYTES: usize = 256 * 1024;
 
