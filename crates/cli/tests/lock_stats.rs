@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{free_port, serve_command, wait_for_port};
+use support::{free_port, serve_command, wait_for_port, Daemon};
 
 use std::process::{Command, Stdio};
 
@@ -12,12 +12,12 @@ fn lock_statistics_are_written_at_shutdown_and_count_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("locks.json");
     let port = free_port();
-    let mut serve = serve_command(port, dir.path())
-        .arg("--lock-stats")
-        .arg(&stats)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let serve = Daemon::spawn(
+        serve_command(port, dir.path())
+            .arg("--lock-stats")
+            .arg(&stats)
+            .stderr(Stdio::null()),
+    );
     wait_for_port(port);
     let url = format!("iscsi://127.0.0.1:{port}/iqn.2026-11.io.lunlock:default/0");
     let bench = Command::new(env!("CARGO_BIN_EXE_lunlock"))
@@ -38,12 +38,8 @@ fn lock_statistics_are_written_at_shutdown_and_count_the_traffic() {
         "{}",
         String::from_utf8_lossy(&bench.stderr)
     );
-    assert!(Command::new("kill")
-        .args(["-INT", &serve.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(serve.wait().unwrap().success());
+    serve.signal("INT");
+    assert!(serve.wait().status.success());
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let locks = json["locks"].as_array().unwrap();

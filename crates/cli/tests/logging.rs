@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{free_port, serve_command, wait_for_port};
+use support::{free_port, serve_command, wait_for_port, Daemon};
 
 use std::process::{Command, Stdio};
 
@@ -24,7 +24,7 @@ fn daemon_log(extra: &[&str], rust_log: Option<&str>) -> String {
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }
-    let serve = command.spawn().unwrap();
+    let serve = Daemon::spawn(&mut command);
     wait_for_port(port);
     let url = format!("iscsi://127.0.0.1:{port}/iqn.2026-11.io.lunlock:default/0");
     support::ok(support::lunlock(&[
@@ -33,8 +33,7 @@ fn daemon_log(extra: &[&str], rust_log: Option<&str>) -> String {
         "--initiator-name",
         INITIATOR,
     ]));
-    support::signal(&serve, "TERM");
-    let output = serve.wait_with_output().unwrap();
+    let output = serve.stop();
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stderr).unwrap()
 }

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{free_port, wait_for_port};
+use support::{free_port, wait_for_port, Daemon};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,20 +51,20 @@ fn a_full_file_system_is_space_allocation_failed_and_logged_with_its_cause() {
     let small = SmallFileSystem::mount("2m");
     let port = free_port();
     // A 64 MiB LUN, sparse, on 2 MiB of space: the first megabytes fit, then the file system is full.
-    let serve = Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--lun-size",
-            "64M",
-        ])
-        .arg("--data-dir")
-        .arg(small.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let serve = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_lunlock"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lun-size",
+                "64M",
+            ])
+            .arg("--data-dir")
+            .arg(small.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     wait_for_port(port);
     let input = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(input.path(), vec![0x5Au8; 8 << 20]).unwrap();
@@ -75,8 +75,7 @@ fn a_full_file_system_is_space_allocation_failed_and_logged_with_its_cause() {
         client_error.contains("Data protect, Space allocation failed write protect"),
         "{client_error}"
     );
-    support::signal(&serve, "TERM");
-    let output = serve.wait_with_output().unwrap();
+    let output = serve.stop();
     let log = String::from_utf8_lossy(&output.stderr);
     let line = log
         .lines()

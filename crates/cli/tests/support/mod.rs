@@ -81,11 +81,43 @@ pub fn serve_command(port: u16, data_dir: &Path) -> Command {
     command
 }
 
-/// Sends signal `name` ("TERM", "INT", ...) to a daemon the test started.
-pub fn signal(child: &std::process::Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -{name} {} failed", child.id());
+/// A daemon the test started. Dropping it kills it, so a failing assertion does not leave it running (holding its
+/// port, its files, or a file system the test mounted).
+pub struct Daemon(Option<std::process::Child>);
+
+impl Daemon {
+    pub fn spawn(command: &mut Command) -> Daemon {
+        Daemon(Some(command.spawn().expect("start lunlock serve")))
+    }
+
+    /// Sends signal `name` ("TERM", "INT", ...).
+    pub fn signal(&self, name: &str) {
+        let child = self.0.as_ref().expect("running");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} {} failed", child.id());
+    }
+
+    /// Asks the daemon to shut down (SIGTERM) and waits for it: its exit status and what it wrote.
+    pub fn stop(self) -> Output {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    /// Waits for the daemon to exit (after a signal the test sent): its exit status and what it wrote.
+    pub fn wait(mut self) -> Output {
+        let child = self.0.take().expect("running");
+        child.wait_with_output().expect("wait for lunlock serve")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
