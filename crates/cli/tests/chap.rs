@@ -7,9 +7,9 @@ mod support;
 use lunlock_initiator::{ChapCredentials, Credentials, DataDirection, LoginOptions, Session};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{failed, free_port, lunlock, ok};
+use support::{failed, free_port, lunlock, ok, wait_for_port, Daemon};
 
 const TARGET: &str = "iqn.2026-12.io.lunlock:chap-cli";
 const USER: &str = "cli-host";
@@ -36,30 +36,17 @@ fn write_config(dir: &Path, port: u16, allowed: Option<&str>) {
     .unwrap();
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(dir: &Path, port: u16) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.join("lunlock.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lunlock serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "lunlock serve did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon(child)
+    let daemon = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_lunlock"))
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("lunlock.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    daemon
 }
 
 fn url(port: u16, secret: Option<&str>) -> String {
@@ -70,9 +57,7 @@ fn url(port: u16, secret: Option<&str>) -> String {
 }
 
 fn hangup(daemon: &Daemon) {
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
-    let rc = unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
-    assert_eq!(rc, 0);
+    daemon.signal("HUP");
 }
 
 /// Retries `check` for a few seconds: the reload happens on the daemon's own time after the signal.

@@ -4,8 +4,7 @@ mod support;
 
 use lunlock_initiator::{DataDirection, LoginOptions, Session};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use support::free_port;
+use support::{free_port, wait_for_port};
 
 const TARGET: &str = "iqn.2026-11.io.lunlock:default";
 
@@ -27,11 +26,7 @@ fn fifteen_seconds_of_fuzzing_find_nothing_and_the_target_still_serves() {
         .spawn()
         .expect("start lunlock serve");
     let url = format!("iscsi://127.0.0.1:{port}/{TARGET}/0");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the daemon never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port);
     let findings = dir.path().join("findings");
     let output = Command::new(env!("CARGO_BIN_EXE_lunlock"))
         .args(["fuzz", &url, "--seconds", "15", "--seed", "3", "--out"])

@@ -54,9 +54,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something listens on 127.0.0.1:`port` (a daemon the test started), or panics after 5 s.
+/// Waits until something listens on 127.0.0.1:`port` (a daemon the test started), or panics after 20 s (a
+/// generous bound: the whole suite runs beside it).
 pub fn wait_for_port(port: u16) {
-    for _ in 0..100 {
+    for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
