@@ -226,7 +226,7 @@ class Lunlock:
         self.lock_stats_path = None
 
     def start(self, label):
-        argv = [LUNLOCK, "serve", "--config", self.config]
+        argv = [LUNLOCK, "serve", "--admin", "127.0.0.1:0", "--config", self.config]
         if self.ctx.lock_stats_supported:
             self.lock_stats_path = os.path.join(self.ctx.workdir, f"lock-stats-{label}.json")
             argv += ["--lock-stats", self.lock_stats_path]

@@ -143,6 +143,13 @@ enum Command {
         /// 1, falling back to nice -10 without CAP_SYS_NICE) or normal.
         #[arg(long, value_name = "PRIORITY", default_value = "realtime")]
         arbitration_priority: lunlock_server::engine::ThreadPriority,
+        /// Where the admin listener serves /metrics, the JSON API and the status page: ADDR:PORT, or none
+        /// (default 127.0.0.1:9260; 127.0.0.1:0 picks a free port and logs it).
+        #[arg(long, value_name = "ADDR:PORT|none", default_value = lunlock_server::admin::DEFAULT_ADMIN_ADDRESS, value_parser = parse_admin)]
+        admin: AdminListen,
+        /// The admin API's bearer token, in a file of mode 0600: required when --admin is not a loopback address.
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// List the targets and portals behind a portal (SendTargets).
     Discover {
@@ -233,6 +240,8 @@ fn main() -> ExitCode {
             arbitration_priority,
             log_format,
             log_level,
+            admin,
+            admin_token_file,
         }) => {
             if let Err(message) = logging::init(log_format, log_level) {
                 eprintln!("lunlock: {message}");
@@ -256,6 +265,10 @@ fn main() -> ExitCode {
                 lock_stats,
                 io_engine,
                 arbitration_priority,
+                admin: lunlock_server::admin::AdminSettings {
+                    listen: admin.0,
+                    token_file: admin_token_file,
+                },
             };
             lunlock_server::run_blocking(options).map_err(|e| e.to_string())
         }
@@ -269,6 +282,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--admin`: an address, or none.
+#[derive(Clone, Debug)]
+struct AdminListen(Option<std::net::SocketAddr>);
+
+fn parse_admin(text: &str) -> Result<AdminListen, String> {
+    if text == "none" {
+        return Ok(AdminListen(None));
+    }
+    text.parse()
+        .map(|address| AdminListen(Some(address)))
+        .map_err(|_| format!("{text:?} is not ADDR:PORT (e.g. 127.0.0.1:9260) or none"))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ fn serve(data_dir: &Path, port: u16) -> Child {
             "--data-dir",
         ])
         .arg(data_dir)
-        .args(["--lun-size", "16M"])
+        .args(["--lun-size", "16M", "--admin", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -39,7 +39,7 @@ fn write_config(dir: &Path, port: u16, allowed: Option<&str>) {
 fn serve(dir: &Path, port: u16) -> Daemon {
     let daemon = Daemon::spawn(
         Command::new(env!("CARGO_BIN_EXE_lunlock"))
-            .arg("serve")
+            .args(["serve", "--admin", "127.0.0.1:0"])
             .arg("--config")
             .arg(dir.join("lunlock.toml"))
             .stdout(Stdio::null())

@@ -59,7 +59,7 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
 fn serve(dir: &Path, port: u16) -> Child {
     let config = write_config(dir, port);
     Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args(["serve", "--config"])
+        .args(["serve", "--admin", "127.0.0.1:0", "--config"])
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -109,7 +109,7 @@ fn text_lines_name_the_span_and_the_level_filters_them() {
 #[test]
 fn a_bad_rust_log_is_refused_by_name() {
     let output = Command::new(env!("CARGO_BIN_EXE_lunlock"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "none"])
         .env("RUST_LOG", "lunlock_server=loud")
         .output()
         .unwrap();

@@ -20,7 +20,7 @@ fn fifteen_seconds_of_fuzzing_find_nothing_and_the_target_still_serves() {
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
-        .args(["--lun-size", "64M"])
+        .args(["--lun-size", "64M", "--admin", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -59,6 +59,8 @@ fn a_full_file_system_is_space_allocation_failed_and_logged_with_its_cause() {
                 &format!("127.0.0.1:{port}"),
                 "--lun-size",
                 "64M",
+                "--admin",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(small.path())

@@ -8,7 +8,8 @@
 pub mod demo;
 pub mod disk;
 pub mod events;
-pub mod format;
+/// The on-disk format lives in its own sans-IO crate, which the target also reads for its status page.
+pub use lunlock_lockspace as format;
 pub mod host;
 pub mod iscsi_disk;
 pub mod locks;

@@ -526,12 +526,23 @@ pub fn has_service_actions(opcode: u8) -> bool {
 /// The row a CDB asks for, from its opcode and service action alone (no field is checked): for naming commands
 /// in logs and failure messages. None for an opcode or service action lunlock does not execute.
 pub fn lookup(cdb: &[u8]) -> Option<&'static Row> {
-    let first = first_row(*cdb.first()?)?;
-    if first.service_action.is_none() {
+    index_of(cdb).map(|at| TABLE[at])
+}
+
+/// The index in [`TABLE`] of the row a CDB asks for (see [`lookup`]): the runtime counts commands per row in
+/// an array, without a map.
+pub fn index_of(cdb: &[u8]) -> Option<usize> {
+    let first = match FIRST_ROW[*cdb.first()? as usize] {
+        NO_ROW => return None,
+        at => at as usize,
+    };
+    if TABLE[first].service_action.is_none() {
         return Some(first);
     }
     let service_action = (cdb.get(1)? & 0x1F) as u16;
-    rows_of(first.opcode).find(|row| row.service_action == Some(service_action))
+    (first..TABLE.len())
+        .take_while(|at| TABLE[*at].opcode == TABLE[first].opcode)
+        .find(|at| TABLE[*at].service_action == Some(service_action))
 }
 
 /// The name of the command a CDB asks for (see [`lookup`]).

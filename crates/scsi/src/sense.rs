@@ -283,6 +283,41 @@ impl std::fmt::Display for Sense {
     }
 }
 
+/// The sense key and INFORMATION field of sense data in either format (SPC-4 4.5.2, 4.5.3): what the runtime's
+/// counters need of a finished command, e.g. the offset of a COMPARE AND WRITE's first miscompared byte
+/// (SBC-4 5.3). None for data too short to hold a sense key.
+pub fn key_and_information(sense: &[u8]) -> Option<(u8, Option<u64>)> {
+    match sense.first()? & 0x7F {
+        0x70 | 0x71 => {
+            let key = sense.get(2)? & 0x0F;
+            let valid = sense[0] & 0x80 != 0;
+            let information = sense
+                .get(3..7)
+                .filter(|_| valid)
+                .map(|bytes| u32::from_be_bytes(bytes.try_into().expect("4 bytes")) as u64);
+            Some((key, information))
+        }
+        0x72 | 0x73 => {
+            let key = sense.get(1)? & 0x0F;
+            Some((key, descriptor_information(sense.get(8..)?)))
+        }
+        _ => None,
+    }
+}
+
+/// The information descriptor's field (descriptor type 00h, SPC-4 4.5.2.2) among descriptor-format descriptors.
+fn descriptor_information(mut descriptors: &[u8]) -> Option<u64> {
+    while descriptors.len() >= 2 {
+        let length = 2 + descriptors[1] as usize;
+        let descriptor = descriptors.get(..length)?;
+        if descriptor[0] == 0x00 && length >= 12 {
+            return Some(u64::from_be_bytes(descriptor[4..12].try_into().ok()?));
+        }
+        descriptors = &descriptors[length..];
+    }
+    None
+}
+
 /// Decoded text for an (ASC, ASCQ) pair, for clients printing sense data.
 pub fn describe(asc: u8, ascq: u8) -> Option<&'static str> {
     Condition::ALL
@@ -334,6 +369,26 @@ mod tests {
         assert_eq!(&descriptor[8..10], &[0x01, 0x0A]);
         assert_eq!(&descriptor[14..16], &[0, 3]);
         assert_eq!(descriptor[7] as usize, descriptor.len() - 8);
+    }
+
+    #[test]
+    fn key_and_information_reads_both_formats_back() {
+        let sense = Sense::new(Condition::Miscompare).with_information(4100);
+        assert_eq!(
+            key_and_information(&sense.to_fixed()),
+            Some((0x0E, Some(4100)))
+        );
+        let copy_first = Sense::new(Condition::Miscompare)
+            .with_copy_segment(1)
+            .with_information(9);
+        assert_eq!(
+            key_and_information(&copy_first.to_descriptor()),
+            Some((0x0E, Some(9)))
+        );
+        let plain = Sense::new(Condition::LbaOutOfRange).to_descriptor();
+        assert_eq!(key_and_information(&plain), Some((0x05, None)));
+        assert_eq!(key_and_information(&[0x70, 0]), None, "too short for a key");
+        assert_eq!(key_and_information(&[0x00; 18]), None, "not sense data");
     }
 
     #[test]

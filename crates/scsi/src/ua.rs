@@ -22,6 +22,7 @@ use crate::ItNexus;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Number of shards: a power of two comfortably above the number of worker threads.
@@ -74,6 +75,8 @@ impl Shard {
 /// The unit attention state of one logical unit.
 pub struct UnitAttentions {
     shards: Vec<Mutex<Shard>>,
+    /// Conditions queued for a nexus since start (the runtime's `lunlock_unit_attentions_established_total`).
+    established: AtomicU64,
 }
 
 impl Default for UnitAttentions {
@@ -88,6 +91,7 @@ impl UnitAttentions {
             shards: (0..SHARD_COUNT)
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
+            established: AtomicU64::new(0),
         }
     }
 
@@ -148,12 +152,12 @@ impl UnitAttentions {
     pub fn establish(&self, nexus: &ItNexus, condition: Condition) {
         let mut shard = self.shard(nexus);
         match shard.nexuses.get_mut(nexus) {
-            Some(queue) => insert(queue, condition),
+            Some(queue) => self.counted(insert(queue, condition)),
             // An unseen nexus will report 29/00 first, which outranks or equals anything else worth queueing,
             // except the more specific resets; keep those.
             None => {
                 let mut queue = vec![Condition::PowerOnResetOrBusDeviceReset];
-                insert(&mut queue, condition);
+                self.counted(insert(&mut queue, condition));
                 shard.make_room();
                 shard.nexuses.insert(nexus.clone(), queue);
             }
@@ -168,7 +172,7 @@ impl UnitAttentions {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (nexus, queue) in shard.nexuses.iter_mut() {
                 if Some(nexus) != except {
-                    insert(queue, condition);
+                    self.counted(insert(queue, condition));
                 }
             }
         }
@@ -185,7 +189,7 @@ impl UnitAttentions {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (nexus, queue) in shard.nexuses.iter_mut() {
                 if matches(nexus) {
-                    insert(queue, condition);
+                    self.counted(insert(queue, condition));
                 }
             }
         }
@@ -217,7 +221,7 @@ impl UnitAttentions {
                         baselines.remove(&key);
                     }
                 } else if before != after {
-                    insert(queue, condition);
+                    self.counted(insert(queue, condition));
                     baselines.insert(key, before);
                 }
             }
@@ -225,10 +229,23 @@ impl UnitAttentions {
     }
 }
 
-/// Insert by precedence; resets (29h) clear everything of lower precedence.
-fn insert(queue: &mut Vec<Condition>, condition: Condition) {
+impl UnitAttentions {
+    /// Conditions established for some nexus since start (each nexus it was queued for counts once).
+    pub fn established(&self) -> u64 {
+        self.established.load(Ordering::Relaxed)
+    }
+
+    fn counted(&self, inserted: bool) {
+        if inserted {
+            self.established.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Insert by precedence; resets (29h) clear everything of lower precedence. False if it was already queued.
+fn insert(queue: &mut Vec<Condition>, condition: Condition) -> bool {
     if queue.contains(&condition) {
-        return;
+        return false;
     }
     let new_rank = rank(condition);
     if condition.asc() == 0x29 {
@@ -240,6 +257,7 @@ fn insert(queue: &mut Vec<Condition>, condition: Condition) {
         .unwrap_or(queue.len());
     queue.insert(position, condition);
     queue.truncate(MAX_QUEUED_PER_NEXUS);
+    true
 }
 
 #[cfg(test)]
@@ -265,6 +283,9 @@ mod tests {
             Some(Condition::PowerOnResetOrBusDeviceReset)
         );
         ua.establish(&live, Condition::ReservationsPreempted);
+        assert_eq!(ua.established(), 1);
+        ua.establish(&live, Condition::ReservationsPreempted);
+        assert_eq!(ua.established(), 1, "already queued: not established again");
         // An initiator cycling through ISIDs: each nexus logs in, runs a command, and is lost.
         for i in 0..100_000u32 {
             let bytes = i.to_be_bytes();

@@ -51,6 +51,8 @@ pub struct ServeOptions {
     /// `--arbitration-priority realtime|normal`: how COMPARE AND WRITE and PERSISTENT RESERVE OUT threads are
     /// scheduled (default realtime).
     pub arbitration_priority: ThreadPriority,
+    /// `--admin` and `--admin-token-file`: the admin listener (`server::admin`).
+    pub admin: crate::admin::AdminSettings,
 }
 
 impl Default for ServeOptions {
@@ -68,6 +70,7 @@ impl Default for ServeOptions {
             lock_stats: None,
             io_engine: None,
             arbitration_priority: ThreadPriority::Realtime,
+            admin: crate::admin::AdminSettings::default(),
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct LunConfig {
     /// Testing only: keep unflushed writes in the daemon's memory, so that killing it loses what a power cut
     /// would (`lunlock_store::power_loss`).
     pub simulate_power_loss: bool,
+    /// Where the status page looks for a lunlock lockspace on this LUN (`lockspace_lba`; LBA 0 by default).
+    pub lockspace_lba: u64,
     /// Where the LUN was configured, for errors found when its backing is opened; None for the embedded default.
     pub origin: Option<LunOrigin>,
 }
@@ -304,6 +309,7 @@ impl TargetConfig {
                     physical_block_size: DEFAULT_BLOCK_SIZE,
                     direct_io: false,
                     simulate_power_loss: false,
+                    lockspace_lba: 0,
                     origin: None,
                 }],
                 identity_dir: options.data_dir.join(sanitized(&options.target_name)),
@@ -461,6 +467,33 @@ struct FileLun {
     direct_io: Option<Spanned<bool>>,
     #[serde(default)]
     simulate_power_loss: bool,
+    lockspace_lba: Option<Spanned<u64>>,
+}
+
+/// `lockspace_lba`: where the status page reads a lockspace's superblock; inside the LUN when its size is known
+/// here (an existing backing's size is known only when it is opened, and a superblock past its end is simply not
+/// found).
+fn lockspace_lba(
+    source: &SourceFile<'_>,
+    lun: &FileLun,
+    create_size_bytes: Option<u64>,
+    block_size: u32,
+) -> Result<u64, ServeError> {
+    let Some(lba) = &lun.lockspace_lba else {
+        return Ok(0);
+    };
+    let blocks = create_size_bytes.map(|bytes| bytes / u64::from(block_size));
+    match blocks {
+        Some(blocks) if *lba.get_ref() >= blocks => Err(source.error(
+            lba.span().start,
+            format!(
+                "key `lockspace_lba`: {} is past the LUN's last block {}",
+                lba.get_ref(),
+                blocks - 1
+            ),
+        )),
+        _ => Ok(*lba.get_ref()),
+    }
 }
 
 /// Largest `physical_block_size` accepted: 64 KiB, the largest physical block of any disk this models.
@@ -787,6 +820,7 @@ fn parse_target(
             physical_block_size,
             direct_io: lun.direct_io.as_ref().is_some_and(|d| *d.get_ref()),
             simulate_power_loss: lun.simulate_power_loss,
+            lockspace_lba: lockspace_lba(source, lun, create_size_bytes, block_size)?,
             origin: Some(LunOrigin {
                 file: source.path.to_path_buf(),
                 id: source.position(lun.id.span().start),

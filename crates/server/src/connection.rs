@@ -11,6 +11,7 @@
 //! closes this connection only; a data digest error rejects that PDU and keeps the connection.
 
 use crate::fault::{self, Decision, FaultTable, Injected, FAULT_CONTROL_OPCODE};
+use crate::metrics::LoginResult;
 use crate::server::{isid_text, lock, nexus_lost, SessionSignals, Shared};
 use crate::task::{run_command, wait_until_gone, CommandRequest, Executed, TaskControl};
 use futures_util::future::BoxFuture;
@@ -31,7 +32,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -223,12 +224,17 @@ async fn serve_in_span(
         result = tokio::time::timeout(login_timeout, login_phase(&mut wire, peer, portal_group_tag, &shared)) => result,
     };
     let (result, tsih, admission) = match logged_in {
-        Ok(Ok(done)) => done,
+        Ok(Ok(done)) => {
+            shared.metrics.login(LoginResult::Success);
+            done
+        }
         Ok(Err(reason)) => {
+            shared.metrics.login(LoginResult::Failure);
             tracing::warn!("login failed: {reason}");
             return;
         }
         Err(_) => {
+            shared.metrics.login(LoginResult::Timeout);
             tracing::warn!("login timed out");
             return;
         }
@@ -347,7 +353,15 @@ fn admit(
         .try_clone_to_owned()
         .map_err(crate::server::AdmissionError::Untrackable)?;
     let key = nexus_of(result, portal_group_tag);
-    let signals = shared.admit_session(&key, tsih, result.chap_user.clone(), socket)?;
+    let origin = crate::server::SessionOrigin {
+        peer: wire
+            .stream
+            .peer_addr()
+            .map_err(crate::server::AdmissionError::Untrackable)?,
+        portal: wire.stream.local_addr().ok(),
+        since: std::time::SystemTime::now(),
+    };
+    let signals = shared.admit_session(&key, tsih, result.chap_user.clone(), socket, origin)?;
     Ok(Admission {
         shared: Arc::clone(shared),
         key,
@@ -451,6 +465,7 @@ async fn refuse_completed_login(
 /// Waits as long as the peer's recent authentication failures say (see `auth_throttle`), and logs the count.
 /// Only the failing login waits: other logins from the same address go on.
 async fn slow_down_failure(shared: &Shared, peer: SocketAddr) {
+    shared.metrics.chap_failures.fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
     let (delay, recent) = {
         let mut failures = lock(&shared.auth_failures);
@@ -468,6 +483,44 @@ async fn slow_down_failure(shared: &Shared, peer: SocketAddr) {
 async fn send_login_response(wire: &mut Wire, response: &LoginResponse) -> Result<(), Closed> {
     wire.queue(&response.to_pdu());
     wire.flush().await
+}
+
+/// What the LUN's counters need of a command after its request has been handed over: the CDB's first 16 bytes
+/// (where every counted field is), its initiator and its Data-Out length.
+struct CountedCommand {
+    cdb: [u8; 16],
+    cdb_length: usize,
+    nexus: Arc<ItNexus>,
+    data_out: usize,
+}
+
+impl CountedCommand {
+    fn of(request: &CommandRequest) -> CountedCommand {
+        let mut cdb = [0u8; 16];
+        let cdb_length = request.cdb.len().min(cdb.len());
+        cdb[..cdb_length].copy_from_slice(&request.cdb[..cdb_length]);
+        CountedCommand {
+            cdb,
+            cdb_length,
+            nexus: Arc::clone(&request.nexus),
+            data_out: request.data_out.len(),
+        }
+    }
+
+    fn record(
+        &self,
+        metrics: &crate::metrics::LunMetrics,
+        response: &ScsiResponse,
+        elapsed: Duration,
+    ) {
+        metrics.record(&crate::metrics::Finished {
+            cdb: &self.cdb[..self.cdb_length],
+            nexus: &self.nexus,
+            data_out: self.data_out,
+            response,
+            elapsed,
+        });
+    }
 }
 
 /// A command that finished on its LUN, back at its connection.
@@ -791,8 +844,10 @@ impl FullFeature {
             itt = %format_args!("{:#x}", request.task_tag),
             op = %lunlock_scsi::registry::name(&request.cdb).unwrap_or("unsupported"),
         );
+        let counted = CountedCommand::of(&request);
         self.running.push(Box::pin(
             async move {
+                let started = Instant::now();
                 let injected = decision.outcome.and_then(injected_response);
                 if !decision.delay.is_zero() {
                     // Delays only this command: the others of the session keep running. The delay comes before
@@ -804,11 +859,15 @@ impl FullFeature {
                         _ = control.aborted() => {}
                     }
                 }
+                let metrics = Arc::clone(&runtime);
                 let executed = match injected {
                     _ if registration.control.is_aborted() => Executed::Aborted,
                     Some(response) => Executed::Done(response),
                     None => run_command(runtime, registration, request, decision.stall).await,
                 };
+                if let Executed::Done(response) = &executed {
+                    counted.record(&metrics.metrics, response, started.elapsed());
+                }
                 Finished {
                     task,
                     lun,
@@ -1004,12 +1063,16 @@ impl FullFeature {
     }
 
     fn consult_faults(&self, lun: u64, cdb: &[u8], itt: u32) -> Decision {
-        match (self.faults(), cdb.first()) {
+        let decision = match (self.faults(), cdb.first()) {
             (Some(faults), Some(&opcode)) => {
                 faults.consult(self.nexus.relative_target_port, lun, opcode, itt)
             }
             _ => Decision::default(),
+        };
+        for action in decision.actions() {
+            self.shared.metrics.fault_injected(action);
         }
+        decision
     }
 
     /// LUNLOCK FAULT CONTROL (docs/fault-injection.md), a target-level control answered before the dispatcher

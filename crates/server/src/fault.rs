@@ -325,6 +325,37 @@ pub struct Decision {
     pub reset_after: bool,
 }
 
+impl Decision {
+    /// Every action [`Decision::actions`] names.
+    pub const ACTIONS: [&'static str; 7] = [
+        "delay",
+        "stall",
+        "drop_response",
+        "busy",
+        "task_set_full",
+        "miscompare",
+        "reset",
+    ];
+
+    /// What this decision does to its command, for the `lunlock_faults_injected_total` counter.
+    pub fn actions(&self) -> impl Iterator<Item = &'static str> {
+        let outcome = self.outcome.map(|injected| match injected {
+            Injected::DropResponse => "drop_response",
+            Injected::Busy => "busy",
+            Injected::TaskSetFull => "task_set_full",
+            Injected::Miscompare => "miscompare",
+        });
+        [
+            (!self.delay.is_zero()).then_some("delay"),
+            (!self.stall.is_zero()).then_some("stall"),
+            outcome,
+            self.reset_after.then_some("reset"),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// A fault that replaces the normal response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Injected {

@@ -153,6 +153,18 @@ pub struct SessionHandle {
     /// A duplicate of the connection's socket, to ask whether its peer has closed it (see
     /// [`Shared::settle_closed_peers`]). Owned, so it stays valid however the connection task ends.
     socket: OwnedFd,
+    /// Where and when it logged in, for the admin API.
+    pub origin: SessionOrigin,
+}
+
+/// Where and when a session logged in.
+#[derive(Clone, Debug)]
+pub struct SessionOrigin {
+    /// The initiator's address.
+    pub peer: SocketAddr,
+    /// The target's address the connection came in on.
+    pub portal: Option<SocketAddr>,
+    pub since: std::time::SystemTime,
 }
 
 impl SessionHandle {
@@ -210,6 +222,10 @@ pub struct Shared {
     pub limits: Limits,
     /// Write data reserved by every session together (`limits.write_buffer_bytes`).
     pub write_budget: WriteBudget,
+    /// Logins, CHAP failures, connections and faults injected, for `/metrics`.
+    pub metrics: crate::metrics::TargetMetrics,
+    /// When the target started, for the admin API.
+    pub started: std::time::SystemTime,
 }
 
 /// Digest errors since start, by kind.
@@ -260,6 +276,7 @@ impl Shared {
         tsih: u16,
         chap_user: Option<String>,
         socket: OwnedFd,
+        origin: SessionOrigin,
     ) -> Result<Arc<SessionSignals>, AdmissionError> {
         let mut sessions = lock(&self.sessions);
         let holding = |same: &dyn Fn(&SessionKey) -> bool| {
@@ -289,6 +306,7 @@ impl Shared {
             signals: Arc::clone(&signals),
             chap_user,
             socket,
+            origin,
         };
         let previous = sessions.insert(key.clone(), handle);
         if let Some(previous) = previous {
@@ -420,6 +438,11 @@ impl RunningTarget {
     pub fn write_budget(&self) -> (u64, u64, u64) {
         let budget = &self.shared.write_budget;
         (budget.reserved(), budget.limit(), budget.refused())
+    }
+
+    /// The state every portal and connection shares (for the admin listener).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Normal sessions logged in now.
@@ -789,6 +812,8 @@ pub async fn start(config: TargetConfig) -> Result<RunningTarget, ServeError> {
         digest_errors: DigestErrors::default(),
         limits: config.limits.clone(),
         write_budget: WriteBudget::new(config.limits.write_buffer_bytes),
+        metrics: Default::default(),
+        started: std::time::SystemTime::now(),
     });
     let max_connections = crate::descriptors::fit_connection_limit(
         config.max_connections,
@@ -848,7 +873,9 @@ async fn accept_loop(
                 let shared = Arc::clone(&shared);
                 let shutdown = shutdown.clone();
                 connections.spawn(async move {
-                    connection::serve(stream, peer, portal_group_tag, shared, shutdown).await;
+                    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+                    connection::serve(stream, peer, portal_group_tag, Arc::clone(&shared), shutdown).await;
+                    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
@@ -997,10 +1024,12 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
     runtime.block_on(async move {
         tracing::info!("{malloc}");
         let running = start(config).await?;
+        let admin = crate::admin::start(Arc::clone(&running.shared), &options.admin).await?;
         serve_until_terminated(&running, &options)
             .await
             .map_err(ServeError::Io)?;
         tracing::info!("shutting down");
+        drop(admin);
         running.shutdown().await;
         if let Some(path) = &options.lock_stats {
             crate::lock_stats::write(path).map_err(|e| {

@@ -38,6 +38,8 @@ pub struct LunRuntime {
     pub arbitration: Arc<IoEngine>,
     /// With the io_uring engine: READ and WRITE go through this ring; everything else through `engine`.
     pub uring: Option<Arc<Uring>>,
+    /// Commands, bytes and COMPARE AND WRITE outcomes, for `/metrics` and the admin API.
+    pub metrics: crate::metrics::LunMetrics,
     tasks: Mutex<HashMap<u64, Arc<TaskControl>>>,
     next_key: AtomicU64,
 }
@@ -106,6 +108,7 @@ impl LunRuntime {
             engine,
             arbitration,
             uring,
+            metrics: Default::default(),
             tasks: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
         })
@@ -149,6 +152,14 @@ impl LunRuntime {
     /// Tasks in flight on this LUN now.
     pub fn tasks_in_flight(&self) -> usize {
         self.tasks().len()
+    }
+
+    /// Tasks of `nexus` in flight on this LUN now.
+    pub fn tasks_of(&self, nexus: &ItNexus) -> usize {
+        self.tasks()
+            .values()
+            .filter(|control| *control.nexus == *nexus)
+            .count()
     }
 
     fn tasks(&self) -> Timed<std::sync::MutexGuard<'_, HashMap<u64, Arc<TaskControl>>>> {

@@ -76,6 +76,8 @@ pub fn serve_command(port: u16, data_dir: &Path) -> Command {
             &format!("127.0.0.1:{port}"),
             "--lun-size",
             "16M",
+            "--admin",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(data_dir);

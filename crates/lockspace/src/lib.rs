@@ -1,4 +1,4 @@
-//! The on-disk lockspace: one superblock, one heartbeat slot per host and one record per lock, each in its own
+//! The on-disk lockspace format: one superblock, one heartbeat slot per host and one record per lock, each in its own
 //! logical block. docs/lockspace-format.md documents every byte; the constants here are that document in code.
 //!
 //! Every record starts with the same 16-byte header (magic, version, kind, index) and ends with a CRC32C of
