@@ -1,5 +1,6 @@
 //! `lunlock`: the target daemon (`serve`) and client commands over lunlock's own initiator.
 
+mod admin;
 mod bench;
 mod caw;
 mod client;
@@ -44,6 +45,8 @@ enum TopLevel {
         #[command(flatten)]
         nexus: OneShotOptions,
     },
+    /// A running target's admin API: LUNs, sessions, reservations, fault rules, metrics (docs/admin.md).
+    Admin(admin::AdminArgs),
     /// One COMPARE AND WRITE, as sg_compare_and_write: exit status 14 on a miscompare.
     Caw(caw::CawArgs),
     /// Load generator: K sessions x QD commands of a workload (random/sequential I/O, COMPARE AND WRITE, heartbeats).
@@ -223,6 +226,7 @@ fn main() -> ExitCode {
         } => fault::run(&url, &nexus, &fault::FaultRequest { specs, clear, list }),
         TopLevel::Lock { command, globals } => lock::run(command, &globals, &globals.client()),
         TopLevel::Caw(args) => return caw::main(args),
+        TopLevel::Admin(args) => admin::main(&args),
         TopLevel::Bench(args) => return bench::main(*args),
         TopLevel::Fuzz(args) => return netfuzz::main(*args),
         TopLevel::Standard(Command::Serve {

@@ -66,8 +66,16 @@ pub fn wait_for_port(port: u16) {
     panic!("lunlock serve did not listen on {port}");
 }
 
-/// `lunlock serve` with the embedded default target (a 16 MiB LUN) on 127.0.0.1:`port`, its data in `data_dir`.
+/// `lunlock serve` with the embedded default target (a 16 MiB LUN) on 127.0.0.1:`port`, its data in `data_dir`,
+/// and its admin listener on a free loopback port (never the default one, which parallel tests would share).
 pub fn serve_command(port: u16, data_dir: &Path) -> Command {
+    let mut command = serve_command_without_admin(port, data_dir);
+    command.args(["--admin", "127.0.0.1:0"]);
+    command
+}
+
+/// [`serve_command`] with no `--admin`, for a test that gives its own.
+pub fn serve_command_without_admin(port: u16, data_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lunlock"));
     command
         .args([
@@ -76,8 +84,6 @@ pub fn serve_command(port: u16, data_dir: &Path) -> Command {
             &format!("127.0.0.1:{port}"),
             "--lun-size",
             "16M",
-            "--admin",
-            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(data_dir);
@@ -113,6 +119,64 @@ impl Daemon {
     pub fn wait(mut self) -> Output {
         let child = self.0.take().expect("running");
         child.wait_with_output().expect("wait for lunlock serve")
+    }
+}
+
+/// A daemon whose stderr the test reads: the admin listener's address, logged at start, and the log so far.
+pub struct LoggingDaemon {
+    pub daemon: Daemon,
+    /// Lines of stderr read so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LoggingDaemon {
+    /// Spawns `command` with stderr piped, and keeps reading it on a thread (so the pipe never fills).
+    pub fn spawn(command: &mut Command) -> LoggingDaemon {
+        use std::io::BufRead;
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start lunlock serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        LoggingDaemon {
+            daemon: Daemon(Some(child)),
+            log,
+        }
+    }
+
+    /// Waits up to 20 s for a log line containing `needle`, and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        for _ in 0..400 {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no log line with {needle:?}: {:?}",
+            self.log.lock().unwrap()
+        );
+    }
+
+    /// The admin listener's base URL, e.g. http://127.0.0.1:40123, from the line the daemon logs at start.
+    pub fn admin_url(&self) -> String {
+        let line = self.wait_for_line("status page on http://");
+        let start = line.find("http://").expect("a URL");
+        let url: String = line[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        url.trim_end_matches('/').to_string()
     }
 }
 
