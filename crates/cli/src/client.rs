@@ -1,12 +1,13 @@
 //! The client commands: discover, inquiry, readcap, read, write. Each logs in with lunlock's initiator, runs its
 //! commands and logs out. SCSI errors are printed decoded, as sg3_utils does.
 
+use crate::progress::Progress;
 use crate::{ClientOptions, Command, OneShotOptions};
 use lunlock_initiator::commands::inquiry_cdb;
 use lunlock_initiator::TargetPortGroupDescriptor;
 use lunlock_initiator::{status, DataDirection, IscsiUrl, LoginOptions, ScsiOutcome, Session};
 use lunlock_scsi::cdb::{BlockCount, Command as Cdb, Lba, TargetPortGroupsFormat};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -354,7 +355,7 @@ async fn read(
     let block_size = capacity.block_size as u64;
     let chunk_blocks = (COPY_CHUNK_BYTES / block_size).max(1);
     let total_bytes = count * block_size;
-    let mut progress = Progress::new(total_bytes, output.is_some());
+    let progress = Progress::bytes(total_bytes, output.is_some());
     let mut in_flight = std::collections::VecDeque::new();
     let mut next = lba;
     let end = lba + count;
@@ -404,7 +405,7 @@ async fn write(url: &str, nexus: &OneShotOptions, input: &Path, lba: u64) -> Res
     }
     let session = Arc::new(session);
     let chunk_bytes = (COPY_CHUNK_BYTES / block_size).max(1) * block_size;
-    let mut progress = Progress::new(file_bytes, true);
+    let progress = Progress::bytes(file_bytes, true);
     let mut in_flight = std::collections::VecDeque::new();
     let mut offset = 0u64;
     while offset < file_bytes || !in_flight.is_empty() {
@@ -451,54 +452,6 @@ async fn write(url: &str, nexus: &OneShotOptions, input: &Path, lba: u64) -> Res
     progress.finish();
     let _ = session.logout().await;
     Ok(())
-}
-
-/// A progress bar on stderr for long copies, shown only when stderr is a terminal.
-struct Progress {
-    total: u64,
-    done: u64,
-    shown: bool,
-    started: std::time::Instant,
-    last_percent: u64,
-}
-
-impl Progress {
-    fn new(total: u64, wanted: bool) -> Progress {
-        let shown = wanted && total >= 16 * COPY_CHUNK_BYTES && std::io::stderr().is_terminal();
-        Progress {
-            total,
-            done: 0,
-            shown,
-            started: std::time::Instant::now(),
-            last_percent: u64::MAX,
-        }
-    }
-
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        if !self.shown {
-            return;
-        }
-        let percent = self.done * 100 / self.total.max(1);
-        if percent == self.last_percent {
-            return;
-        }
-        self.last_percent = percent;
-        let filled = (percent / 4) as usize;
-        let rate =
-            self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / (1 << 20) as f64;
-        eprint!(
-            "\r[{}{}] {percent:3}% {rate:.0} MiB/s",
-            "#".repeat(filled),
-            " ".repeat(25 - filled)
-        );
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
 }
 
 /// `hexdump -C`-style output.

@@ -4,7 +4,7 @@ use crate::{ClientOptions, OneShotOptions};
 use clap::Subcommand;
 use lunlock_cluster::demo::{DemoOptions, DemoReport};
 use lunlock_cluster::iscsi_disk::{connect, Endpoint, IscsiDisk};
-use lunlock_cluster::space::{format, status_report, FormatOptions};
+use lunlock_cluster::space::{format, format_reporting, status, FormatOptions, StatusReport};
 use lunlock_cluster::{
     Acquire, ClusterError, EventLog, Host, HostConfig, LockMode, TokioClock, Uuid,
 };
@@ -57,6 +57,9 @@ pub enum LockCommand {
         /// How long to watch the slots before judging liveness (default: two heartbeat intervals).
         #[arg(long)]
         watch_ms: Option<u64>,
+        /// Print the report as JSON (docs/lockspace-format.md names the fields) instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Take a lock and print its fencing token.
     Acquire {
@@ -185,9 +188,20 @@ async fn dispatch(
                 dead_after_ms,
                 force,
             };
-            let sb = format(&disk, &options, COMMAND_TIMEOUT)
-                .await
-                .map_err(text)?;
+            let progress = crate::progress::Progress::bytes(
+                options.bytes(lunlock_cluster::Disk::block_size(&disk)),
+                true,
+            );
+            let sb = format_reporting(
+                &disk,
+                &options,
+                COMMAND_TIMEOUT,
+                rand::random(),
+                &mut |bytes| progress.advance(bytes),
+            )
+            .await
+            .map_err(text)?;
+            progress.finish();
             println!(
                 "formatted lockspace {} at LBA {}: {} slots, {} locks, {} blocks",
                 sb.lockspace_id,
@@ -198,13 +212,25 @@ async fn dispatch(
             );
             Ok(())
         }
-        LockCommand::Status { url, watch_ms } => {
+        LockCommand::Status {
+            url,
+            watch_ms,
+            json,
+        } => {
             let isid = one_shot_isid(client);
             let host = host_for(&url, globals, client, isid, &HostOptions::none(), log).await?;
             let watch = watch_ms
                 .map(Duration::from_millis)
                 .unwrap_or(host.heartbeat_interval() * 2);
-            print!("{}", status_report(&host, watch).await.map_err(text)?);
+            let report = status(&host, watch).await.map_err(text)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", status_tables(&report));
+            }
             Ok(())
         }
         LockCommand::Acquire {
@@ -634,6 +660,71 @@ fn set_faults(
 fn parse_key(text: &str) -> Result<u64, String> {
     let digits = text.trim_start_matches("0x").trim_start_matches("0X");
     u64::from_str_radix(digits, 16).map_err(|_| format!("{text}: not a hexadecimal key"))
+}
+
+/// `lunlock lock status` as text: the lockspace's geometry, a table of slots, a table of locks, and the counters.
+fn status_tables(report: &StatusReport) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+    let new_table = |header: &[&str]| {
+        let mut table = Table::new();
+        table
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_header(header.to_vec());
+        table
+    };
+    let mut slots = new_table(&[
+        "slot",
+        "host",
+        "state",
+        "generation",
+        "sequence",
+        "last advance",
+        "host id",
+    ]);
+    for slot in &report.slots {
+        let advance = match slot.last_advance_ms {
+            Some(ms) => format!("{ms} ms ago"),
+            None => format!(">{} ms ago", slot.watched_ms),
+        };
+        slots.add_row(vec![
+            slot.slot.to_string(),
+            slot.host.clone(),
+            slot.state.to_string(),
+            slot.generation.to_string(),
+            slot.sequence.to_string(),
+            advance,
+            slot.host_id.clone(),
+        ]);
+    }
+    let mut locks = new_table(&["lock", "name", "mode", "generation", "holders"]);
+    for lock in &report.locks {
+        let holders = if lock.holders.is_empty() {
+            "-".to_string()
+        } else {
+            lock.holders.join(", ")
+        };
+        locks.add_row(vec![
+            lock.index.to_string(),
+            lock.name.clone(),
+            lock.mode.clone(),
+            lock.generation.to_string(),
+            holders,
+        ]);
+    }
+    format!(
+        "lockspace {}: {} slots, {} locks, heartbeat {} ms, dead after {} ms, block size {}\nwatched for {} ms\n{slots}\n{locks}\ncounters: live_hosts={} bound_locks={} held_locks={} free_lock_records={}\n",
+        report.lockspace_id,
+        report.slot_count,
+        report.lock_count,
+        report.heartbeat_interval_ms,
+        report.dead_after_ms,
+        report.block_size,
+        report.watched_ms,
+        report.live_hosts,
+        report.bound_locks,
+        report.held_locks,
+        report.free_lock_records,
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod lock;
 mod logging;
 mod netfuzz;
 mod persist;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

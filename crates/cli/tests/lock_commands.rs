@@ -142,6 +142,24 @@ fn heartbeat_keeps_the_slot_alive_and_gives_it_up_on_interrupt() {
     let status = ok(lunlock(&["lock", "status", &url, "--watch-ms", "400"]));
     let row = slot_row(&status, "iqn.2026-11.test:beating");
     assert!(row.contains("alive"), "{status}");
+    let json = ok(lunlock(&[
+        "lock",
+        "status",
+        &url,
+        "--watch-ms",
+        "400",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let slot = &report["slots"][0];
+    assert_eq!(
+        slot["host"].as_str(),
+        Some("iqn.2026-11.test:beating"),
+        "{json}"
+    );
+    assert_eq!(slot["state"].as_str(), Some("alive"), "{json}");
+    assert!(slot["last_advance_ms"].as_u64().is_some(), "{json}");
+    assert_eq!(report["live_hosts"].as_u64(), Some(1), "{json}");
     let out = ok(lunlock(
         &[&["lock", "acquire", &url, "db"][..], &name[..]].concat(),
     ));

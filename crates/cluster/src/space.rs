@@ -9,8 +9,14 @@ use crate::host::{Host, Liveness};
 use crate::ClusterError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::fmt::Write as _;
 use std::time::Duration;
+
+impl FormatOptions {
+    /// Bytes a format writes on a LUN of `block_size`-byte blocks: the superblock, the slots and the lock records.
+    pub fn bytes(&self, block_size: u32) -> u64 {
+        (1 + u64::from(self.slots) + u64::from(self.locks)) * u64::from(block_size)
+    }
+}
 
 /// The geometry and timing of a new lockspace.
 #[derive(Clone, Debug)]
@@ -54,6 +60,17 @@ pub async fn format_seeded<D: Disk>(
     timeout: Duration,
     seed: u64,
 ) -> Result<Superblock, ClusterError> {
+    format_reporting(disk, options, timeout, seed, &mut |_| {}).await
+}
+
+/// [`format_seeded`], telling `written` the bytes of each piece once it is on the disk (for a progress bar).
+pub async fn format_reporting<D: Disk>(
+    disk: &D,
+    options: &FormatOptions,
+    timeout: Duration,
+    seed: u64,
+    written: &mut (dyn FnMut(u64) + Send),
+) -> Result<Superblock, ClusterError> {
     let (superblock, records) = lockspace_images(options, disk.block_size(), seed)?;
     let block_size = disk.block_size();
     let first = disk.read(options.lockspace_lba, 1, timeout).await?;
@@ -70,6 +87,7 @@ pub async fn format_seeded<D: Disk>(
     {
         let lba = options.lockspace_lba + 1 + (i * blocks_per_write) as u64;
         disk.write(lba, piece.to_vec(), timeout).await?;
+        written(piece.len() as u64);
     }
     disk.write(
         options.lockspace_lba,
@@ -77,6 +95,7 @@ pub async fn format_seeded<D: Disk>(
         timeout,
     )
     .await?;
+    written(u64::from(block_size));
     Ok(superblock)
 }
 
@@ -126,11 +145,57 @@ fn lockspace_images(
     Ok((superblock, records))
 }
 
-/// What `lunlock lock status` prints: slots with liveness as this observer judged it, and lock records.
-pub async fn status_report<D: Disk, C: Clock>(
+/// What `lunlock lock status` reports: slots with liveness as this observer judged it, and lock records. The CLI
+/// prints it as tables, or as JSON (`--json`) with these field names.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusReport {
+    pub lockspace_id: String,
+    pub slot_count: u32,
+    pub lock_count: u32,
+    pub heartbeat_interval_ms: u32,
+    pub dead_after_ms: u32,
+    pub block_size: u32,
+    pub watched_ms: u64,
+    /// Claimed slots, and freed ones that were claimed once.
+    pub slots: Vec<SlotStatus>,
+    /// Bound lock records.
+    pub locks: Vec<LockStatus>,
+    pub live_hosts: usize,
+    pub bound_locks: usize,
+    pub held_locks: usize,
+    pub free_lock_records: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlotStatus {
+    pub slot: u32,
+    pub host: String,
+    pub host_id: String,
+    /// "alive", "stale" (not seen to advance while watched, not yet dead), "dead" or "free".
+    pub state: &'static str,
+    pub generation: u64,
+    pub sequence: u64,
+    /// Milliseconds since the slot was seen to advance; None when it did not while watched.
+    pub last_advance_ms: Option<u64>,
+    /// Milliseconds the slot was watched.
+    pub watched_ms: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LockStatus {
+    pub index: u32,
+    pub name: String,
+    pub mode: String,
+    /// The fencing token.
+    pub generation: u64,
+    pub holders: Vec<String>,
+}
+
+/// Watches the slots for `watch` (four samples), reads the locks, and reports.
+pub async fn status<D: Disk, C: Clock>(
     observer: &Host<D, C>,
     watch: Duration,
-) -> Result<String, ClusterError> {
+) -> Result<StatusReport, ClusterError> {
     observer.observe_slots().await?;
     let samples = 4u32;
     for _ in 0..samples {
@@ -140,97 +205,73 @@ pub async fn status_report<D: Disk, C: Clock>(
     let locks = observer.read_locks().await?;
     let sb = observer.superblock();
     let now = observer.clock().now();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "lockspace {}: {} slots, {} locks, heartbeat {} ms, dead after {} ms, block size {}",
-        sb.lockspace_id,
-        sb.slot_count,
-        sb.lock_count,
-        sb.heartbeat_interval_ms,
-        sb.dead_after_ms,
-        sb.block_size
-    );
-    let _ = writeln!(out, "watched for {} ms", watch.as_millis());
-    let _ = writeln!(
-        out,
-        "{:<5} {:<20} {:<8} {:>10} {:>12} {:>14}  host id",
-        "slot", "host", "state", "generation", "sequence", "last advance"
-    );
-    let mut live_hosts = 0;
+    let mut slots = Vec::new();
     for seen in observer.observations() {
         let slot = &seen.slot;
         if slot.state == SlotState::Free && slot.generation == 0 {
             continue;
         }
+        let advanced = seen.changed_at > seen.first_seen;
         let state = match observer.liveness(slot.index) {
             Liveness::Free => "free",
             Liveness::Dead => "dead",
             // Alive means only "not yet dead": a slot that did not advance while watched is reported as stale.
-            Liveness::Alive if seen.changed_at > seen.first_seen => {
-                live_hosts += 1;
-                "alive"
-            }
+            Liveness::Alive if advanced => "alive",
             Liveness::Alive => "stale",
         };
-        let advance = if seen.changed_at > seen.first_seen {
-            format!("{} ms ago", now.saturating_sub(seen.changed_at).as_millis())
-        } else {
-            format!(
-                ">{} ms ago",
-                now.saturating_sub(seen.first_seen).as_millis()
-            )
-        };
-        let _ = writeln!(
-            out,
-            "{:<5} {:<20} {:<8} {:>10} {:>12} {:>14}  {}",
-            slot.index,
-            slot.host_name,
+        slots.push(SlotStatus {
+            slot: slot.index,
+            host: slot.host_name.clone(),
+            host_id: slot.host_id.to_string(),
             state,
-            slot.generation,
-            slot.sequence,
-            advance,
-            slot.host_id
-        );
+            generation: slot.generation,
+            sequence: slot.sequence,
+            last_advance_ms: advanced
+                .then(|| now.saturating_sub(seen.changed_at).as_millis() as u64),
+            watched_ms: now.saturating_sub(seen.first_seen).as_millis() as u64,
+        });
     }
-    let _ = writeln!(
-        out,
-        "{:<5} {:<24} {:<10} {:>10}  holders",
-        "lock", "name", "mode", "generation"
-    );
-    let mut held = 0;
-    for (record, _) in &locks {
-        if record.name.is_empty() {
-            continue;
-        }
-        let holders = match record.mode {
-            LockMode::Free => String::from("-"),
-            LockMode::Exclusive => {
-                holder_text(observer, record.owner.slot, record.owner.slot_generation)
-            }
-            LockMode::Shared => record
-                .shared
-                .iter()
-                .map(|h| holder_text(observer, h.slot, h.slot_generation))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        if record.mode != LockMode::Free {
-            held += 1;
-        }
-        let _ = writeln!(
-            out,
-            "{:<5} {:<24} {:<10} {:>10}  {}",
-            record.index, record.name, record.mode, record.lock_generation, holders
-        );
-    }
-    let bound = locks.iter().filter(|(r, _)| !r.name.is_empty()).count();
-    let _ = writeln!(
-        out,
-        "counters: live_hosts={live_hosts} bound_locks={bound} held_locks={held} free_lock_records={}",
-        locks.len() - bound
-    );
-    Ok(out)
+    let bound: Vec<LockStatus> = locks
+        .iter()
+        .filter(|(record, _)| !record.name.is_empty())
+        .map(|(record, _)| LockStatus {
+            index: record.index,
+            name: record.name.clone(),
+            mode: record.mode.to_string(),
+            generation: record.lock_generation,
+            holders: match record.mode {
+                LockMode::Free => Vec::new(),
+                LockMode::Exclusive => vec![holder_text(
+                    observer,
+                    record.owner.slot,
+                    record.owner.slot_generation,
+                )],
+                LockMode::Shared => record
+                    .shared
+                    .iter()
+                    .map(|h| holder_text(observer, h.slot, h.slot_generation))
+                    .collect(),
+            },
+        })
+        .collect();
+    Ok(StatusReport {
+        lockspace_id: sb.lockspace_id.to_string(),
+        slot_count: sb.slot_count,
+        lock_count: sb.lock_count,
+        heartbeat_interval_ms: sb.heartbeat_interval_ms,
+        dead_after_ms: sb.dead_after_ms,
+        block_size: sb.block_size,
+        watched_ms: watch.as_millis() as u64,
+        live_hosts: slots.iter().filter(|s| s.state == "alive").count(),
+        held_locks: bound
+            .iter()
+            .filter(|l| l.mode != LockMode::Free.to_string())
+            .count(),
+        free_lock_records: locks.len() - bound.len(),
+        bound_locks: bound.len(),
+        slots,
+        locks: bound,
+    })
 }
 
 fn holder_text<D: Disk, C: Clock>(observer: &Host<D, C>, slot: u32, generation: u64) -> String {
