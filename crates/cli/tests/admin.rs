@@ -485,7 +485,7 @@ fn the_target_reads_a_lockspace_and_reports_its_hosts() {
         let hosts = &status["targets"][0]["luns"][0]["lockspace"]["hosts"];
         state = hosts[0]["state"].as_str().unwrap_or("").to_string();
         if state == "alive" {
-            assert_eq!(hosts[0]["name"].as_str(), Some("<b>host-a</b>"));
+            assert_eq!(hosts[0]["host"].as_str(), Some("<b>host-a</b>"));
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

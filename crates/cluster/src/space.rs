@@ -7,6 +7,7 @@ use crate::format::{
 };
 use crate::host::{Host, Liveness};
 use crate::ClusterError;
+pub use lunlock_lockspace::report::{LockReport, SlotReport};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
@@ -157,38 +158,13 @@ pub struct StatusReport {
     pub block_size: u32,
     pub watched_ms: u64,
     /// Claimed slots, and freed ones that were claimed once.
-    pub slots: Vec<SlotStatus>,
+    pub slots: Vec<SlotReport>,
     /// Bound lock records.
-    pub locks: Vec<LockStatus>,
+    pub locks: Vec<LockReport>,
     pub live_hosts: usize,
     pub bound_locks: usize,
     pub held_locks: usize,
     pub free_lock_records: usize,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct SlotStatus {
-    pub slot: u32,
-    pub host: String,
-    pub host_id: String,
-    /// "alive", "stale" (not seen to advance while watched, not yet dead), "dead" or "free".
-    pub state: &'static str,
-    pub generation: u64,
-    pub sequence: u64,
-    /// Milliseconds since the slot was seen to advance; None when it did not while watched.
-    pub last_advance_ms: Option<u64>,
-    /// Milliseconds the slot was watched.
-    pub watched_ms: u64,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LockStatus {
-    pub index: u32,
-    pub name: String,
-    pub mode: String,
-    /// The fencing token.
-    pub generation: u64,
-    pub holders: Vec<String>,
 }
 
 /// Watches the slots for `watch` (four samples), reads the locks, and reports.
@@ -219,7 +195,7 @@ pub async fn status<D: Disk, C: Clock>(
             Liveness::Alive if advanced => "alive",
             Liveness::Alive => "stale",
         };
-        slots.push(SlotStatus {
+        slots.push(SlotReport {
             slot: slot.index,
             host: slot.host_name.clone(),
             host_id: slot.host_id.to_string(),
@@ -231,10 +207,10 @@ pub async fn status<D: Disk, C: Clock>(
             watched_ms: now.saturating_sub(seen.first_seen).as_millis() as u64,
         });
     }
-    let bound: Vec<LockStatus> = locks
+    let bound: Vec<LockReport> = locks
         .iter()
         .filter(|(record, _)| !record.name.is_empty())
-        .map(|(record, _)| LockStatus {
+        .map(|(record, _)| LockReport {
             index: record.index,
             name: record.name.clone(),
             mode: record.mode.to_string(),

@@ -504,6 +504,40 @@ pub fn fit_name(name: &str) -> &str {
     &name[..end]
 }
 
+/// How a lockspace's slots and locks are reported, by `lunlock lock status --json` (as one host judges them) and by
+/// the target's admin API and status page (as the target judges them): one shape for both.
+pub mod report {
+    use serde::Serialize;
+
+    /// One claimed slot (or a freed one that was claimed once).
+    #[derive(Clone, Debug, Serialize)]
+    pub struct SlotReport {
+        pub slot: u32,
+        pub host: String,
+        pub host_id: String,
+        /// "alive", "stale" (not seen to advance lately, not yet dead), "dead" or "free".
+        pub state: &'static str,
+        pub generation: u64,
+        pub sequence: u64,
+        /// Milliseconds since the slot was seen to advance; None when it was not, while watched.
+        pub last_advance_ms: Option<u64>,
+        /// Milliseconds the slot was watched.
+        pub watched_ms: u64,
+    }
+
+    /// One bound lock record.
+    #[derive(Clone, Debug, Serialize)]
+    pub struct LockReport {
+        pub index: u32,
+        pub name: String,
+        pub mode: String,
+        /// The fencing token.
+        pub generation: u64,
+        /// The holders' host names.
+        pub holders: Vec<String>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

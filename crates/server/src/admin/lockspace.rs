@@ -14,6 +14,7 @@
 //! Host and lock names come from the disk, written by initiators: the page inserts them as text, never as markup.
 
 use crate::server::{lock, Shared};
+use lunlock_lockspace::report::{LockReport, SlotReport};
 use lunlock_lockspace::{LockMode, LockRecord, Slot, SlotState, Superblock};
 use lunlock_store::BlockStore;
 use serde::Serialize;
@@ -35,40 +36,14 @@ pub struct LockspaceView {
     pub heartbeat_interval_ms: u32,
     pub dead_after_ms: u32,
     /// Claimed slots (and freed ones that were claimed once).
-    pub hosts: Vec<HostView>,
+    pub hosts: Vec<SlotReport>,
     /// Bound lock records among the first [`MAX_LOCKS_SHOWN`].
-    pub locks: Vec<LockView>,
+    pub locks: Vec<LockReport>,
     pub locks_read: u32,
     /// When this was read, in milliseconds since the Unix epoch.
     pub sampled_ms: u64,
     /// Why the last sample failed, if it did (the view is then the one before).
     pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HostView {
-    pub slot: u32,
-    pub name: String,
-    pub host_id: String,
-    /// "alive", "stale", "dead" or "free" (see the module comment).
-    pub state: &'static str,
-    pub generation: u64,
-    pub sequence: u64,
-    /// Milliseconds since the target saw the slot advance; None if it has not, since it started watching.
-    pub last_advance_ms_ago: Option<u64>,
-    /// Milliseconds the target has watched the slot.
-    pub watched_ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct LockView {
-    pub index: u32,
-    pub name: String,
-    pub mode: String,
-    /// The fencing token.
-    pub generation: u64,
-    /// The holders' host names (their slot index where the slot is unknown).
-    pub holders: Vec<String>,
 }
 
 /// What the target last saw of one slot.
@@ -299,18 +274,18 @@ fn judge(seen: &Watched, superblock: &Superblock, now: Instant) -> &'static str 
 
 fn view_of(watch: &LunWatch, read: &Read, now: Instant) -> LockspaceView {
     let superblock = &read.superblock;
-    let mut hosts: Vec<HostView> = watch
+    let mut hosts: Vec<SlotReport> = watch
         .slots
         .values()
         .filter(|seen| seen.slot.state != SlotState::Free || seen.slot.generation > 0)
-        .map(|seen| HostView {
+        .map(|seen| SlotReport {
             slot: seen.slot.index,
-            name: seen.slot.host_name.clone(),
+            host: seen.slot.host_name.clone(),
             host_id: seen.slot.host_id.to_string(),
             state: judge(seen, superblock, now),
             generation: seen.slot.generation,
             sequence: seen.slot.sequence,
-            last_advance_ms_ago: seen
+            last_advance_ms: seen
                 .changed_at
                 .map(|at| now.duration_since(at).as_millis() as u64),
             watched_ms: now.duration_since(seen.first_seen).as_millis() as u64,
@@ -328,7 +303,7 @@ fn view_of(watch: &LunWatch, read: &Read, now: Instant) -> LockspaceView {
         .locks
         .iter()
         .filter(|record| !record.name.is_empty())
-        .map(|record| LockView {
+        .map(|record| LockReport {
             index: record.index,
             name: record.name.clone(),
             mode: record.mode.to_string(),

@@ -127,11 +127,11 @@ function reservationsView(target, lun) {
 function lockspaceView(lun) {
   const space = lun.lockspace;
   if (!space) return null;
-  const hosts = space.hosts.map((h) => el("div", { class: "host " + h.state, "data-host-name": h.name, "data-host-state": h.state },
-    el("div", { class: "name" }, h.name || "(unnamed)"),
+  const hosts = space.hosts.map((h) => el("div", { class: "host " + h.state, "data-host-name": h.host, "data-host-state": h.state },
+    el("div", { class: "name" }, h.host || "(unnamed)"),
     el("div", { class: "state " + h.state }, h.state),
     el("div", { class: "muted" }, "slot " + h.slot + ", seq " + h.sequence + ", gen " + h.generation),
-    el("div", { class: "muted" }, "advanced " + ago(h.last_advance_ms_ago))));
+    el("div", { class: "muted" }, "advanced " + ago(h.last_advance_ms))));
   const locks = space.locks.map((l) => el("tr", { "data-lock-name": l.name },
     el("td", {}, l.name), el("td", {}, l.mode), el("td", { class: "mono" }, String(l.generation)),
     el("td", {}, l.holders.join(", "))));
