@@ -1048,7 +1048,7 @@ fn announce(initiator_name: &str, main: &Load, background: Option<&Load>) {
         } else {
             format!("ISIDs {}..{}", isid_hex(first), isid_hex(last))
         };
-        eprintln!(
+        tracing::info!(
             "bench: {} on {} session(s) as {initiator_name}, {isids}",
             load.plan.workload.name(),
             load.isids.len(),

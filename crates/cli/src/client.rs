@@ -398,8 +398,8 @@ async fn write(url: &str, nexus: &OneShotOptions, input: &Path, lba: u64) -> Res
     let blocks = file_bytes.div_ceil(block_size);
     check_range(&capacity, lba, blocks)?;
     if file_bytes % block_size != 0 {
-        eprintln!(
-            "lunlock: {} is {file_bytes} bytes, not a multiple of the {block_size}-byte block: the last block is padded with zeros",
+        tracing::warn!(
+            "{} is {file_bytes} bytes, not a multiple of the {block_size}-byte block: the last block is padded with zeros",
             input.display()
         );
     }

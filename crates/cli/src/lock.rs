@@ -159,7 +159,7 @@ pub fn run(
     drop(runtime);
     if let Some(url) = demo_faults {
         set_faults(&url, client, Vec::new(), true)?;
-        eprintln!("lunlock: the target's fault rules were cleared");
+        tracing::info!("the target's fault rules were cleared");
     }
     result
 }
@@ -282,8 +282,8 @@ async fn dispatch(
             // must not reinstate the heartbeat's session (RFC 7143 6.3.5).
             let isid = derived_isid(&client.initiator_name, HEARTBEAT_SESSION);
             let host = host_for(&url, globals, client, isid, &host, log).await?;
-            eprintln!(
-                "lunlock: heartbeat session as {} ISID {}",
+            tracing::info!(
+                "heartbeat session as {} ISID {}",
                 client.initiator_name,
                 isid_hex(&isid)
             );
@@ -417,8 +417,8 @@ async fn host_for(
 
 async fn heartbeat_until_interrupted(host: &Host<IscsiDisk, TokioClock>) -> Result<(), String> {
     let slot = host.join().await.map_err(text)?;
-    eprintln!(
-        "lunlock: heartbeating in slot {slot} every {} ms; Ctrl-C gives the slot up",
+    tracing::info!(
+        "heartbeating in slot {slot} every {} ms; Ctrl-C gives the slot up",
         host.heartbeat_interval().as_millis()
     );
     // The interrupt is taken only between heartbeats: a heartbeat whose answer is dropped would land after the
@@ -435,7 +435,7 @@ async fn heartbeat_until_interrupted(host: &Host<IscsiDisk, TokioClock>) -> Resu
         }
     }
     host.leave().await.map_err(text)?;
-    eprintln!("lunlock: slot {slot} given up");
+    tracing::info!("slot {slot} given up");
     Ok(())
 }
 
@@ -538,15 +538,15 @@ async fn demo(
         return Err("the demo needs at least one host and one lock".into());
     }
     let sessions = Arc::new(demo_sessions(&client.initiator_name, options.hosts)?);
-    eprintln!("lunlock: {}", sessions.describe());
+    tracing::info!("{}", sessions.describe());
     let endpoint = endpoint(url)?;
     let admin = connect_demo_session(&endpoint, &sessions.admin)
         .await
         .map_err(|e| e.to_string())?;
     let superblock = demo_lockspace(&admin, &options).await?;
     options.counter_lba = options.lockspace_lba + superblock.total_blocks() + 8;
-    eprintln!(
-        "lunlock: demo on lockspace {} ({} slots, heartbeat {} ms, dead after {} ms), counters at LBA {}",
+    tracing::info!(
+        "demo on lockspace {} ({} slots, heartbeat {} ms, dead after {} ms), counters at LBA {}",
         superblock.lockspace_id,
         superblock.slot_count,
         superblock.heartbeat_interval_ms,
@@ -613,7 +613,7 @@ async fn demo_lockspace(
                 dead_after_ms: 4000,
                 force: false,
             };
-            eprintln!("lunlock: no lockspace on the LUN; formatting one for the demo");
+            tracing::info!("no lockspace on the LUN; formatting one for the demo");
             format(disk, &format_options, COMMAND_TIMEOUT)
                 .await
                 .map_err(text)

@@ -3,6 +3,10 @@
 //! `RUST_LOG`, when set, takes precedence over `--log-level`: it takes tracing-subscriber's filter directives, such
 //! as `warn,lunlock_server=debug`.
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
@@ -54,6 +58,49 @@ pub fn init(format: LogFormat, level: LogLevel) -> Result<(), String> {
             .try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// Installs the client commands' subscriber: their diagnostics on stderr as `lunlock: message` (a warning as
+/// `lunlock: warning: message`), info and above unless RUST_LOG says otherwise. Their output proper, and the errors
+/// that end them, stay plain text of their own.
+pub fn init_client() -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter(
+            LogLevel::Info,
+            std::env::var("RUST_LOG").ok().as_deref(),
+        )?)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .event_format(ClientLine)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// One line per event, as a command-line tool writes them: no time, no spans.
+struct ClientLine;
+
+impl<S, N> FormatEvent<S, N> for ClientLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "lunlock: ")?;
+        match *event.metadata().level() {
+            Level::ERROR => write!(writer, "error: ")?,
+            Level::WARN => write!(writer, "warning: ")?,
+            _ => {}
+        }
+        context
+            .field_format()
+            .format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// The filter: RUST_LOG when it is set, else `--log-level`. A RUST_LOG that does not parse is an error.

@@ -217,6 +217,12 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, TopLevel::Standard(Command::Serve { .. })) {
+        if let Err(message) = logging::init_client() {
+            eprintln!("lunlock: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         TopLevel::Fault {
             url,

@@ -163,7 +163,21 @@ fn small_read_dumps_hex_of_what_was_written() {
     std::fs::write(&input, b"hello, shared disk").unwrap();
     let written = lunlock(&["write", &url, "-i", input.to_str().unwrap(), "--lba", "5"]);
     assert!(written.status.success());
-    assert!(String::from_utf8_lossy(&written.stderr).contains("padded with zeros"));
+    let warning = String::from_utf8_lossy(&written.stderr);
+    assert!(
+        warning.starts_with("lunlock: warning: ") && warning.contains("padded with zeros"),
+        "the warning goes through tracing: {warning}"
+    );
+    let quiet = std::process::Command::new(env!("CARGO_BIN_EXE_lunlock"))
+        .args(["write", &url, "-i", input.to_str().unwrap(), "--lba", "5"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stderr.is_empty(),
+        "RUST_LOG=error filters it: {quiet:?}"
+    );
     let dump = ok(lunlock(&["read", &url, "--lba", "5", "--count", "1"]));
     assert!(dump.starts_with("00000a00  68 65 6c 6c 6f"), "{dump}");
     assert!(dump.contains("|hello, shared di|"), "{dump}");
