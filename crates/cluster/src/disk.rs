@@ -15,34 +15,100 @@ pub enum CawOutcome {
     Miscompare { offset: Option<u64> },
     /// The write may or may not have happened: timeout, connection loss, task aborted, BUSY, TASK SET FULL, a unit
     /// attention. Only reading the block back can tell.
-    Unknown(String),
+    Unknown(Cause),
     /// RESERVATION CONFLICT: this host has been fenced (its PR key was preempted). Nothing was written.
     Fenced,
     /// A definite error that retrying cannot fix (ILLEGAL REQUEST, MEDIUM ERROR, ...). Nothing was written.
-    Failed(String),
+    Failed(Cause),
 }
 
-/// A read or plain write that did not complete.
+/// What a host saw of a command that did not succeed: the target's answer, or what happened to the command on
+/// the way.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Cause {
+    /// CHECK CONDITION with this sense (SPC-4 4.5).
+    #[error("{} ({key:02x}/{asc:02x}/{ascq:02x})", lunlock_initiator::status::additional_sense_text(*asc, *ascq))]
+    Sense { key: u8, asc: u8, ascq: u8 },
+    /// CHECK CONDITION without sense data.
+    #[error("CHECK CONDITION without sense data")]
+    NoSense,
+    /// Another status than GOOD, CHECK CONDITION or RESERVATION CONFLICT (SAM-5 5.3): BUSY, TASK SET FULL, ACA
+    /// ACTIVE, TASK ABORTED.
+    #[error("{}", lunlock_initiator::status::status_name(*.0))]
+    Status(u8),
+    /// No answer within the timeout; then the command was aborted (ABORT TASK), with this result.
+    #[error("timeout after {} ms ({abort})", .after.as_millis())]
+    Timeout {
+        after: std::time::Duration,
+        abort: AbortResult,
+    },
+    /// The session failed the command: connection loss, a protocol error, a refused login.
+    #[error("{0}")]
+    Transport(std::sync::Arc<lunlock_initiator::InitiatorError>),
+    /// The answer arrived but its data is unusable.
+    #[error("{what}: {reason}")]
+    BadAnswer { what: &'static str, reason: String },
+    /// A request this disk does not serve.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A simulated fault (the simulator's and the memory disk's lost replies).
+    #[error("{0}")]
+    Simulated(&'static str),
+}
+
+/// How the ABORT TASK after a timeout ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DiskError {
-    /// Possibly transient: timeout, connection loss, unit attention, BUSY.
-    Transient(String),
-    /// RESERVATION CONFLICT.
-    Fenced,
+pub enum AbortResult {
+    /// The target answered it with this task management response (RFC 7143 11.6.1).
+    Answered(String),
     Failed(String),
+    TimedOut,
 }
 
-impl fmt::Display for DiskError {
+impl fmt::Display for AbortResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DiskError::Transient(why) => write!(f, "{why} (transient)"),
-            DiskError::Fenced => write!(f, "reservation conflict: this host has been fenced"),
-            DiskError::Failed(why) => write!(f, "{why}"),
+            AbortResult::Answered(response) => write!(f, "ABORT TASK answered {response}"),
+            AbortResult::Failed(why) => write!(f, "ABORT TASK failed: {why}"),
+            AbortResult::TimedOut => write!(f, "ABORT TASK timed out"),
         }
     }
 }
 
-impl std::error::Error for DiskError {}
+/// Causes compare by what they say: the transport's error (an io::Error) has no equality of its own.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+/// A read or plain write that did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiskError {
+    /// Possibly transient: timeout, connection loss, unit attention, BUSY.
+    #[error("{command}: {cause} (transient)")]
+    Transient { command: &'static str, cause: Cause },
+    /// RESERVATION CONFLICT.
+    #[error("reservation conflict: this host has been fenced")]
+    Fenced,
+    #[error("{command}: {cause}")]
+    Failed { command: &'static str, cause: Cause },
+    /// The session to the disk could not be opened.
+    #[error("{0}")]
+    Login(Box<LoginFailure>),
+}
+
+/// A login that failed: to where, as whom, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("login to {address} as {initiator} ISID {isid}: {cause}")]
+pub struct LoginFailure {
+    pub address: std::net::SocketAddr,
+    pub initiator: String,
+    pub isid: String,
+    pub cause: Cause,
+}
 
 /// One logical unit, addressed in blocks. Every call is independent, so implementations may be shared by tasks.
 pub trait Disk: Send + Sync {

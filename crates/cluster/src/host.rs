@@ -520,20 +520,21 @@ impl<D: Disk, C: Clock> Host<D, C> {
 
     async fn read_piece(&self, lba: u64, count: u32) -> Result<Vec<u8>, ClusterError> {
         let policy = self.config.io_policy;
-        let mut last_error = String::new();
+        let mut last = None;
         for _ in 0..policy.max_attempts.max(1) {
             match self.read_blocks(lba, count, policy.timeout).await {
                 Ok(data) => return Ok(data),
-                Err(DiskError::Transient(why)) => last_error = why,
+                Err(transient @ DiskError::Transient { .. }) => last = Some(transient),
                 Err(other) => return Err(other.into()),
             }
             self.clock.sleep(self.jitter(policy.backoff)).await;
         }
-        Err(ClusterError::Disk(format!(
-            "reading {count} blocks at LBA {} failed {} times: {last_error}",
-            self.absolute_lba(lba),
-            policy.max_attempts
-        )))
+        Err(ClusterError::ReadsFailed {
+            lba: self.absolute_lba(lba),
+            count,
+            attempts: policy.max_attempts.max(1),
+            last: last.expect("at least one attempt failed"),
+        })
     }
 
     pub(crate) async fn read_blocks(
@@ -548,10 +549,13 @@ impl<D: Disk, C: Clock> Host<D, C> {
             .await?;
         let expected = count as usize * self.superblock.block_size as usize;
         if data.len() != expected {
-            return Err(DiskError::Failed(format!(
-                "read of {count} blocks returned {} bytes",
-                data.len()
-            )));
+            return Err(DiskError::Failed {
+                command: "READ(16)",
+                cause: crate::disk::Cause::BadAnswer {
+                    what: "data",
+                    reason: format!("{count} blocks asked for, {} bytes returned", data.len()),
+                },
+            });
         }
         Ok(data)
     }

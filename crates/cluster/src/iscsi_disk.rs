@@ -2,7 +2,7 @@
 //! RESERVE OUT. Every answer is sorted into "definite" and "unknown" as the resolver needs: only GOOD,
 //! MISCOMPARE, RESERVATION CONFLICT and definite CHECK CONDITIONs are definite.
 
-use crate::disk::{CawOutcome, Disk, DiskError};
+use crate::disk::{AbortResult, Cause, CawOutcome, Disk, DiskError, LoginFailure};
 use lunlock_initiator::pr::{basic_prout, prin_cdb, PrInAction, PrOutAction, PrType, ReadKeys};
 use lunlock_initiator::{DataDirection, InitiatorError, ScsiOutcome, Session};
 use lunlock_scsi::cdb::Command;
@@ -50,31 +50,31 @@ impl IscsiDisk {
         cdb: &[u8],
         direction: DataDirection,
         timeout: Duration,
-    ) -> Result<ScsiOutcome, String> {
+    ) -> Result<ScsiOutcome, Cause> {
         let task = self
             .session
             .submit(self.lun, cdb, direction)
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(transport)?;
         let (itt, cmd_sn) = (task.itt, task.cmd_sn);
         match tokio::time::timeout(timeout, task.wait()).await {
-            Ok(result) => result.map_err(|e| describe(&e)),
+            Ok(result) => result.map_err(transport),
             Err(_) => {
                 let abort =
                     self.session
                         .task_management(TMF_ABORT_TASK, self.lun, Some((itt, cmd_sn)));
-                let answer = match tokio::time::timeout(timeout, abort).await {
-                    Ok(Ok(code)) => format!(
-                        "ABORT TASK answered {:?}",
+                let abort = match tokio::time::timeout(timeout, abort).await {
+                    Ok(Ok(code)) => AbortResult::Answered(format!(
+                        "{:?}",
                         lunlock_initiator::TmfResponse::from_code(code)
-                    ),
-                    Ok(Err(e)) => format!("ABORT TASK failed: {e}"),
-                    Err(_) => "ABORT TASK timed out".to_string(),
+                    )),
+                    Ok(Err(e)) => AbortResult::Failed(e.to_string()),
+                    Err(_) => AbortResult::TimedOut,
                 };
-                Err(format!(
-                    "timeout after {} ms ({answer})",
-                    timeout.as_millis()
-                ))
+                Err(Cause::Timeout {
+                    after: timeout,
+                    abort,
+                })
             }
         }
     }
@@ -85,10 +85,13 @@ impl IscsiDisk {
         direction: DataDirection,
         timeout: Duration,
     ) -> Result<ScsiOutcome, DiskError> {
-        let outcome = self
-            .run(cdb, direction, timeout)
-            .await
-            .map_err(DiskError::Transient)?;
+        let outcome =
+            self.run(cdb, direction, timeout)
+                .await
+                .map_err(|cause| DiskError::Transient {
+                    command: command_name(cdb),
+                    cause,
+                })?;
         classify(&outcome).disk_result(command_name(cdb))?;
         Ok(outcome)
     }
@@ -134,11 +137,12 @@ pub async fn connect(
     let session = Session::login(endpoint.address, &options)
         .await
         .map_err(|e| {
-            DiskError::Failed(format!(
-                "login to {} as {initiator_name} ISID {}: {e}",
-                endpoint.address,
-                lunlock_initiator::isid::isid_hex(&isid)
-            ))
+            DiskError::Login(Box::new(LoginFailure {
+                address: endpoint.address,
+                initiator: initiator_name.to_string(),
+                isid: lunlock_initiator::isid::isid_hex(&isid),
+                cause: transport(e),
+            }))
         })?;
     // SAM-5 5.14: each TEST UNIT READY reports one pending unit attention; a handful clears them all.
     for _ in 0..4 {
@@ -149,7 +153,10 @@ pub async fn connect(
     let capacity = session
         .read_capacity(endpoint.lun)
         .await
-        .map_err(|e| DiskError::Failed(format!("READ CAPACITY: {e}")))?;
+        .map_err(|e| DiskError::Failed {
+            command: "READ CAPACITY",
+            cause: transport(e),
+        })?;
     Ok(IscsiDisk::new(
         Arc::new(session),
         endpoint.lun,
@@ -206,8 +213,8 @@ impl IscsiDisk {
     }
 }
 
-fn describe(e: &InitiatorError) -> String {
-    e.to_string()
+fn transport(e: InitiatorError) -> Cause {
+    Cause::Transport(Arc::new(e))
 }
 
 fn command_name(cdb: &[u8]) -> &'static str {
@@ -219,11 +226,11 @@ fn command_name(cdb: &[u8]) -> &'static str {
 pub enum Class {
     Good,
     Fenced,
-    Miscompare(Option<u64>, String),
+    Miscompare(Option<u64>, Cause),
     /// Nothing was done and retrying cannot help.
-    Definite(String),
+    Definite(Cause),
     /// The command may or may not have taken effect.
-    Open(String),
+    Open(Cause),
 }
 
 impl Class {
@@ -239,13 +246,13 @@ impl Class {
     }
 
     /// The result of a read or plain write this answer means.
-    pub fn disk_result(self, command: &str) -> Result<(), DiskError> {
+    pub fn disk_result(self, command: &'static str) -> Result<(), DiskError> {
         match self {
             Class::Good => Ok(()),
             Class::Fenced => Err(DiskError::Fenced),
-            Class::Definite(why) => Err(DiskError::Failed(format!("{command}: {why}"))),
-            Class::Open(why) | Class::Miscompare(_, why) => {
-                Err(DiskError::Transient(format!("{command}: {why}")))
+            Class::Definite(cause) => Err(DiskError::Failed { command, cause }),
+            Class::Open(cause) | Class::Miscompare(_, cause) => {
+                Err(DiskError::Transient { command, cause })
             }
         }
     }
@@ -262,26 +269,24 @@ pub fn classify_status(status: u8, sense_data: &[u8]) -> Class {
         STATUS_RESERVATION_CONFLICT => Class::Fenced,
         STATUS_CHECK_CONDITION => {
             let Some(sense) = lunlock_initiator::SenseSummary::parse(sense_data) else {
-                return Class::Open("CHECK CONDITION without sense data".into());
+                return Class::Open(Cause::NoSense);
             };
-            let text = format!(
-                "{} ({:02x}/{:02x}/{:02x})",
-                lunlock_initiator::status::additional_sense_text(sense.asc, sense.ascq),
-                sense.key,
-                sense.asc,
-                sense.ascq
-            );
+            let cause = Cause::Sense {
+                key: sense.key,
+                asc: sense.asc,
+                ascq: sense.ascq,
+            };
             if sense.key == 0x0E && sense.asc == 0x1D {
-                Class::Miscompare(information_field(sense_data), text)
+                Class::Miscompare(information_field(sense_data), cause)
             } else if DEFINITE_SENSE_KEYS.contains(&sense.key) {
-                Class::Definite(text)
+                Class::Definite(cause)
             } else {
-                Class::Open(text)
+                Class::Open(cause)
             }
         }
         // BUSY, TASK SET FULL, ACA ACTIVE, TASK ABORTED: the command may or may not have run (the issue asks the
         // resolver to read back on BUSY too, since a target's BUSY after a lost reply says nothing of the first try).
-        other => Class::Open(lunlock_initiator::status::status_name(other).to_string()),
+        other => Class::Open(Cause::Status(other)),
     }
 }
 
@@ -347,7 +352,7 @@ impl Disk for IscsiDisk {
         async move {
             let cdb = compare_and_write_cdb(lba);
             match self.run(&cdb, DataDirection::Write(data), timeout).await {
-                Err(why) => CawOutcome::Unknown(why),
+                Err(cause) => CawOutcome::Unknown(cause),
                 Ok(outcome) => classify(&outcome).caw_outcome(),
             }
         }
@@ -375,8 +380,13 @@ impl Disk for IscsiDisk {
         let outcome = self
             .run_checked(&cdb, DataDirection::Read(u32::from(ALLOCATION)), timeout)
             .await?;
-        let keys = ReadKeys::parse(&outcome.data_in)
-            .map_err(|e| DiskError::Failed(format!("READ KEYS: {e}")))?;
+        let keys = ReadKeys::parse(&outcome.data_in).map_err(|e| DiskError::Failed {
+            command: "PERSISTENT RESERVE IN READ KEYS",
+            cause: Cause::BadAnswer {
+                what: "parameter data",
+                reason: e.to_string(),
+            },
+        })?;
         Ok(keys.keys.iter().map(|k| k.0).collect())
     }
 }

@@ -19,7 +19,7 @@ pub mod space;
 #[cfg(test)]
 mod tests;
 
-pub use disk::{CawOutcome, Clock, Disk, DiskError, TokioClock};
+pub use disk::{AbortResult, Cause, CawOutcome, Clock, Disk, DiskError, TokioClock};
 pub use events::{EventLog, Verdict};
 pub use format::{LockMode, Superblock, Uuid};
 pub use host::{BrokenVariant, Host, HostConfig, Liveness};
@@ -32,7 +32,23 @@ use std::fmt;
 #[derive(Debug)]
 pub enum ClusterError {
     /// A read or write did not complete.
-    Disk(String),
+    Disk(DiskError),
+    /// Reads of a range kept failing transiently, within the attempts the policy allows.
+    ReadsFailed {
+        lba: u64,
+        count: u32,
+        attempts: u32,
+        last: DiskError,
+    },
+    /// A COMPARE AND WRITE failed definitely (nothing was written).
+    CompareAndWrite {
+        lba: u64,
+        cause: disk::Cause,
+    },
+    /// PREEMPT AND ABORT of `victim` was refused with RESERVATION CONFLICT although both keys are registered.
+    PreemptRefused {
+        victim: u64,
+    },
     /// RESERVATION CONFLICT: this host's PR key was preempted. It must stop using the disk.
     Fenced,
     /// A lockspace block is not what it should be.
@@ -74,7 +90,23 @@ pub enum ClusterError {
 impl fmt::Display for ClusterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClusterError::Disk(why) => write!(f, "{why}"),
+            ClusterError::Disk(error) => write!(f, "{error}"),
+            ClusterError::ReadsFailed {
+                lba,
+                count,
+                attempts,
+                last,
+            } => write!(
+                f,
+                "reading {count} block(s) at LBA {lba} failed {attempts} times: {last}"
+            ),
+            ClusterError::CompareAndWrite { lba, cause } => {
+                write!(f, "COMPARE AND WRITE of LBA {lba}: {cause}")
+            }
+            ClusterError::PreemptRefused { victim } => write!(
+                f,
+                "PREEMPT AND ABORT of key {victim:#x} was refused although both keys are registered"
+            ),
             ClusterError::Fenced => write!(
                 f,
                 "reservation conflict: this host has been fenced (its PR key was preempted)"
@@ -117,7 +149,7 @@ impl From<DiskError> for ClusterError {
     fn from(e: DiskError) -> Self {
         match e {
             DiskError::Fenced => ClusterError::Fenced,
-            other => ClusterError::Disk(other.to_string()),
+            other => ClusterError::Disk(other),
         }
     }
 }

@@ -491,7 +491,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 .preempt_and_abort(own_key, victim, policy.timeout)
                 .await
             {
-                Err(DiskError::Transient(_)) if attempt < policy.max_attempts => {
+                Err(DiskError::Transient { .. }) if attempt < policy.max_attempts => {
                     attempt += 1;
                     self.clock.sleep(self.jitter(policy.backoff)).await;
                 }
@@ -506,9 +506,7 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 if !keys.contains(&own_key) {
                     Err(ClusterError::Fenced)
                 } else if keys.contains(&victim) {
-                    Err(ClusterError::Disk(format!(
-                        "PREEMPT AND ABORT of key {victim:#x} was refused although both keys are registered"
-                    )))
+                    Err(ClusterError::PreemptRefused { victim })
                 } else {
                     Ok(())
                 }

@@ -69,7 +69,9 @@ impl MemoryDisk {
     fn caw_now(&self, lba: u64, expected: &[u8], new: &[u8]) -> CawOutcome {
         let bs = self.block_size as usize;
         if expected.len() != bs || new.len() != bs {
-            return CawOutcome::Failed("COMPARE AND WRITE of other than one block".into());
+            return CawOutcome::Failed(crate::disk::Cause::Unsupported(
+                "COMPARE AND WRITE of other than one block",
+            ));
         }
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_fenced(&shared) {
@@ -88,7 +90,7 @@ impl MemoryDisk {
             rng.gen_bool(self.drop_reply.clamp(0.0, 1.0))
         };
         if lost {
-            CawOutcome::Unknown("timeout (reply lost)".into())
+            CawOutcome::Unknown(crate::disk::Cause::Simulated("timeout (reply lost)"))
         } else {
             CawOutcome::Written
         }

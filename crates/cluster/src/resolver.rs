@@ -73,9 +73,10 @@ impl<D: Disk, C: Clock> Host<D, C> {
                 CawOutcome::Failed(why) => {
                     event.verdict = Verdict::Failed;
                     self.log.ats(&event);
-                    return Err(ClusterError::Disk(format!(
-                        "COMPARE AND WRITE of LBA {lba}: {why}"
-                    )));
+                    return Err(ClusterError::CompareAndWrite {
+                        lba,
+                        cause: why.clone(),
+                    });
                 }
                 CawOutcome::Miscompare { offset } => *offset,
                 CawOutcome::Unknown(_) => None,
@@ -148,20 +149,24 @@ impl<D: Disk, C: Clock> Host<D, C> {
         lba: u64,
         policy: AtsPolicy,
     ) -> Result<Vec<u8>, ClusterError> {
-        let mut last_error = String::new();
+        let mut last = None;
         for _ in 0..policy.max_attempts.max(1) {
             match self.read_blocks(lba, 1, policy.timeout).await {
                 Ok(block) => return Ok(block),
                 Err(DiskError::Fenced) => return Err(ClusterError::Fenced),
-                Err(DiskError::Failed(why)) => return Err(ClusterError::Disk(why)),
-                Err(DiskError::Transient(why)) => last_error = why,
+                Err(failed @ (DiskError::Failed { .. } | DiskError::Login(_))) => {
+                    return Err(ClusterError::Disk(failed))
+                }
+                Err(transient @ DiskError::Transient { .. }) => last = Some(transient),
             }
             self.clock.sleep(self.jitter(policy.backoff)).await;
         }
-        Err(ClusterError::Disk(format!(
-            "reading back LBA {} failed: {last_error}",
-            self.absolute_lba(lba)
-        )))
+        Err(ClusterError::ReadsFailed {
+            lba: self.absolute_lba(lba),
+            count: 1,
+            attempts: policy.max_attempts.max(1),
+            last: last.expect("at least one attempt failed"),
+        })
     }
 
     /// A duration uniformly random in [base, 2 * base).

@@ -3,7 +3,7 @@
 
 use crate::world::{lock, Reply, Request, World, BLOCK};
 use lunlock_cluster::iscsi_disk::{classify_status, compare_and_write_cdb};
-use lunlock_cluster::{CawOutcome, Clock, Disk, DiskError};
+use lunlock_cluster::{Cause, CawOutcome, Clock, Disk, DiskError};
 use lunlock_initiator::pr::{
     basic_prout, prin_cdb, prout_cdb, PrInAction, PrOutAction, PrType, ReadKeys,
     RegisterAndMoveParameters, ReservationKey, TransportId,
@@ -171,16 +171,19 @@ impl SimDisk {
 
     async fn checked(
         &self,
-        what: &str,
+        what: &'static str,
         cdb: Vec<u8>,
         data_out: Vec<u8>,
         expected: u32,
         timeout: Duration,
     ) -> Result<Reply, DiskError> {
-        let reply = self
-            .command(cdb, data_out, expected, timeout)
-            .await
-            .ok_or_else(|| DiskError::Transient(format!("{what}: timeout")))?;
+        let reply =
+            self.command(cdb, data_out, expected, timeout)
+                .await
+                .ok_or(DiskError::Transient {
+                    command: what,
+                    cause: Cause::Simulated("timeout"),
+                })?;
         classify_status(reply.status, &reply.sense).disk_result(what)?;
         Ok(reply)
     }
@@ -275,7 +278,7 @@ impl Disk for SimDisk {
                 .command(compare_and_write_cdb(lba), data, length, timeout)
                 .await
             {
-                None => CawOutcome::Unknown("timeout".into()),
+                None => CawOutcome::Unknown(Cause::Simulated("timeout")),
                 Some(reply) => classify_status(reply.status, &reply.sense).caw_outcome(),
             }
         }
@@ -309,7 +312,13 @@ impl Disk for SimDisk {
                 timeout,
             )
             .await?;
-        let keys = ReadKeys::parse(&reply.data_in).map_err(|e| DiskError::Failed(e.to_string()))?;
+        let keys = ReadKeys::parse(&reply.data_in).map_err(|e| DiskError::Failed {
+            command: "PERSISTENT RESERVE IN READ KEYS",
+            cause: Cause::BadAnswer {
+                what: "parameter data",
+                reason: e.to_string(),
+            },
+        })?;
         Ok(keys.keys.iter().map(|k| k.0).collect())
     }
 }
