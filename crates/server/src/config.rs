@@ -187,8 +187,18 @@ pub enum ServeError {
         address: SocketAddr,
         error: std::io::Error,
     },
-    /// Opening storage or metadata failed.
-    Storage(String),
+    /// Opening storage or metadata failed: what was being done (naming the target, LUN or path), and the cause.
+    Storage {
+        what: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A LUN's backing cannot be opened as configured (the embedded default; a config file's LUN is reported as
+    /// [`ServeError::Config`] at its key).
+    Backing {
+        target: String,
+        lun: u64,
+        error: lunlock_store::file::OpenError,
+    },
     Io(std::io::Error),
 }
 
@@ -213,7 +223,10 @@ impl fmt::Display for ServeError {
                 )
             }
             ServeError::Bind { address, error } => write!(f, "cannot listen on {address}: {error}"),
-            ServeError::Storage(message) => write!(f, "{message}"),
+            ServeError::Storage { what, cause } => write!(f, "{what}: {cause}"),
+            ServeError::Backing { target, lun, error } => {
+                write!(f, "target {target} LUN {lun}: {error}")
+            }
             ServeError::Io(error) => write!(f, "{error}"),
         }
     }

@@ -859,14 +859,14 @@ impl FullFeature {
                         _ = control.aborted() => {}
                     }
                 }
-                let metrics = Arc::clone(&runtime);
+                let counted_on = Arc::clone(&runtime); // run_command takes `runtime`; its counters outlive it
                 let executed = match injected {
                     _ if registration.control.is_aborted() => Executed::Aborted,
                     Some(response) => Executed::Done(response),
                     None => run_command(runtime, registration, request, decision.stall).await,
                 };
                 if let Executed::Done(response) = &executed {
-                    counted.record(&metrics.metrics, response, started.elapsed());
+                    counted.record(&counted_on.metrics, response, started.elapsed());
                 }
                 Finished {
                     task,

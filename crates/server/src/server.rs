@@ -475,16 +475,27 @@ fn open_lun(
     port_groups: &Arc<TargetPortGroups>,
     limits: &Limits,
 ) -> Result<(Arc<LogicalUnit>, Arc<dyn BlockStore>), ServeError> {
-    let storage = |what: &str, e: &dyn std::fmt::Display| {
-        ServeError::Storage(format!(
-            "target {} LUN {}: {what}: {e}",
-            target.name, lun.id
-        ))
-    };
+    fn storage(
+        target: &TargetDefinition,
+        lun: &LunConfig,
+        what: &str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> ServeError {
+        ServeError::Storage {
+            what: format!("target {} LUN {}: {what}", target.name, lun.id),
+            cause: Box::new(cause),
+        }
+    }
     if lun.create_size_bytes.is_some() && !lun.read_only {
         if let Some(parent) = lun.path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| storage(&format!("cannot create {}", parent.display()), &e))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                storage(
+                    target,
+                    lun,
+                    &format!("cannot create {}", parent.display()),
+                    e,
+                )
+            })?;
         }
     }
     let options = BackingOptions {
@@ -494,15 +505,17 @@ fn open_lun(
         block_size: lun.block_size,
     };
     let store =
-        FileStore::open_backing(&lun.path, &options).map_err(|e| backing_error(target, lun, &e))?;
+        FileStore::open_backing(&lun.path, &options).map_err(|e| backing_error(target, lun, e))?;
     std::fs::create_dir_all(&target.identity_dir).map_err(|e| {
         storage(
+            target,
+            lun,
             &format!("cannot create {}", target.identity_dir.display()),
-            &e,
+            e,
         )
     })?;
     let identity = LunIdentity::load_or_create(&target.identity_dir, lun.id)
-        .map_err(|e| storage("identity", &e))?;
+        .map_err(|e| storage(target, lun, "identity", e))?;
     log_backing(target, lun, &store);
     // SBC-4 4.7: logical block provisioning management only where the store can give blocks back.
     let thin_provisioned = store.supports_deallocate();
@@ -536,7 +549,7 @@ fn open_lun(
         .with_target_port_groups(Arc::clone(port_groups));
     if !lun.read_only {
         let journal = recovered_atomic_journal(target, lun, &*store)
-            .map_err(|e| storage("atomic write journal", &e))?;
+            .map_err(|e| storage(target, lun, "atomic write journal", e))?;
         unit = unit.with_atomic_journal(Arc::new(journal));
     }
     Ok((Arc::new(unit), store))
@@ -579,10 +592,14 @@ fn recovered_atomic_journal(
 
 /// A backing that cannot be opened as configured: with a config file, the file, line and key to change (the
 /// LUN's `id` line when the key was left at its default); for the embedded default, the target and LUN.
-fn backing_error(target: &TargetDefinition, lun: &LunConfig, error: &OpenError) -> ServeError {
+fn backing_error(target: &TargetDefinition, lun: &LunConfig, error: OpenError) -> ServeError {
     let what = format!("target {} LUN {}: {error}", target.name, lun.id);
     let Some(origin) = &lun.origin else {
-        return ServeError::Storage(what);
+        return ServeError::Backing {
+            target: target.name.clone(),
+            lun: lun.id,
+            error,
+        };
     };
     let (key, position) = setting_position(origin, error.setting);
     let (line, column) = position.unwrap_or(origin.id);
@@ -745,11 +762,9 @@ fn target_port_groups(config: &TargetConfig) -> Result<Arc<TargetPortGroups>, Se
 fn build_targets(config: &TargetConfig) -> Result<Vec<ServedTarget>, ServeError> {
     let engine_kind = choose_engine(config.io_engine)?;
     let port_groups = target_port_groups(config)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ServeError::Storage(format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        ))
+    std::fs::create_dir_all(&config.data_dir).map_err(|cause| ServeError::Storage {
+        what: format!("cannot create data directory {}", config.data_dir.display()),
+        cause: Box::new(cause),
     })?;
     let mut served = Vec::new();
     for definition in &config.targets {
@@ -1032,11 +1047,9 @@ pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
         drop(admin);
         running.shutdown().await;
         if let Some(path) = &options.lock_stats {
-            crate::lock_stats::write(path).map_err(|e| {
-                ServeError::Storage(format!(
-                    "cannot write lock statistics to {}: {e}",
-                    path.display()
-                ))
+            crate::lock_stats::write(path).map_err(|cause| ServeError::Storage {
+                what: format!("cannot write lock statistics to {}", path.display()),
+                cause: Box::new(cause),
             })?;
         }
         Ok(())
